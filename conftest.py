@@ -1,0 +1,9 @@
+import numpy as np
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _doctest_namespace(doctest_namespace):
+    doctest_namespace["torch"] = torch
+    doctest_namespace["np"] = np

@@ -1,0 +1,61 @@
+"""Spectral linear algebra: orthogonalization, spectral maps, rank measures.
+
+Imports nothing else of specgrad.
+"""
+
+from .coefficients import (
+    JORDAN,
+    NEWTON_SCHULZ,
+    QuinticSchedule,
+    as_schedule,
+    optimal_quintic,
+    polar_express_schedule,
+)
+from .polar import (
+    METHODS,
+    normalize_spectrum,
+    orthogonality_error,
+    orthogonalize,
+    polar_svd,
+    predicted_band,
+    quintic_iteration,
+    scalar_map,
+    singular_value_range,
+)
+from .ranks import (
+    GramAccumulator,
+    MatrixNorms,
+    effective_rank,
+    matrix_norms,
+    nuclear_rank,
+    operator_norm_estimate,
+    stable_rank,
+)
+from .spectral import matrix_view, spectral_map
+
+__all__ = [
+    "JORDAN",
+    "METHODS",
+    "NEWTON_SCHULZ",
+    "GramAccumulator",
+    "MatrixNorms",
+    "QuinticSchedule",
+    "as_schedule",
+    "effective_rank",
+    "matrix_norms",
+    "matrix_view",
+    "normalize_spectrum",
+    "nuclear_rank",
+    "operator_norm_estimate",
+    "optimal_quintic",
+    "orthogonality_error",
+    "orthogonalize",
+    "polar_express_schedule",
+    "polar_svd",
+    "predicted_band",
+    "quintic_iteration",
+    "scalar_map",
+    "singular_value_range",
+    "spectral_map",
+    "stable_rank",
+]

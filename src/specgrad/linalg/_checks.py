@@ -1,0 +1,42 @@
+"""Input validation shared by the public linear-algebra functions."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_matrix(x: Tensor, name: str = "input", *, finite: bool = True) -> None:
+    """Raise ``ValueError`` unless ``x`` is a floating tensor of shape ``(..., m, n)``.
+
+    With ``finite=True`` it also counts NaN and Inf entries and reports how many.
+    """
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim < 2:
+        raise ValueError(
+            f"{name} must have at least 2 dims (..., m, n), got shape {tuple(x.shape)}"
+        )
+    if x.dtype not in _FLOAT_DTYPES:
+        raise ValueError(f"{name} must be a floating tensor, got dtype {x.dtype}")
+    if finite:
+        bad = int((~torch.isfinite(x)).sum())
+        if bad:
+            n_nan = int(torch.isnan(x).sum())
+            raise ValueError(
+                f"{name} has {bad} non-finite entries ({n_nan} NaN, {bad - n_nan} Inf) "
+                f"out of {x.numel()}"
+            )
+
+
+def check_positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def working_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype exact factorizations run in: half precisions are upcast to float32."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
