@@ -7,3 +7,6 @@ import torch
 def _doctest_namespace(doctest_namespace):
     doctest_namespace["torch"] = torch
     doctest_namespace["np"] = np
+    import specgrad.optim
+
+    doctest_namespace["specgrad"] = specgrad

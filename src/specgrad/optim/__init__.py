@@ -1,0 +1,29 @@
+"""Optimizers built from one composable chain (see :mod:`specgrad.optim.transforms`).
+
+``Muon``, ``SpecGD``, ``SpectralDescent``, ``Shampoo``, ``NormalizedGD`` and ``SignDescent``
+are presets of :class:`ChainOptimizer`; each sends parameters with fewer than 2 dims to an
+AdamW rule, and :func:`split_params` decides the rest per layer.
+"""
+
+from .chain import ChainOptimizer, NonFiniteGradError
+from .euclidean import NormalizedGD, SignDescent
+from .muon import Muon
+from .routing import ParamRouting, split_params
+from .shampoo import Shampoo
+from .specgd import SpecGD, SpectralDescent
+from .transforms import SHAPE_SCALINGS, shape_scale
+
+__all__ = [
+    "ChainOptimizer",
+    "Muon",
+    "NonFiniteGradError",
+    "NormalizedGD",
+    "ParamRouting",
+    "SHAPE_SCALINGS",
+    "Shampoo",
+    "SignDescent",
+    "SpecGD",
+    "SpectralDescent",
+    "shape_scale",
+    "split_params",
+]

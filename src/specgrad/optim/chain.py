@@ -1,0 +1,190 @@
+"""``ChainOptimizer``: a ``torch.optim.Optimizer`` whose param groups each run a chain of
+transforms, chosen by the group's ``algorithm``.
+
+Subclasses (:class:`~specgrad.optim.Muon`, :class:`~specgrad.optim.SpecGD`, ...) declare
+their matrix rule; every one of them also carries the ``"adamw"`` rule, which parameters
+with fewer than 2 dims get automatically.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable, Iterable, Optional
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from .transforms import Transform, Updates, adamw_chain
+
+ADAMW_DEFAULTS = {"lr": 3e-4, "betas": (0.9, 0.95), "eps": 1e-8, "weight_decay": 0.0}
+
+
+class NonFiniteGradError(FloatingPointError):
+    """A gradient holds NaN or Inf; raised before any parameter or state is written."""
+
+
+def _check_range(name: str, value, lo: float, hi: Optional[float] = None, *, lo_open=False, hi_open=True):
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok:
+        ok = (value > lo if lo_open else value >= lo) and (
+            hi is None or (value < hi if hi_open else value <= hi)
+        )
+    if not ok:
+        bounds = f"{'(' if lo_open else '['}{lo}, {hi if hi is not None else 'inf'}{')' if hi_open else ']'}"
+        raise ValueError(f"{name} must be a number in {bounds}, got {value!r}")
+
+
+def validate_common(group: dict) -> None:
+    """Checks shared by every rule: lr, weight decay, momentum, betas, eps."""
+    _check_range("lr", group["lr"], 0.0)
+    _check_range("weight_decay", group.get("weight_decay", 0.0), 0.0)
+    if "momentum" in group:
+        _check_range("momentum", group["momentum"], 0.0, 1.0)
+    if "betas" in group:
+        betas = group["betas"]
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+        _check_range("betas[0]", betas[0], 0.0, 1.0)
+        _check_range("betas[1]", betas[1], 0.0, 1.0)
+    if "eps" in group:
+        _check_range("eps", group["eps"], 0.0, lo_open=True)
+
+
+class ChainOptimizer(Optimizer):
+    """Base of specgrad's optimizers.
+
+    Subclasses set ``rule`` (the algorithm name of matrix parameters), ``chain()``
+    (the transforms of that rule) and ``validate(group)``. Parameters passed straight from
+    ``model.parameters()`` are split: those with fewer than 2 dims go to an ``"adamw"``
+    group with the ``adamw_*`` hyperparameters. A group may also name its rule explicitly:
+    ``{"params": [...], "algorithm": "adamw", "lr": 3e-4}``.
+
+    ``nonfinite``: ``"raise"`` (default) raises :class:`NonFiniteGradError` naming the
+    parameter before anything is written; ``"skip"`` warns and skips the whole step,
+    parameters and state untouched. Parameters whose ``grad`` is None are skipped entirely.
+    """
+
+    rule: str = ""
+    matrix_only: bool = True  # route parameters with < 2 dims to the AdamW rule
+
+    def __init__(self, params, defaults: dict, *, adamw: Optional[dict] = None, nonfinite: str = "raise"):
+        if nonfinite not in ("raise", "skip"):
+            raise ValueError(f"nonfinite must be 'raise' or 'skip', got {nonfinite!r}")
+        self.nonfinite = nonfinite
+        self._adamw_defaults = {**ADAMW_DEFAULTS, **(adamw or {})}
+        unknown = set(self._adamw_defaults) - set(ADAMW_DEFAULTS)
+        if unknown:
+            raise ValueError(f"unknown AdamW settings {sorted(unknown)}; allowed: {sorted(ADAMW_DEFAULTS)}")
+        validate_common(self._adamw_defaults)
+        self._chains: dict[str, list[Transform]] = {self.rule: self.chain(), "adamw": adamw_chain()}
+        super().__init__(params, {**defaults, "algorithm": self.rule})
+
+    # -- what subclasses provide -------------------------------------------------------
+    def chain(self) -> list[Transform]:
+        raise NotImplementedError
+
+    def validate(self, group: dict) -> None:
+        validate_common(group)
+
+    # -- param groups --------------------------------------------------------------------
+    def add_param_group(self, param_group: dict) -> None:
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
+        params = param_group["params"]
+        params = [params] if isinstance(params, Tensor) else list(params)
+        algorithm = param_group.get("algorithm", self.rule)
+        if algorithm not in self._chains:
+            raise ValueError(f"unknown algorithm {algorithm!r}; choose one of {sorted(self._chains)}")
+
+        def tensor(p):
+            return p[1] if isinstance(p, tuple) else p
+
+        if algorithm == self.rule and not self.matrix_only:
+            self._add({**param_group, "params": params, "algorithm": self.rule})
+        elif algorithm == self.rule:
+            vectors = [p for p in params if tensor(p).ndim < 2]
+            matrices = [p for p in params if tensor(p).ndim >= 2]
+            if vectors and "algorithm" in param_group:
+                shapes = [tuple(tensor(p).shape) for p in vectors]
+                raise ValueError(f"algorithm {self.rule!r} needs parameters with >= 2 dims, got shapes {shapes}")
+            if vectors:
+                self._add(self._adamw_group(param_group, vectors))
+            if matrices or not vectors:
+                self._add({**param_group, "params": matrices, "algorithm": self.rule})
+        else:
+            self._add(self._adamw_group(param_group, params, explicit=True))
+
+    def _adamw_group(self, group: dict, params: list, explicit: bool = False) -> dict:
+        g = dict(self._adamw_defaults)
+        if explicit:
+            g.update({k: v for k, v in group.items() if k != "params"})
+        g.update(params=params, algorithm="adamw")
+        return g
+
+    def _add(self, group: dict) -> None:
+        if group["algorithm"] == self.rule:
+            for k, v in self.defaults.items():
+                group.setdefault(k, v)
+            self.validate(group)
+        else:
+            validate_common(group)
+        super().add_param_group(group)
+
+    # -- the step --------------------------------------------------------------------------
+    def _describe(self, gi: int, pi: int, p: Tensor) -> str:
+        names = self.param_groups[gi].get("param_names")
+        where = names[pi] if names else f"param_groups[{gi}]['params'][{pi}]"
+        return f"{where} (shape {tuple(p.shape)})"
+
+    def _nonfinite_grads(self) -> list[str]:
+        """Names of parameters whose gradient holds NaN or Inf; one host sync."""
+        entries = [
+            (gi, pi, p)
+            for gi, group in enumerate(self.param_groups)
+            for pi, p in enumerate(group["params"])
+            if p.grad is not None
+        ]
+        if not entries:
+            return []
+        grads = [p.grad for _, _, p in entries]
+        norms = torch.stack([n.float().to(grads[0].device) for n in torch._foreach_norm(grads)])
+        flagged = (~torch.isfinite(norms)).nonzero().flatten().tolist()
+        # A finite gradient can have an overflowing norm; confirm entry by entry.
+        return [
+            self._describe(*entries[k])
+            for k in flagged
+            if not bool(torch.isfinite(grads[k]).all())
+        ]
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], Any]] = None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        bad = self._nonfinite_grads()
+        if bad:
+            msg = f"non-finite gradient in {len(bad)} parameter(s): {', '.join(bad[:5])}"
+            if self.nonfinite == "raise":
+                raise NonFiniteGradError(msg + "; nothing was updated")
+            warnings.warn(msg + "; step skipped", RuntimeWarning, stacklevel=2)
+            return loss
+        for group in self.param_groups:
+            chain = self._chains[group["algorithm"]]
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            states = []
+            for p in params:
+                state = self.state[p]
+                if "step" not in state:
+                    state["step"] = torch.tensor(0.0)
+                    for t in chain:
+                        t.init(p, state, group)
+                state["step"] += 1
+                states.append(state)
+            u = Updates(group, params, states, [p.grad for p in params])
+            for t in chain:
+                t(u)
+        return loss

@@ -1,0 +1,111 @@
+"""Muon: momentum, then orthogonalization, for the hidden matrices of a network."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..linalg import METHODS, as_schedule
+from .chain import ChainOptimizer, _check_range, validate_common
+from .transforms import (
+    SHAPE_SCALINGS,
+    ApplyLR,
+    AsMatrix,
+    DecoupledWeightDecay,
+    Momentum,
+    Orthogonalize,
+    ShapeScale,
+)
+
+
+def validate_orthogonalizer(group: dict) -> None:
+    if group["orthogonalizer"] not in METHODS:
+        raise ValueError(f"orthogonalizer must be one of {METHODS}, got {group['orthogonalizer']!r}")
+    steps = group["ns_steps"]
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
+        raise ValueError(f"ns_steps must be a positive integer, got {steps!r}")
+    as_schedule(group["ns_coefficients"])
+    if group.get("ns_dtype") not in (None, torch.float32, torch.float64, torch.bfloat16, torch.float16):
+        raise ValueError(f"ns_dtype must be None or a floating dtype, got {group['ns_dtype']!r}")
+
+
+class Muon(ChainOptimizer):
+    """Muon (Keller Jordan, 2024): EMA momentum, then the polar factor of the update.
+
+    For each matrix ``W`` (conv weights viewed as ``(out, in*kh*kw)``):
+
+        buf <- momentum * buf + (1 - momentum) * G
+        M   <- (1 - momentum) * G + momentum * buf   (Nesterov; else M = buf)
+        W   <- (1 - lr * weight_decay) * W - lr * scale(out, in) * orthogonalize(M)
+
+    Parameters with fewer than 2 dims (and any group with ``algorithm="adamw"``) follow
+    AdamW with the ``adamw`` settings. Use :func:`specgrad.optim.split_params` to also send
+    embeddings, the output head and the first layer to AdamW.
+
+    Args:
+        params: parameters or param groups, as for any ``torch.optim`` optimizer; named
+            parameters (``model.named_parameters()``) make error messages name them.
+        lr: learning rate of the matrices (default 0.02).
+        momentum: EMA coefficient in ``[0, 1)`` (default 0.95).
+        nesterov: Nesterov momentum (default True).
+        orthogonalizer: ``"newton_schulz"`` (default), ``"polar_express"`` or ``"svd"``.
+        ns_steps: iterations of the iterative orthogonalizers (default 5).
+        ns_coefficients: Newton-Schulz schedule (default Keller Jordan's triple).
+        ns_dtype: precision of the iteration, e.g. ``torch.bfloat16`` as in
+            ``torch.optim.Muon``; default ``None`` keeps the gradient's dtype.
+        weight_decay: decoupled, applied with the unscaled ``lr`` (default 0).
+        shape_scaling: ``"original"`` (``sqrt(max(1, out/in))``, Keller Jordan; default),
+            ``"match_rms_adamw"`` (``0.2 sqrt(max(out, in))``, Moonlight, Liu et al. 2025),
+            ``"spectral"`` (``sqrt(out/in)``) or ``"none"``.
+        adamw: settings of the AdamW rule (``lr``, ``betas``, ``eps``, ``weight_decay``);
+            defaults ``lr=3e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0``.
+        nonfinite: ``"raise"`` or ``"skip"`` on NaN/Inf gradients (see ``ChainOptimizer``).
+
+    Example:
+        >>> model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+        >>> opt = Muon(model.parameters(), lr=0.02)
+        >>> [g["algorithm"] for g in opt.param_groups]
+        ['adamw', 'muon']
+        >>> model(torch.randn(4, 8)).sum().backward()
+        >>> opt.step()
+    """
+
+    rule = "muon"
+
+    def __init__(
+        self,
+        params,
+        lr: float = 0.02,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        orthogonalizer: str = "newton_schulz",
+        ns_steps: int = 5,
+        ns_coefficients="jordan",
+        ns_dtype: Optional[torch.dtype] = None,
+        weight_decay: float = 0.0,
+        shape_scaling: str = "original",
+        adamw: Optional[dict] = None,
+        nonfinite: str = "raise",
+    ):
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            nesterov=nesterov,
+            orthogonalizer=orthogonalizer,
+            ns_steps=ns_steps,
+            ns_coefficients=ns_coefficients,
+            ns_dtype=ns_dtype,
+            weight_decay=weight_decay,
+            shape_scaling=shape_scaling,
+        )
+        super().__init__(params, defaults, adamw=adamw, nonfinite=nonfinite)
+
+    def chain(self):
+        return [Momentum(), AsMatrix(), Orthogonalize(), ShapeScale(), DecoupledWeightDecay(), ApplyLR()]
+
+    def validate(self, group):
+        validate_common(group)
+        validate_orthogonalizer(group)
+        if group["shape_scaling"] not in SHAPE_SCALINGS:
+            raise ValueError(f"shape_scaling must be one of {SHAPE_SCALINGS}, got {group['shape_scaling']!r}")
