@@ -1,4 +1,5 @@
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -10,3 +11,4 @@ def _doctest_namespace(doctest_namespace):
     import specgrad.optim
 
     doctest_namespace["specgrad"] = specgrad
+    doctest_namespace["pd"] = pd

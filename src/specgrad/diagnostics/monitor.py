@@ -1,0 +1,313 @@
+"""``SpectralMonitor``: the layerwise test ``nr(G_l) >= st(A_{l-1})`` measured during training.
+
+For a block ``W`` (``out x in``) fed by activations ``A`` (rows = samples or tokens), the
+one-step theory of Davis & Drusvyatskiy guarantees a decrease of ``||G||_F^2 / (2 L_F)``
+for a Euclidean step and ``||G||_*^2 / (2 L_op)`` for a spectral one, with
+``L_F ~ ||A||_op^2`` and ``L_op ~ ||A||_F^2``; the ratio of the two is ``nr(G) / st(A)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Optional, Union
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..linalg import matrix_view
+from .stats import make_accumulator
+
+ActivationFn = Callable[[nn.Module, tuple, Any], Tensor]
+
+
+def first_input(module: nn.Module, args: tuple, output: Any) -> Tensor:
+    """The default activation getter: the module's first positional input."""
+    return args[0]
+
+
+def conv2d_patches(module: nn.Conv2d, args: tuple, output: Any) -> Tensor:
+    """Unfolded input patches of a ``Conv2d``: ``(N * L, in * kh * kw)``, the activation the
+    weight's matrix view ``(out, in * kh * kw)`` multiplies."""
+    x = args[0]
+    if x.ndim == 3:
+        x = x.unsqueeze(0)
+    cols = F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)
+    return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+
+
+def _conv_supported(m: nn.Conv2d) -> Optional[str]:
+    if m.groups != 1:
+        return "grouped convolution"
+    if isinstance(m.padding, str):
+        return f"string padding {m.padding!r}"
+    if m.padding_mode != "zeros":
+        return f"padding_mode {m.padding_mode!r}"
+    return None
+
+
+@dataclass
+class _Tap:
+    """One forward hook on one module: its activation getter and accumulated statistics."""
+
+    module: nn.Module
+    kind: str
+    dim: int
+    activation: ActivationFn
+    stats: Any = None
+    handle: Any = None
+
+
+@dataclass
+class Block:
+    """A weight matrix monitored against the activation of a tap; ``rows`` selects a part
+    of the weight's matrix view (e.g. the Q rows of a fused QKV weight)."""
+
+    name: str
+    tap: _Tap
+    weight: nn.Parameter
+    rows: Optional[slice] = None
+
+    def grad(self) -> Optional[Tensor]:
+        g = self.weight.grad
+        if g is None:
+            return None
+        if g.is_sparse:
+            g = g.to_dense()
+        G = matrix_view(g)
+        if self.tap.kind == "embedding":
+            G = G.T  # the embedding maps a one-hot (vocab) to width: W^T is (out, in)
+        return G if self.rows is None else G[self.rows]
+
+
+def gradient_norms(G: Tensor) -> tuple[float, float]:
+    """``(||G||_F, ||G||_*)`` in float64, via the eigenvalues of the smaller Gram matrix."""
+    G = G.detach().to(torch.float64)
+    gram = G @ G.mT if G.shape[0] <= G.shape[1] else G.mT @ G
+    s = torch.linalg.eigvalsh(gram).clamp_min(0).sqrt()
+    return math.sqrt(float(gram.diagonal().sum())), float(s.sum())
+
+
+class SpectralMonitor:
+    """Record, per block and on every ``every``-th step, ``st(A)`` of the incoming
+    activation and ``nr(G)`` of the weight's gradient.
+
+    Blocks: every ``nn.Linear`` (any leading dims; tokens are rows), ``nn.Conv2d`` (input
+    patches unfolded; weight viewed as ``(out, in*kh*kw)``) and ``nn.Embedding`` (the
+    token-indicator matrix: ``st = 1/p_max`` from token counts) of ``model``, or those named
+    in ``layers``; more with :meth:`add_block` and :meth:`add_fused`.
+
+    Activation statistics stream into a float64 Gram per block (memory ``O(d_in^2)``
+    whatever the batch), or into a row sketch for blocks with ``d_in > max_dim`` (see
+    :class:`~specgrad.diagnostics.stats.SketchedActivation`). Only forward passes in training
+    mode with gradients enabled whose output reaches ``backward`` count, so eval and
+    ``no_grad`` passes are ignored, and the micro-batches of gradient accumulation add up.
+
+    Call :meth:`step` once per optimizer step, after ``backward`` and before ``zero_grad``.
+    Records are in :attr:`records` (a list of dicts) and :meth:`frame` (a DataFrame);
+    ``loggers`` receive each sampled step's rows.
+
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1))
+        >>> with SpectralMonitor(net, every=1) as mon:
+        ...     net(torch.randn(64, 8)).pow(2).mean().backward()
+        ...     rows = mon.step()
+        >>> mon.frame()[["block", "shape", "verdict"]].values.tolist()[1]
+        ['2', '1x32', 'euclidean']
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        every: int = 10,
+        *,
+        layers: Optional[Iterable[str]] = None,
+        max_dim: int = 4096,
+        loggers: Iterable = (),
+    ):
+        if isinstance(every, bool) or not isinstance(every, int) or every <= 0:
+            raise ValueError(f"every must be a positive integer, got {every!r}")
+        if isinstance(max_dim, bool) or not isinstance(max_dim, int) or max_dim <= 0:
+            raise ValueError(f"max_dim must be a positive integer, got {max_dim!r}")
+        self.every = every
+        self.max_dim = max_dim
+        self.loggers = list(loggers)
+        self.records: list[dict] = []
+        self.skipped: dict[str, str] = {}
+        self._taps: dict[int, _Tap] = {}
+        self._blocks: list[Block] = []
+        self._step = 0
+        self._open = True
+        names = None if layers is None else list(layers)
+        modules = dict(model.named_modules())
+        if names is not None:
+            missing = [n for n in names if n not in modules]
+            if missing:
+                raise ValueError(f"no modules named {missing}; some that exist: {list(modules)[1:8]}")
+        for name, module in modules.items():
+            if names is not None and name not in names:
+                continue
+            if isinstance(module, nn.Linear):
+                self.add_block(name, module)
+            elif isinstance(module, nn.Conv2d):
+                reason = _conv_supported(module)
+                if reason:
+                    self.skipped[name] = reason
+                else:
+                    self.add_block(name, module, activation=conv2d_patches, kind="conv2d")
+            elif isinstance(module, nn.Embedding):
+                self.add_block(name, module, kind="embedding")
+            elif names is not None:
+                raise ValueError(f"module {name!r} ({type(module).__name__}) needs add_block with an activation getter")
+
+    # -- registration ------------------------------------------------------------------------
+    def _tap(self, module: nn.Module, kind: str, activation: ActivationFn, dim: int) -> _Tap:
+        tap = self._taps.get(id(module))
+        if tap is None:
+            tap = _Tap(module, kind, dim, activation)
+            tap.handle = module.register_forward_hook(self._make_hook(tap))
+            self._taps[id(module)] = tap
+        elif tap.activation is not activation:
+            raise ValueError(f"module {type(module).__name__} is already tapped with another activation getter")
+        return tap
+
+    def add_block(
+        self,
+        name: str,
+        module: nn.Module,
+        *,
+        weight: Union[str, nn.Parameter] = "weight",
+        activation: ActivationFn = first_input,
+        kind: str = "linear",
+        rows: Optional[slice] = None,
+        in_features: Optional[int] = None,
+    ) -> "SpectralMonitor":
+        """Monitor ``weight`` of ``module`` against ``activation(module, args, output)``,
+        a tensor ``(..., in_features)`` (or token ids for ``kind="embedding"``)."""
+        W = getattr(module, weight) if isinstance(weight, str) else weight
+        if not isinstance(W, Tensor) or W.ndim < 2:
+            raise ValueError(f"block {name!r}: weight must be a tensor with >= 2 dims, got {type(W).__name__}")
+        if kind == "embedding":
+            dim = W.shape[0]
+        else:
+            dim = in_features if in_features is not None else matrix_view(W).shape[1]
+        tap = self._tap(module, kind, activation, dim)
+        self._blocks.append(Block(name or type(module).__name__, tap, W, rows))
+        return self
+
+    def add_fused(self, name: str, module: nn.Module, parts: Iterable[str] = ("q", "k", "v"),
+                  weight: Union[str, nn.Parameter] = "weight", **kwargs) -> "SpectralMonitor":  # fmt: skip
+        """Monitor a fused weight (e.g. QKV ``(3d, d)``) as equal row blocks, one per part,
+        all fed by the same activation; blocks are named ``f"{name}.{part}"``.
+
+        Example:
+            >>> qkv = torch.nn.Linear(4, 12)
+            >>> SpectralMonitor(torch.nn.Sequential(), every=1).add_fused("attn", qkv).blocks
+            ['attn.q', 'attn.k', 'attn.v']
+        """
+        parts = list(parts)
+        W = getattr(module, weight) if isinstance(weight, str) else weight
+        out = matrix_view(W).shape[0]
+        if out % len(parts):
+            raise ValueError(f"{out} rows do not split into {len(parts)} equal parts")
+        size = out // len(parts)
+        for k, part in enumerate(parts):
+            self.add_block(f"{name}.{part}", module, weight=W, rows=slice(k * size, (k + 1) * size), **kwargs)
+        return self
+
+    @property
+    def blocks(self) -> list[str]:
+        return [b.name for b in self._blocks]
+
+    # -- hooks -------------------------------------------------------------------------------
+    @property
+    def sampling(self) -> bool:
+        """Whether the current step is recorded."""
+        return self._open and self._step % self.every == 0
+
+    def _make_hook(self, tap: _Tap):
+        def hook(module, args, output):
+            if not (self.sampling and module.training and torch.is_grad_enabled()):
+                return
+            out = output if isinstance(output, Tensor) else next(
+                (o for o in (output if isinstance(output, (tuple, list)) else ()) if isinstance(o, Tensor) and o.requires_grad), None
+            )  # fmt: skip
+            if out is None or not out.requires_grad:
+                return
+            pending = make_accumulator(tap.kind, tap.dim, self.max_dim, seed=self._step)
+            pending.update(tap.activation(module, args, output))
+            done = []
+
+            def commit(grad):
+                if not done and self._open:
+                    done.append(True)
+                    if tap.stats is None:
+                        tap.stats = pending
+                    else:
+                        tap.stats.merge(pending)
+
+            out.register_hook(commit)
+
+        return hook
+
+    # -- steps -------------------------------------------------------------------------------
+    def step(self) -> list[dict]:
+        """Close the current step: on a sampled step, compute and return its records."""
+        if not self._open:
+            raise RuntimeError("the monitor is closed")
+        rows = self._collect() if self.sampling else []
+        for tap in self._taps.values():
+            tap.stats = None
+        if rows:
+            self.records.extend(rows)
+            for logger in self.loggers:
+                logger.log(rows)
+        self._step += 1
+        return rows
+
+    def _collect(self) -> list[dict]:
+        rows = []
+        for b in self._blocks:
+            stats = b.tap.stats
+            G = b.grad()
+            if stats is None or stats.rows == 0 or G is None:
+                continue
+            g_fro, g_nuc = gradient_norms(G)
+            a_fro_sq, a_op_sq = stats.frobenius_sq(), stats.operator_sq()
+            st = a_fro_sq / a_op_sq if a_op_sq > 0 else 0.0
+            nr = (g_nuc / g_fro) ** 2 if g_fro > 0 else 0.0
+            ratio = nr / st if st > 0 else math.nan
+            rows.append(dict(
+                step=self._step, block=b.name, kind=b.tap.kind, shape=f"{G.shape[0]}x{G.shape[1]}",
+                rows=stats.rows, st_A=st, nr_G=nr, ratio=ratio,
+                verdict="spectral" if ratio >= 1 else "euclidean",
+                grad_fro=g_fro, grad_nuc=g_nuc, act_fro=math.sqrt(a_fro_sq), act_op=math.sqrt(a_op_sq),
+            ))  # fmt: skip
+        return rows
+
+    def frame(self) -> pd.DataFrame:
+        """All records so far, one row per (step, block)."""
+        return pd.DataFrame(self.records, columns=COLUMNS)
+
+    # -- lifetime ----------------------------------------------------------------------------
+    def close(self) -> None:
+        """Remove every hook and drop every reference to the model."""
+        for tap in self._taps.values():
+            tap.handle.remove()
+        self._taps.clear()
+        self._blocks.clear()
+        self._open = False
+        for logger in self.loggers:
+            logger.close()
+
+    def __enter__(self) -> "SpectralMonitor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+COLUMNS = ["step", "block", "kind", "shape", "rows", "st_A", "nr_G", "ratio", "verdict",
+           "grad_fro", "grad_nuc", "act_fro", "act_op"]  # fmt: skip
