@@ -1,4 +1,4 @@
-"""The ``specgrad`` command line."""
+"""The ``specgrad`` command line: ``run``, ``list``, ``demo``."""
 
 from __future__ import annotations
 
@@ -9,11 +9,64 @@ from . import __version__
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import linalg_table
-
     from rich.console import Console
 
+    from .demo import linalg_table
+
     Console().print(linalg_table(size=args.size, seed=args.seed))
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .experiments import EXPERIMENTS, PRESETS
+    from .experiments.catalog import load_all
+
+    load_all()
+    table = Table(title="experiments (specgrad run NAME --preset PRESET)")
+    table.add_column("name")
+    table.add_column("what it shows")
+    for p in PRESETS:
+        table.add_column(p)
+    for name in sorted(EXPERIMENTS):
+        exp = EXPERIMENTS[name]
+        sizes = [exp.size(exp.make_config(p)) for p in PRESETS]
+        table.add_row(name, exp.description, *sizes)
+    Console().print(table)
+    return 0
+
+
+def _parse_sets(pairs: list[str]) -> dict[str, str]:
+    from .experiments import UsageError
+
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise UsageError(f"--set expects key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from .experiments import run_experiment
+    from .experiments.catalog import load_all
+
+    load_all()
+    result = run_experiment(
+        args.name, args.preset, args.out, seeds=args.seeds, device=args.device,
+        overrides=_parse_sets(args.set), force=args.force,
+    )  # fmt: skip
+    console = Console()
+    for c in result["claims"]:
+        mark = "[green]PASS[/]" if c["passed"] else "[red]FAIL[/]"
+        op = ">=" if c["direction"] == "min" else "<="
+        console.print(f"{mark} {c['id']}: {c['value']:.4g} {op} {c['threshold']:.4g}  ({c['statement']})")
+    console.print(f"result: {args.out}/{args.name}/result.json")
     return 0
 
 
@@ -24,20 +77,44 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"specgrad {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
     demo = sub.add_parser("demo", help="orthogonalizers compared on random matrices (a table)")
     demo.add_argument("--size", type=int, default=512, help="matrix size (default 512)")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
+
+    lst = sub.add_parser("list", help="the registered experiments and their presets")
+    lst.set_defaults(func=_list)
+
+    run = sub.add_parser("run", help="run (or resume) one experiment")
+    run.add_argument("name", help="experiment name (see `specgrad list`)")
+    run.add_argument("--preset", default="smoke", help="smoke | quick | paper (default smoke)")
+    run.add_argument("--out", default="results", help="output folder (default results)")
+    run.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the preset's)")
+    run.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a setting of the config; repeatable")  # fmt: skip
+    run.add_argument("--force", action="store_true", help="discard saved work in OUT/NAME and start over")
+    run.set_defaults(func=_run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .experiments import UsageError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
-    return args.func(args)
+    try:
+        return args.func(args)
+    except UsageError as e:
+        print(f"specgrad {args.command}: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; finished seeds are saved, rerun the same command to resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

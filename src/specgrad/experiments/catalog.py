@@ -1,0 +1,10 @@
+"""Imports every experiment module so that each registers itself."""
+
+import importlib
+
+MODULES: tuple[str, ...] = ()
+
+
+def load_all() -> None:
+    for module in MODULES:
+        importlib.import_module(f"specgrad.experiments.{module}")

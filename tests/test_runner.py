@@ -1,0 +1,151 @@
+"""The experiment runner: result file, resumption, config refusal, bad input, CLI."""
+
+import json
+from dataclasses import dataclass
+from typing import Optional
+
+import pytest
+import torch
+
+from specgrad import cli
+from specgrad.experiments import EXPERIMENTS, Claim, Experiment, UsageError, register, run_experiment
+
+CALLS: list[int] = []
+
+
+@dataclass
+class ToyConfig:
+    steps: int = 5
+    lr: float = 0.1
+    decay: bool = True
+    label: Optional[str] = None
+    widths: tuple[int, ...] = (2, 3)
+
+
+def toy_run_seed(cfg, seed, ctx):
+    CALLS.append(seed)
+    if cfg.label == "interrupt" and seed == 1 and CALLS.count(1) == 1:
+        raise KeyboardInterrupt
+    g = torch.Generator().manual_seed(seed)
+    x = float(torch.rand((), generator=g)) + 1
+    ctx.steps(cfg.steps, "toy")
+    losses = []
+    for _ in range(cfg.steps):
+        x *= 1 - cfg.lr
+        losses.append(x)
+        ctx.advance()
+    return {"gd": {"step": list(range(cfg.steps)), "loss": losses}}
+
+
+def toy_analyze(cfg, series):
+    finals = [m["loss"][-1] for k, m in series.items() if k.startswith("gd/")]
+    mean = sum(finals) / len(finals)
+    return {"final_loss": mean}, [Claim("loss-falls", "GD lowers the loss below 1.5", mean, 1.5, "max")]
+
+
+def toy_plot(cfg, series, summary, folder):
+    (folder / "toy.png").write_bytes(b"\x89PNG")
+    return ["toy.png"]
+
+
+TOY = register(Experiment(
+    name="toy", description="a geometric decay", config=ToyConfig, run_seed=toy_run_seed,
+    analyze=toy_analyze, plot=toy_plot, presets={"smoke": {"steps": 3}, "quick": {"steps": 10}},
+    seeds={"smoke": 2, "quick": 3, "paper": 3}, size=lambda c: f"{c.steps} steps",
+))  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _clear_calls():
+    CALLS.clear()
+
+
+def test_result_file_has_the_documented_format(tmp_path):
+    result = run_experiment("toy", "smoke", tmp_path, progress=False)
+    on_disk = json.loads((tmp_path / "toy" / "result.json").read_text())
+    assert on_disk == result
+    assert set(result) >= {"experiment", "preset", "config", "env", "series", "summary", "claims", "figures"}
+    assert result["config"] == {"steps": 3, "lr": 0.1, "decay": True, "label": None, "widths": [2, 3]}
+    assert sorted(result["series"]) == ["gd/seed0", "gd/seed1"]
+    assert len(result["series"]["gd/seed0"]["loss"]) == 3
+    assert result["claims"][0]["passed"] is True and result["claims"][0]["id"] == "loss-falls"
+    assert result["figures"] == ["toy.png"] and (tmp_path / "toy" / "toy.png").exists()
+    assert result["env"]["torch"] == torch.__version__
+    # nothing but whole files: no temp files left behind
+    assert not list((tmp_path / "toy").rglob("*.tmp"))
+
+
+def test_seeds_determine_the_run(tmp_path):
+    a = run_experiment("toy", "smoke", tmp_path / "a", progress=False)
+    b = run_experiment("toy", "smoke", tmp_path / "b", progress=False)
+    assert a["series"] == b["series"]
+    assert a["series"]["gd/seed0"] != a["series"]["gd/seed1"]
+
+
+def test_resume_after_interruption_redoes_nothing(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment("toy", "smoke", tmp_path, overrides={"label": "interrupt"}, progress=False)
+    assert CALLS == [0, 1]
+    assert (tmp_path / "toy" / "seeds" / "seed0.json").exists()
+    assert not (tmp_path / "toy" / "seeds" / "seed1.json").exists()
+    assert not (tmp_path / "toy" / "result.json").exists()
+    result = run_experiment("toy", "smoke", tmp_path, overrides={"label": "interrupt"}, progress=False)
+    assert CALLS == [0, 1, 1]  # seed 0 was not run again
+    assert sorted(result["series"]) == ["gd/seed0", "gd/seed1"]
+    run_experiment("toy", "smoke", tmp_path, overrides={"label": "interrupt"}, seeds=3, progress=False)
+    assert CALLS == [0, 1, 1, 2]  # more seeds extend the run
+
+
+def test_mismatched_config_is_refused_and_force_starts_over(tmp_path):
+    run_experiment("toy", "smoke", tmp_path, progress=False)
+    with pytest.raises(UsageError, match="lr: 0.1 there, 0.5 now"):
+        run_experiment("toy", "smoke", tmp_path, overrides={"lr": "0.5"}, progress=False)
+    with pytest.raises(UsageError, match="preset 'smoke' there, 'quick' now"):
+        run_experiment("toy", "quick", tmp_path, progress=False)
+    CALLS.clear()
+    result = run_experiment("toy", "smoke", tmp_path, overrides={"lr": "0.5"}, force=True, progress=False)
+    assert CALLS == [0, 1] and result["config"]["lr"] == 0.5
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"nope": "1"}, "has no setting 'nope'; settings: steps, lr, decay, label, widths"),
+        ({"steps": "2.5"}, "'steps' expects int, got '2.5'"),
+        ({"lr": "fast"}, "'lr' expects float"),
+        ({"decay": "maybe"}, "'decay' expects bool"),
+        ({"widths": "2,x"}, "'widths' expects int"),
+    ],
+)
+def test_bad_settings_are_one_clear_line(tmp_path, overrides, match):
+    with pytest.raises(UsageError, match=match):
+        run_experiment("toy", "smoke", tmp_path, overrides=overrides, progress=False)
+
+
+def test_set_parses_every_supported_type(tmp_path):
+    cfg = TOY.make_config("smoke", {"steps": "4", "lr": "0.25", "decay": "false", "label": "x", "widths": "4, 5,6"})
+    assert cfg == ToyConfig(steps=4, lr=0.25, decay=False, label="x", widths=(4, 5, 6))
+    assert TOY.make_config("smoke", {"label": "none"}).label is None
+
+
+def test_cli_exit_codes_and_messages(tmp_path, capsys):
+    assert cli.main(["run", "nope", "--out", str(tmp_path)]) == 2
+    assert "unknown experiment 'nope'" in capsys.readouterr().err
+    assert cli.main(["run", "toy", "--preset", "huge", "--out", str(tmp_path)]) == 2
+    assert "unknown preset 'huge'; choose one of smoke, quick, paper" in capsys.readouterr().err
+    assert cli.main(["run", "toy", "--set", "lr", "--out", str(tmp_path)]) == 2
+    assert "--set expects key=value" in capsys.readouterr().err
+    assert cli.main(["run", "toy", "--device", "tpu", "--out", str(tmp_path)]) == 2
+    assert cli.main(["run", "toy", "--out", str(tmp_path), "--set", "steps=2"]) == 0
+    out = capsys.readouterr().out
+    assert "PASS loss-falls" in out and "result.json" in out
+    assert cli.main(["list"]) == 0
+    assert "toy" in capsys.readouterr().out
+
+
+def test_registry_rejects_bad_definitions():
+    with pytest.raises(ValueError, match="unknown fields"):
+        Experiment("bad", "", ToyConfig, toy_run_seed, toy_analyze, presets={"smoke": {"stepz": 1}})
+    with pytest.raises(ValueError, match="already registered"):
+        register(Experiment("toy", "", ToyConfig, toy_run_seed, toy_analyze))
+    assert "toy" in EXPERIMENTS
