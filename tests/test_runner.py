@@ -143,6 +143,24 @@ def test_cli_exit_codes_and_messages(tmp_path, capsys):
     assert "toy" in capsys.readouterr().out
 
 
+def test_tuning_runs_once_and_reaches_every_seed(tmp_path):
+    tuned = []
+
+    def tune(cfg, ctx):
+        tuned.append(1)
+        return {"best_lr": 0.3}
+
+    def run_seed(cfg, seed, ctx):
+        return {"gd": {"lr": [ctx.tuning["best_lr"]]}}
+
+    register(Experiment("tuned-toy", "", ToyConfig, run_seed, lambda c, s: ({}, []), tune=tune))
+    result = run_experiment("tuned-toy", "smoke", tmp_path, progress=False)
+    assert result["tuning"] == {"best_lr": 0.3}
+    assert result["series"]["gd/seed0"]["lr"] == [0.3]
+    run_experiment("tuned-toy", "smoke", tmp_path, seeds=2, progress=False)
+    assert len(tuned) == 1  # loaded from tuning.json, not recomputed
+
+
 def test_registry_rejects_bad_definitions():
     with pytest.raises(ValueError, match="unknown fields"):
         Experiment("bad", "", ToyConfig, toy_run_seed, toy_analyze, presets={"smoke": {"stepz": 1}})

@@ -51,6 +51,9 @@ class Experiment:
     * ``analyze(config, series) -> (summary, claims)``: ``series`` maps
       ``"<method>/seed<k>"`` to metrics; the summary is a flat dict of numbers.
     * ``plot(config, series, summary, outdir) -> [file names]`` (optional).
+    * ``tune(config, ctx) -> dict`` (optional): runs once before the seeds (a learning-rate
+      sweep, say); its result is saved, recorded in the result file under ``"tuning"``, and
+      given to every ``run_seed`` as ``ctx.tuning``.
     * ``presets``: overrides of the config's defaults per preset; ``seeds``: default seed
       count per preset; ``size(config)``: a short description of the run's size.
     """
@@ -61,6 +64,7 @@ class Experiment:
     run_seed: Callable[[Any, int, Any], Series]
     analyze: Callable[[Any, dict], tuple[dict, list[Claim]]]
     plot: Optional[Callable[[Any, dict, dict, Any], list[str]]] = None
+    tune: Optional[Callable[[Any, Any], dict]] = None
     presets: dict[str, dict] = field(default_factory=dict)
     seeds: dict[str, int] = field(default_factory=lambda: {"smoke": 1, "quick": 3, "paper": 5})
     size: Callable[[Any], str] = lambda cfg: ""

@@ -73,8 +73,9 @@ class RunContext:
     ``ctx.steps(total, label)`` starts a bar of ``total`` units; ``ctx.advance(n)`` moves it.
     """
 
-    def __init__(self, device: str, progress: Optional[Progress], task_label: str):
+    def __init__(self, device: str, progress: Optional[Progress], task_label: str, tuning: Optional[dict] = None):
         self.device = torch.device(device)
+        self.tuning = tuning or {}
         self._progress = progress
         self._label = task_label
         self._task = None
@@ -158,13 +159,14 @@ def run_experiment(
     series: dict[str, dict] = {}
     seconds: dict[str, float] = {}
     with _progress(console, progress) as bar:
+        tuning = _tuning(exp, cfg, folder, device, bar, console)
         overall = bar.add_task(f"{name} [{preset}] seeds", total=n_seeds) if bar else None
         for seed in range(n_seeds):
             path = folder / "seeds" / f"seed{seed}.json"
             if path.exists():
                 record = json.loads(path.read_text())
             else:
-                ctx = RunContext(device, bar, f"{name} seed {seed}")
+                ctx = RunContext(device, bar, f"{name} seed {seed}", tuning)
                 torch.manual_seed(seed)
                 t0 = time.perf_counter()
                 result = exp.run_seed(cfg, seed, ctx)
@@ -184,6 +186,7 @@ def run_experiment(
         "env": {"torch": torch.__version__, "specgrad": __version__, "device": device,
                 "seconds": time.perf_counter() - started, "seed_seconds": seconds, "git": git_revision(),
                 "date": time.strftime("%Y-%m-%d %H:%M:%S")},  # fmt: skip
+        "tuning": tuning,
         "series": series,
         "summary": summary,
         "claims": [c.to_dict() for c in claims],
@@ -191,6 +194,23 @@ def run_experiment(
     }
     write_json(folder / "result.json", result)
     return to_jsonable(result)
+
+
+def _tuning(exp: Experiment, cfg, folder: Path, device: str, bar, console: Console) -> dict:
+    """Run (or load) the experiment's tuning stage."""
+    if exp.tune is None:
+        return {}
+    path = folder / "tuning.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    ctx = RunContext(device, bar, f"{exp.name} tuning")
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    tuning = to_jsonable(exp.tune(cfg, ctx))
+    ctx.close()
+    write_json(path, tuning)
+    console.log(f"{exp.name} tuning finished in {time.perf_counter() - t0:.1f}s")
+    return tuning
 
 
 def _describe_difference(old: dict, new: dict) -> str:
