@@ -1,0 +1,126 @@
+"""Training loops shared by the experiments."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from ..data import CharCorpus
+from ..optim import Muon, SpecGD, split_params
+
+LM_METHODS = ("adamw", "muon", "specgd")
+
+
+def warmup_cosine(step: int, total: int, warmup: int, floor: float = 0.1) -> float:
+    """LR multiplier: linear warmup over ``warmup`` steps, then cosine decay to ``floor``
+    at ``total`` (nanoGPT's schedule, ``min_lr = lr / 10``)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def lm_optimizer(method: str, model: nn.Module, lr: float, adamw_lr: float, weight_decay: float = 0.1):
+    """The three optimizers of the char-LM comparison, with their stated settings.
+
+    * ``adamw``: AdamW on everything, betas (0.9, 0.99), weight decay on matrices only
+      (nanoGPT's ``shakespeare_char`` recipe).
+    * ``muon``: Muon (Nesterov 0.95, Jordan's 5-step Newton-Schulz, ``"original"`` shape
+      scaling) on hidden matrices; AdamW at ``adamw_lr`` on embeddings, head and norms.
+    * ``specgd``: the same with the exact SVD polar factor (SpecGD with momentum).
+    """
+    if method == "adamw":
+        decay = [p for p in model.parameters() if p.ndim >= 2]
+        rest = [p for p in model.parameters() if p.ndim < 2]
+        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.99))
+    routing = split_params(model)
+    adamw = {"lr": adamw_lr, "betas": (0.9, 0.99), "weight_decay": 0.0}
+    groups = routing.param_groups(spectral={"lr": lr}, adamw=adamw)
+    if method == "muon":
+        return Muon(groups, momentum=0.95, nesterov=True, adamw=adamw)
+    if method == "specgd":
+        return SpecGD(groups, momentum=0.95, nesterov=True, orthogonalizer="svd",
+                      shape_scaling="original", adamw=adamw)  # fmt: skip
+    raise ValueError(f"unknown method {method!r}; choose one of {LM_METHODS}")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, corpus: CharCorpus, split: str, batches: int, batch_size: int,
+             context: int, seed: int = 1234) -> float:  # fmt: skip
+    """Mean loss over ``batches`` fixed batches (the same ones at every evaluation)."""
+    was = model.training
+    model.eval()
+    g = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    total = 0.0
+    for _ in range(batches):
+        x, y = corpus.get_batch(split, batch_size, context, g)
+        total += float(model(x.to(device), y.to(device))[1])
+    model.train(was)
+    return total / batches
+
+
+def train_lm(
+    model: nn.Module,
+    corpus: CharCorpus,
+    opt: torch.optim.Optimizer,
+    *,
+    iters: int,
+    batch_size: int,
+    context: int,
+    warmup: int,
+    eval_every: int,
+    eval_batches: int,
+    seed: int,
+    advance: Callable[[int], None] = lambda n: None,
+    on_step: Optional[Callable[[int], None]] = None,
+) -> dict[str, list]:
+    """Train for ``iters`` steps with a warmup-cosine schedule on every group's initial lr;
+    return per-evaluation ``step, train_loss, val_loss, seconds`` (training time only).
+
+    ``on_step(step)`` runs after each backward, before the optimizer step (a monitor hook).
+    A non-finite loss stops training early; the series then ends with ``nan``.
+    """
+    device = next(model.parameters()).device
+    base = [g["lr"] for g in opt.param_groups]
+    g = torch.Generator().manual_seed(seed)
+    out = {"step": [], "train_loss": [], "val_loss": [], "seconds": []}
+    elapsed, window = 0.0, []
+    for step in range(iters + 1):
+        if step % eval_every == 0 or step == iters:
+            out["step"].append(step)
+            out["train_loss"].append(sum(window) / len(window) if window else math.nan)
+            out["val_loss"].append(evaluate(model, corpus, "val", eval_batches, batch_size, context))
+            out["seconds"].append(elapsed)
+            window = []
+        if step == iters:
+            break
+        t0 = time.perf_counter()
+        scale = warmup_cosine(step, iters, warmup)
+        for group, lr in zip(opt.param_groups, base):
+            group["lr"] = lr * scale
+        x, y = corpus.get_batch("train", batch_size, context, g)
+        _, loss = model(x.to(device), y.to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if on_step is not None:
+            on_step(step)
+        opt.step()
+        elapsed += time.perf_counter() - t0
+        value = loss.item()
+        window.append(value)
+        advance(1)
+        if not math.isfinite(value):
+            out["step"].append(step + 1)
+            out["train_loss"].append(math.nan)
+            out["val_loss"].append(math.nan)
+            out["seconds"].append(elapsed)
+            break
+    for group, lr in zip(opt.param_groups, base):
+        group["lr"] = lr
+    return out
