@@ -70,6 +70,36 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reproduce(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from .experiments.runner import reproduce
+    from .report import build_report
+
+    only = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else None
+    status = reproduce(args.preset, args.out, only=only, device=args.device)
+    path = build_report(args.out)
+    failed = [n for n, s in status.items() if s != "ok"]
+    console = Console()
+    if failed:
+        console.print(f"[red]{len(failed)} experiment(s) failed[/]: {', '.join(failed)} (see the report)")
+    console.print(f"report: {path.resolve()}")
+    return 1 if failed else 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .report import build_report
+
+    try:
+        path = build_report(args.folder)
+    except ValueError as e:
+        from .experiments import UsageError
+
+        raise UsageError(str(e)) from None
+    print(f"report: {path.resolve()}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="specgrad",
@@ -96,6 +126,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a setting of the config; repeatable")  # fmt: skip
     run.add_argument("--force", action="store_true", help="discard saved work in OUT/NAME and start over")
     run.set_defaults(func=_run)
+
+    rep = sub.add_parser("reproduce", help="run every study (resuming) and build the HTML report")
+    rep.add_argument("--preset", default="quick", help="smoke | quick | paper (default quick)")
+    rep.add_argument("--out", default="results", help="output folder (default results)")
+    rep.add_argument("--only", default=None, metavar="NAMES", help="comma-separated experiment names")
+    rep.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    rep.set_defaults(func=_reproduce)
+
+    report = sub.add_parser("report", help="build FOLDER/report.html from the result files in FOLDER")
+    report.add_argument("folder")
+    report.set_defaults(func=_report)
     return parser
 
 

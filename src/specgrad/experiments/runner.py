@@ -219,3 +219,42 @@ def _describe_difference(old: dict, new: dict) -> str:
     a, b = old.get("config", {}), new.get("config", {})
     keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
     return ", ".join(f"{k}: {a.get(k)!r} there, {b.get(k)!r} now" for k in keys[:4]) or "different experiment"
+
+
+def reproduce(
+    preset: str = "quick",
+    out: os.PathLike | str = "results",
+    *,
+    only: Optional[list[str]] = None,
+    device: str = "cpu",
+    console: Optional[Console] = None,
+    progress: bool = True,
+) -> dict[str, str]:
+    """Run (or resume) every registered experiment at ``preset``; one that fails is
+    recorded in ``out/NAME/error.json`` (message and traceback) and the others go on.
+    Returns ``{name: "ok" | "error: ..."}``."""
+    import traceback
+
+    from .catalog import load_all
+    from .registry import EXPERIMENTS
+
+    load_all()
+    names = sorted(EXPERIMENTS) if not only else list(only)
+    unknown = [n for n in names if n not in EXPERIMENTS]
+    if unknown:
+        raise UsageError(f"unknown experiments {unknown}; available: {', '.join(sorted(EXPERIMENTS))}")
+    console = console or Console(stderr=True)
+    status = {}
+    for name in names:
+        error_file = Path(out) / name / "error.json"
+        try:
+            run_experiment(name, preset, out, device=device, console=console, progress=progress)
+            error_file.unlink(missing_ok=True)
+            status[name] = "ok"
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:  # noqa: BLE001 - one failed study must not stop the others
+            write_json(error_file, {"message": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()})
+            console.log(f"[red]{name} failed[/]: {type(e).__name__}: {e}")
+            status[name] = f"error: {type(e).__name__}: {e}"
+    return status

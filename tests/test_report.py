@@ -1,0 +1,90 @@
+"""The HTML report: content from result files, failures shown, and a real browser check."""
+
+import os
+import shutil
+
+import pytest
+
+from specgrad.experiments import run_experiment, write_json
+from specgrad.experiments.catalog import load_all
+from specgrad.experiments.runner import reproduce
+from specgrad.report import build_report, load_results
+
+load_all()
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("results")
+    run_experiment("char-lm", "smoke", out, progress=False)
+    write_json(out / "broken" / "error.json", {"message": "RuntimeError: boom", "traceback": "Traceback...\nRuntimeError: boom"})
+    return out
+
+
+def test_report_lists_every_claim_and_shows_failures(results):
+    page = build_report(results).read_text()
+    loaded = load_results(results)
+    claims = [c for r in loaded.values() if "claims" in r for c in r["claims"]]
+    assert len(claims) == 2
+    for c in claims:
+        assert f"data-claim='char-lm:{c['id']}'" in page
+    assert "RuntimeError: boom" in page and "Other experiments" in page
+    assert "<img src='char-lm/val_loss.png'" in page  # relative: the folder can be zipped
+    assert "http" not in page.split("<body")[1]  # nothing fetched from a network
+
+
+def test_reproduce_records_a_failing_experiment_and_goes_on(tmp_path, monkeypatch):
+    from specgrad.experiments import EXPERIMENTS
+
+    def explode(cfg, seed, ctx):
+        raise RuntimeError("seed exploded")
+
+    monkeypatch.setattr(EXPERIMENTS["char-lm"], "run_seed", explode)
+    status = reproduce("smoke", tmp_path, only=["char-lm"], progress=False)
+    assert status["char-lm"].startswith("error: RuntimeError: seed exploded")
+    page = build_report(tmp_path).read_text()
+    assert "seed exploded" in page and "class=fail" in page
+
+
+def _chromium():
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def test_report_in_a_real_browser(results, tmp_path):
+    """Headless Chromium loads the page from disk: every figure decodes and the claims
+    table has a row per claim. In CI (CI=true) a missing browser is a failure, not a skip."""
+    chromium, driver_path = _chromium(), shutil.which("chromedriver")
+    if not (chromium and driver_path):
+        if os.environ.get("CI"):
+            pytest.fail("CI needs chromium and chromium-driver (installed by .ci/run)")
+        pytest.skip("chromium / chromedriver not installed")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    page = build_report(results)
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,2000"):  # fmt: skip
+        opts.add_argument(flag)
+    browser = webdriver.Chrome(service=Service(driver_path), options=opts)
+    try:
+        browser.get(page.resolve().as_uri())
+        WebDriverWait(browser, 20).until(lambda b: b.execute_script("return document.body.dataset.images"))
+        widths = browser.execute_script("return Array.from(document.images).map(i => i.naturalWidth)")
+        assert widths and all(w > 0 for w in widths)
+        assert browser.execute_script("return document.body.dataset.images") == f"{len(widths)}/{len(widths)}"
+        rows = browser.execute_script("return document.querySelectorAll('table.claims tr[data-claim]').length")
+        n_claims = sum(len(r.get("claims", [])) for r in load_results(results).values())
+        assert rows == n_claims
+        shot = tmp_path / "report.png"
+        browser.save_screenshot(str(shot))
+        assert shot.stat().st_size > 10_000
+    finally:
+        browser.quit()
