@@ -12,9 +12,11 @@ import warnings
 from typing import Any, Callable, Iterable, Optional
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 from torch.optim import Optimizer
 
+from .distributed import check_grads_agree, is_sharded
 from .transforms import Transform, Updates, adamw_chain
 
 ADAMW_DEFAULTS = {"lr": 3e-4, "betas": (0.9, 0.95), "eps": 1e-8, "weight_decay": 0.0}
@@ -63,15 +65,26 @@ class ChainOptimizer(Optimizer):
     ``nonfinite``: ``"raise"`` (default) raises :class:`NonFiniteGradError` naming the
     parameter before anything is written; ``"skip"`` warns and skips the whole step,
     parameters and state untouched. Parameters whose ``grad`` is None are skipped entirely.
+
+    Distributed (``torch.distributed`` initialized with more than one rank): parameters that
+    are FSDP2 DTensors are handled shard-wise, each spectral map computed by one owner rank;
+    with ``distribute=True`` replicated (DDP) parameters also split the spectral work
+    across ranks. In both cases the checks above run collectively (one ``all_reduce`` of
+    flags): a NaN on any rank stops every rank, and ranks that disagree about which
+    parameters have gradients all raise the same error instead of hanging.
     """
 
     rule: str = ""
     matrix_only: bool = True  # route parameters with < 2 dims to the AdamW rule
 
-    def __init__(self, params, defaults: dict, *, adamw: Optional[dict] = None, nonfinite: str = "raise"):
+    def __init__(self, params, defaults: dict, *, adamw: Optional[dict] = None, nonfinite: str = "raise",
+                 distribute: bool = False):  # fmt: skip
         if nonfinite not in ("raise", "skip"):
             raise ValueError(f"nonfinite must be 'raise' or 'skip', got {nonfinite!r}")
+        if distribute and not (dist.is_available() and dist.is_initialized()):
+            raise ValueError("distribute=True needs an initialized torch.distributed process group")
         self.nonfinite = nonfinite
+        self.distribute = bool(distribute)
         self._adamw_defaults = {**ADAMW_DEFAULTS, **(adamw or {})}
         unknown = set(self._adamw_defaults) - set(ADAMW_DEFAULTS)
         if unknown:
@@ -137,8 +150,23 @@ class ChainOptimizer(Optimizer):
         where = names[pi] if names else f"param_groups[{gi}]['params'][{pi}]"
         return f"{where} (shape {tuple(p.shape)})"
 
+    def _collective(self) -> bool:
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return False
+        return self.distribute or any(is_sharded(p) for g in self.param_groups for p in g["params"])
+
     def _nonfinite_grads(self) -> list[str]:
-        """Names of parameters whose gradient holds NaN or Inf; one host sync."""
+        """Names of parameters whose gradient holds NaN or Inf (on any rank, when
+        distributed); one host sync, or one ``all_reduce``."""
+        if self._collective():
+            entries = []
+            for gi, group in enumerate(self.param_groups):
+                for pi, p in enumerate(group["params"]):
+                    g = p.grad
+                    local = g.to_local() if g is not None and is_sharded(g) else g
+                    bad = local is not None and not bool(torch.isfinite(local).all())
+                    entries.append((self._describe(gi, pi, p), g is not None, bad))
+            return check_grads_agree(entries)
         entries = [
             (gi, pi, p)
             for gi, group in enumerate(self.param_groups)
@@ -170,6 +198,7 @@ class ChainOptimizer(Optimizer):
                 raise NonFiniteGradError(msg + "; nothing was updated")
             warnings.warn(msg + "; step skipped", RuntimeWarning, stacklevel=2)
             return loss
+        distributed = self.distribute and self._collective()
         for group in self.param_groups:
             chain = self._chains[group["algorithm"]]
             params = [p for p in group["params"] if p.grad is not None]
@@ -184,7 +213,7 @@ class ChainOptimizer(Optimizer):
                         t.init(p, state, group)
                 state["step"] += 1
                 states.append(state)
-            u = Updates(group, params, states, [p.grad for p in params])
+            u = Updates(group, params, states, [p.grad for p in params], distributed=distributed)
             for t in chain:
                 t(u)
         return loss

@@ -61,6 +61,8 @@ class Muon(ChainOptimizer):
         adamw: settings of the AdamW rule (``lr``, ``betas``, ``eps``, ``weight_decay``);
             defaults ``lr=3e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0``.
         nonfinite: ``"raise"`` or ``"skip"`` on NaN/Inf gradients (see ``ChainOptimizer``).
+        distribute: under DDP, split the orthogonalizations across ranks by cost and share
+            the results with one ``all_gather`` (FSDP2 DTensor parameters are always split).
 
     Example:
         >>> model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
@@ -87,6 +89,7 @@ class Muon(ChainOptimizer):
         shape_scaling: str = "original",
         adamw: Optional[dict] = None,
         nonfinite: str = "raise",
+        distribute: bool = False,
     ):
         defaults = dict(
             lr=lr,
@@ -99,7 +102,7 @@ class Muon(ChainOptimizer):
             weight_decay=weight_decay,
             shape_scaling=shape_scaling,
         )
-        super().__init__(params, defaults, adamw=adamw, nonfinite=nonfinite)
+        super().__init__(params, defaults, adamw=adamw, nonfinite=nonfinite, distribute=distribute)
 
     def chain(self):
         return [Momentum(), AsMatrix(), Orthogonalize(), ShapeScale(), DecoupledWeightDecay(), ApplyLR()]

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from .chain import ChainOptimizer, _check_range, validate_common
+from .distributed import is_sharded
 from .transforms import ApplyLR, AsMatrix, DecoupledWeightDecay, Momentum, Transform
 
 GRAFTINGS = ("adam", "sgd", "none")
@@ -40,6 +41,8 @@ class ShampooPrecondition(Transform):
     def __call__(self, u):
         g = u.group
         decay = g["stat_decay"]
+        if u.updates and is_sharded(u.updates[0]):
+            raise NotImplementedError("Shampoo needs full gradient statistics; it supports DDP, not FSDP2 sharded parameters")
         for i, (M, st) in enumerate(zip(u.updates, u.states)):
             G = u.params[i].grad.reshape(M.shape)
             diag_l, diag_r = self._sides(G, g)

@@ -67,16 +67,17 @@ class SpecGD(ChainOptimizer):
         shape_scaling: str = "none",
         adamw: Optional[dict] = None,
         nonfinite: str = "raise",
+        distribute: bool = False,
     ):
         defaults = dict(
             lr=lr, step_size=step_size, momentum=momentum, nesterov=nesterov,
             orthogonalizer=orthogonalizer, ns_steps=ns_steps, ns_coefficients=ns_coefficients,
             ns_dtype=ns_dtype, weight_decay=weight_decay, shape_scaling=shape_scaling,
         )  # fmt: skip
-        super().__init__(params, defaults, adamw=adamw, nonfinite=nonfinite)
+        super().__init__(params, defaults, adamw=adamw, nonfinite=nonfinite, distribute=distribute)
 
     def chain(self):
-        return [Momentum(), AsMatrix(), NuclearStep(), Orthogonalize(), ShapeScale(),
+        return [Momentum(), AsMatrix(), Orthogonalize(), NuclearStep(), ShapeScale(),
                 DecoupledWeightDecay(), ApplyLR()]  # fmt: skip
 
     def validate(self, group):
@@ -115,13 +116,14 @@ class SpectralDescent(ChainOptimizer):
         shape_scaling: str = "none",
         adamw: Optional[dict] = None,
         nonfinite: str = "raise",
+        distribute: bool = False,
     ):
         if not callable(f):
             raise ValueError(f"f must be callable, got {type(f).__name__}")
         self.f = f
         defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
                         shape_scaling=shape_scaling)  # fmt: skip
-        super().__init__(params, defaults, adamw=adamw, nonfinite=nonfinite)
+        super().__init__(params, defaults, adamw=adamw, nonfinite=nonfinite, distribute=distribute)
 
     def chain(self):
         return [Momentum(), AsMatrix(), SpectralFunction(lambda: self.f), ShapeScale(),

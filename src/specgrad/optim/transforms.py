@@ -20,8 +20,11 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+import torch.distributed as dist
+
 from ..linalg import as_schedule, matrix_view, polar_express_schedule, polar_svd, quintic_iteration
 from ..linalg.spectral import spectral_map
+from .distributed import DTensor, assign_owners, exchange_replicated, exchange_sharded, is_sharded, orth_cost
 
 
 @dataclass
@@ -38,6 +41,8 @@ class Updates:
     states: list[dict]
     updates: list[Tensor]
     scales: list[float] = field(default_factory=list)
+    distributed: bool = False  # split spectral work across ranks (replicated parameters)
+    before_map: list[Tensor] = field(default_factory=list)  # the updates a spectral map replaced
 
     def __post_init__(self):
         if not self.scales:
@@ -82,68 +87,121 @@ class AsMatrix(Transform):
         u.updates = [matrix_view(g) for g in u.updates]
 
 
-class Orthogonalize(Transform):
+def orthogonalize_many(mats: list[Tensor], group: dict) -> list[Tensor]:
+    """Orthogonalize a list of matrices with the group's settings, batching equal shapes
+    (tall matrices are transposed so they batch with wide ones)."""
+    method = group["orthogonalizer"]
+    by_shape: dict[tuple, list[int]] = defaultdict(list)
+    for i, x in enumerate(mats):
+        m, n = x.shape
+        by_shape[(min(m, n), max(m, n), x.dtype, x.device)].append(i)
+    out: list[Tensor] = [None] * len(mats)  # type: ignore[list-item]
+    for idx in by_shape.values():
+        tall = [mats[i].shape[0] > mats[i].shape[1] for i in idx]
+        wide = [mats[i].mT if t else mats[i] for i, t in zip(idx, tall)]
+        G = wide[0].unsqueeze(0) if len(wide) == 1 else torch.stack(wide)
+        if method == "svd":
+            O = polar_svd(G)
+        else:
+            sched = (
+                polar_express_schedule(group["ns_steps"])
+                if method == "polar_express"
+                else as_schedule(group["ns_coefficients"])
+            )
+            O = quintic_iteration(G, sched, group["ns_steps"], dtype=group.get("ns_dtype"))
+        for k, (i, t) in enumerate(zip(idx, tall)):
+            out[i] = O[k].mT if t else O[k]
+    return out
+
+
+def _scalar(t: Tensor) -> float:
+    """A 0-d tensor's value; a DTensor partial sum is reduced across ranks first."""
+    return float(t.full_tensor() if is_sharded(t) else t)
+
+
+class SpectralMap(Transform):
+    """Base of the links that replace each matrix update by a spectral map of it.
+
+    ``compute(mats, group)`` maps a list of full matrices; this class decides where: here,
+    or, under ``torch.distributed``, on one owner rank per matrix
+    (:mod:`specgrad.optim.distributed`): sharded DTensor updates always, replicated ones
+    when the optimizer was built with ``distribute=True``. The replaced updates stay in
+    ``u.before_map``.
+    """
+
+    def compute(self, mats: list[Tensor], group: dict) -> list[Tensor]:
+        raise NotImplementedError
+
+    def cost(self, m: int, n: int, group: dict) -> float:
+        return orth_cost("svd", m, n, 1)
+
+    def __call__(self, u):
+        if u.updates and is_sharded(u.updates[0]):
+            out = self._sharded(u)
+        elif u.distributed and u.updates:
+            owners = self._owners(u.updates, u.group)
+            out = exchange_replicated(
+                u.updates, owners, lambda idx: dict(zip(idx, self.compute([u.updates[i] for i in idx], u.group)))
+            )
+        else:
+            out = self.compute(u.updates, u.group)
+        u.before_map = u.updates
+        u.updates = out
+
+    def _owners(self, mats: list[Tensor], group: dict) -> list[int]:
+        return assign_owners([self.cost(*x.shape, group) for x in mats], dist.get_world_size())
+
+    def _sharded(self, u) -> list[Tensor]:
+        shapes = [tuple(x.shape) for x in u.updates]
+        owners = self._owners(u.updates, u.group)
+
+        def compute(full: dict[int, Tensor]) -> dict[int, Tensor]:
+            keys = sorted(full)
+            return dict(zip(keys, self.compute([full[i] for i in keys], u.group)))
+
+        group = u.updates[0].device_mesh.get_group()
+        local = exchange_sharded([x.to_local() for x in u.updates], shapes, owners, compute, group)
+        return [DTensor.from_local(b, x.device_mesh, x.placements, shape=x.shape, stride=x.stride())
+                for b, x in zip(local, u.updates)]  # fmt: skip
+
+
+class Orthogonalize(SpectralMap):
     """Replace each matrix update by its (approximate) polar factor, batching same shapes.
 
     Reads ``orthogonalizer`` (``"newton_schulz"``, ``"polar_express"``, ``"svd"``),
     ``ns_steps``, ``ns_coefficients`` and ``ns_dtype`` (precision of the iteration; ``None``
-    keeps the update's). Tall matrices are transposed so they batch with the wide ones of
-    the same shape. With ``record_nuclear=True`` it also stores ``||G||_* = <G, polar(G)>``
-    in ``state["nuclear_norm"]`` (free once the polar factor exists).
+    keeps the update's).
     """
 
-    def __init__(self, record_nuclear: bool = False):
-        self.record_nuclear = record_nuclear
+    def compute(self, mats, group):
+        return orthogonalize_many(mats, group)
 
-    def __call__(self, u):
-        g = u.group
-        method = g["orthogonalizer"]
-        by_shape: dict[tuple, list[int]] = defaultdict(list)
-        for i, x in enumerate(u.updates):
-            m, n = x.shape
-            by_shape[(min(m, n), max(m, n), x.dtype, x.device)].append(i)
-        out = list(u.updates)
-        for idx in by_shape.values():
-            wide = [u.updates[i] if u.updates[i].shape[0] <= u.updates[i].shape[1] else u.updates[i].mT for i in idx]
-            G = wide[0].unsqueeze(0) if len(wide) == 1 else torch.stack(wide)
-            if method == "svd":
-                O = polar_svd(G)
-            else:
-                sched = (
-                    polar_express_schedule(g["ns_steps"])
-                    if method == "polar_express"
-                    else as_schedule(g["ns_coefficients"])
-                )
-                O = quintic_iteration(G, sched, g["ns_steps"], dtype=g.get("ns_dtype"))
-            for k, i in enumerate(idx):
-                o = O[k] if u.updates[i].shape[0] <= u.updates[i].shape[1] else O[k].mT
-                if self.record_nuclear:
-                    u.states[i]["nuclear_norm"] = (u.updates[i] * o).sum().float()
-                out[i] = o
-        u.updates = out
+    def cost(self, m, n, group):
+        return orth_cost(group["orthogonalizer"], m, n, group["ns_steps"])
 
 
-class SpectralFunction(Transform):
+class SpectralFunction(SpectralMap):
     """Replace each matrix update ``G = U S V^T`` by ``U f(S) V^T`` with ``f = fn()``."""
 
     def __init__(self, fn: Callable[[], Callable[[Tensor], Tensor]]):
         self.fn = fn
 
-    def __call__(self, u):
+    def compute(self, mats, group):
         f = self.fn()
-        u.updates = [spectral_map(x, f) for x in u.updates]
+        return [spectral_map(x, f) for x in mats]
 
 
 class NuclearStep(Transform):
-    """Scale each step by ``||G||_*`` when ``group["step_size"] == "nuclear"`` (the steepest
-    descent step under the spectral norm). Must run before :class:`Orthogonalize` so it sees
-    ``G``; it records the norm and multiplies the lr scale."""
+    """Scale each step by ``||G||_* = <G, polar(G)>`` when ``group["step_size"] ==
+    "nuclear"`` (the steepest descent step under the spectral norm; exact for the SVD polar
+    factor). Runs after :class:`Orthogonalize`: the inner product is free once ``polar(G)``
+    exists, on sharded matrices too (a local sum, then one reduction)."""
 
     def __call__(self, u):
         if u.group["step_size"] != "nuclear":
             return
-        for i, x in enumerate(u.updates):
-            u.scales[i] *= float(torch.linalg.matrix_norm(x.double(), ord="nuc"))
+        for i, (g, o) in enumerate(zip(u.before_map, u.updates)):
+            u.scales[i] *= _scalar((g * o).sum())
 
 
 def shape_scale(preset: str, out_features: int, in_features: int) -> float:
