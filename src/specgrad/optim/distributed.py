@@ -11,8 +11,9 @@ round-robin by index. Two layouts:
 
 * **replicated** (DDP: every rank holds every full matrix, gradients already averaged):
   each rank computes its own matrices, batched by shape, then one ``all_gather`` of the
-  padded, flattened outputs gives every rank every result. Bytes received per rank per step:
-  ``(W - 1) * max_r(sum_{i owned by r} m_i n_i) * itemsize``.
+  padded, flattened outputs gives every rank every result. The gather fills ``W`` buffers of
+  ``max_r(sum_{i owned by r} m_i n_i)`` elements per rank per step, ``W - 1`` of which cross
+  the network (``benchmarks/distributed_step.py`` checks the count).
 * **sharded** (FSDP2: DTensor parameters ``Shard(0)``, uneven shards allowed): an
   ``all_to_all`` sends each rank's row shard of matrix ``i`` to its owner, the owner
   computes, and a second ``all_to_all`` returns the row shards. Each of the two
