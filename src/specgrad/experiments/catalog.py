@@ -23,9 +23,19 @@ STUDIES: tuple[Study, ...] = (
         "published speedups are about 1.35x on NanoGPT and 1.4x at 0.1B parameters.",
         ("char-lm",),
     ),
+    Study(
+        "davis-drusvyatskiy",
+        "When do spectral gradient updates help in deep learning? (Davis & Drusvyatskiy, arXiv 2512.04299)",
+        "A spectral step on a block beats a Euclidean one when the gradient's nuclear rank exceeds the "
+        "stable rank of the block's incoming activations; post-activations have low stable rank at "
+        "initialization and during training, so spectral steps win on hidden layers; SwiGLU features "
+        "are a counterexample where gradient descent wins.",
+        ("init-stable-rank", "random-features", "sparse-regression", "nuclear-rank-growth", "lm-spectra"),
+        "davis-drusvyatskiy.md",
+    ),
 )
 
-MODULES: tuple[str, ...] = ("char_lm",)
+MODULES: tuple[str, ...] = ("char_lm", "davis_drusvyatskiy")
 
 
 def load_all() -> None:

@@ -1,0 +1,304 @@
+"""Davis & Drusvyatskiy reproductions: smoke runs, claim logic on constructed series, the
+update formulas against direct float64 computations, and the spike-bound formulas."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import specgrad.experiments.davis_drusvyatskiy as dd
+from specgrad.experiments import run_experiment
+from specgrad.linalg import nuclear_rank, polar_svd, stable_rank
+
+NAMES = ("init-stable-rank", "random-features", "sparse-regression", "nuclear-rank-growth", "lm-spectra")
+CLAIMS = {
+    "init-stable-rank": {"one-layer-below-spike-bound", "one-layer-bounded-in-width", "swiglu-grows-with-width",
+                         "deep-net-below-spike-bound", "gpt-init-low-stable-rank"},
+    "random-features": {"relu-specgd-far-below-gd", "relu-nr-exceeds-st", "relu-restart-from-peak-beats-gd",
+                        "swiglu-gd-wins"},
+    "sparse-regression": {"specgd-ahead-early", "hidden-stable-rank-small", "nr-exceeds-st-at-init"},
+    "nuclear-rank-growth": {"nr-init-about-constant", "nr-one-step-linear"},
+    "lm-spectra": {"mlp-post-activation-low-st", "normalized-inputs-low-st", "hidden-nr-above-st"},
+}  # fmt: skip
+
+
+# -- smoke runs ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_smoke_run_writes_result_claims_and_figures(name, tmp_path):
+    r = run_experiment(name, "smoke", tmp_path, progress=False)
+    assert {c["id"] for c in r["claims"]} == CLAIMS[name]
+    assert all(c["value"] is not None for c in r["claims"]), r["claims"]
+    assert r["figures"]
+    for fig in r["figures"]:
+        assert (tmp_path / name / fig).stat().st_size > 0
+    assert (tmp_path / name / "result.json").exists()
+
+
+def test_smoke_series_have_the_recorded_quantities(tmp_path):
+    r = run_experiment("random-features", "smoke", tmp_path, progress=False)
+    gd = r["series"]["relu/gd/seed0"]
+    assert gd["step"][0] == 0 and len(gd["step"]) == len(gd["objective_gap"]) == len(gd["nuclear_rank"])
+    assert "relu/specgd_from_peak/seed0" in r["series"] and "relu/specgd_from_15/seed0" in r["series"]
+    assert r["summary"]["relu/stable_rank_A"] < math.pi  # the ReLU spike bound
+    s = run_experiment("sparse-regression", "smoke", tmp_path, progress=False)["series"]["gd/seed0"]
+    assert len(s["diag_step"]) == len(s["st_A1"]) == len(s["nr_G3"]) and s["step"][-1] == 40
+
+
+# -- update formulas against direct float64 computations --------------------------------------------
+
+
+def _tiny_problem(seed=0, m=7, d=5, n=11):
+    g = torch.Generator().manual_seed(seed)
+    A = F.relu(torch.randn(m, d, generator=g, dtype=torch.float64) @ torch.randn(d, n, generator=g, dtype=torch.float64))
+    Y = torch.randn(4, m, generator=g, dtype=torch.float64) @ A
+    W = torch.randn(4, m, generator=g, dtype=torch.float64)
+    return A, Y, W
+
+
+def test_random_feature_gradient_matches_autograd():
+    A, Y, W = _tiny_problem()
+    n = A.shape[1]
+    W_ = W.clone().requires_grad_(True)
+    loss = 0.5 / n * (W_ @ A - Y).square().sum()
+    loss.backward()
+    value, G = dd.rf_loss_grad(W, A, Y)
+    assert value == pytest.approx(loss.item(), rel=1e-14)
+    torch.testing.assert_close(G, W_.grad, rtol=1e-13, atol=1e-15)
+
+
+def test_gd_and_specgd_steps_match_the_formulas():
+    A, Y, W = _tiny_problem(1)
+    n = A.shape[1]
+    _, G = dd.rf_loss_grad(W, A, Y)
+    op_sq = float(torch.linalg.matrix_norm(A, ord=2)) ** 2
+    fro_sq = float((A * A).sum())
+    torch.testing.assert_close(dd.gd_update(W, G, op_sq, n), W - n / op_sq * G, rtol=1e-14, atol=1e-15)
+    U, S, Vh = torch.linalg.svd(G, full_matrices=False)
+    expected = W - n / fro_sq * float(S.sum()) * (U @ Vh)
+    new, s = dd.specgd_update(W, G, fro_sq, n)
+    torch.testing.assert_close(new, expected, rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(s, S)
+    # the same polar factor as the library's, and the step sizes of the one-step theory
+    torch.testing.assert_close(dd.spectral_direction(G)[1], polar_svd(G), rtol=1e-12, atol=1e-13)
+    assert dd.nuclear_rank_of(S) == pytest.approx(float(nuclear_rank(G)), rel=1e-12)
+
+
+def test_one_step_decreases_match_the_one_step_bounds():
+    """For the quadratic f(W) = (1/2n)||WA - Y||^2: the GD step decreases f by at least
+    ||G||_F^2 / (2 L_F) with L_F = ||A||_op^2 / n, the spectral step by at least
+    ||G||_*^2 / (2 L_op) with L_op = ||A||_F^2 / n (the comparison nr(G) vs st(A))."""
+    A, Y, W = _tiny_problem(2)
+    n = A.shape[1]
+    f0, G = dd.rf_loss_grad(W, A, Y)
+    op_sq, fro_sq = float(torch.linalg.matrix_norm(A, ord=2)) ** 2, float((A * A).sum())
+    f_gd = dd.rf_loss_grad(dd.gd_update(W, G, op_sq, n), A, Y)[0]
+    f_spec = dd.rf_loss_grad(dd.specgd_update(W, G, fro_sq, n)[0], A, Y)[0]
+    S = torch.linalg.svdvals(G)
+    assert f0 - f_gd >= float(S.square().sum()) * n / (2 * op_sq) * (1 - 1e-12)
+    assert f0 - f_spec >= float(S.sum()) ** 2 * n / (2 * fro_sq) * (1 - 1e-12)
+
+
+def test_closed_form_gd_gradients_match_the_iteration():
+    g = torch.Generator().manual_seed(3)
+    k, d, n = 12, 6, 24
+    A = F.relu(torch.randn(k, d, generator=g, dtype=torch.float64) / math.sqrt(d) @ torch.randn(d, n, generator=g, dtype=torch.float64))
+    W_sharp = torch.randn(k, k, generator=g, dtype=torch.float64) / math.sqrt(k)
+    Y = W_sharp @ A
+    steps = [0, 1, 2, 5, 9]
+    closed = dd.gd_gradient_singular_values(A, W_sharp, steps)
+    op_sq = float(torch.linalg.matrix_norm(A, ord=2)) ** 2
+    W = torch.zeros(k, k, dtype=torch.float64)
+    for t in range(max(steps) + 1):
+        _, G = dd.rf_loss_grad(W, A, Y)
+        if t in steps:
+            torch.testing.assert_close(closed[steps.index(t)], torch.linalg.svdvals(G), rtol=1e-8, atol=1e-12)
+        W = dd.gd_update(W, G, op_sq, n)
+
+
+def test_sparse_regression_first_step_matches_a_direct_computation():
+    cfg = dd.SparseRegressionConfig(input_dim=6, hidden=10, samples=20, steps=1, record_every=1)
+    x, y, W0 = dd._sparse_problem(cfg, 0)
+    for method in ("gd", "specgd"):
+        out = dd._sparse_train(cfg, method, x, y, W0)
+        Ws = [w.clone().requires_grad_(True) for w in W0]
+        acts, h = [x], x
+        for W in Ws[:3]:
+            h = F.relu(h @ W.T) ** 2
+            acts.append(h)
+        loss = 0.5 * ((h @ Ws[3].T - y) ** 2).sum() / cfg.samples  # (1/2n) sum (f(x_i) - y_i)^2
+        assert out["loss"][0] == pytest.approx(loss.item(), rel=1e-7)
+        grads = torch.autograd.grad(loss, Ws)
+        new, lr = [], cfg.specgd_lr if method == "specgd" else cfg.gd_lr  # one lr per method, all layers
+        for l, (W, G, A) in enumerate(zip(Ws, grads, acts), start=1):
+            W, A = W.detach(), A.detach()
+            if method == "specgd" and l in (2, 3):
+                # the polar factor without G's null directions (dead units make G rank-deficient)
+                S = torch.linalg.svdvals(G)
+                new.append(W - lr * cfg.samples / float((A * A).sum()) * float(S.sum()) * polar_svd(G))
+            else:
+                new.append(W - lr * cfg.samples / float(torch.linalg.matrix_norm(A, ord=2)) ** 2 * G)
+        h = x
+        for W in new[:3]:
+            h = F.relu(h @ W.T) ** 2
+        loss1 = 0.5 * float(((h @ new[3].T - y) ** 2).mean())
+        assert out["loss"][1] == pytest.approx(loss1, rel=1e-7)
+        assert out["st_A1"][0] == pytest.approx(float(stable_rank(acts[1].detach())), rel=1e-7)
+        assert out["nr_G2"][0] == pytest.approx(float(nuclear_rank(grads[1])), rel=1e-7)
+
+
+def test_top_singular_value_helpers_agree_with_the_svd():
+    g = torch.Generator().manual_seed(4)
+    A = F.relu(torch.randn(300, 280, generator=g, dtype=torch.float64))  # > 256: the ARPACK path
+    exact = float(torch.linalg.matrix_norm(A, ord=2))
+    assert dd.top_singular_value(A) == pytest.approx(exact, rel=1e-9)
+    assert dd.fast_stable_rank(A) == pytest.approx(float(stable_rank(A)), rel=1e-8)
+    top = dd._TopSingular()
+    assert top(A) == pytest.approx(exact, rel=1e-9)
+    assert top(A * 1.001) == pytest.approx(exact * 1.001, rel=1e-9)  # warm start
+
+
+# -- spike bounds -----------------------------------------------------------------------------------
+
+
+def test_spike_bound_closed_forms_match_quadrature():
+    assert dd.spike_bound("abs") == pytest.approx(math.pi / 2)
+    assert dd.spike_bound("relu") == pytest.approx(math.pi)
+    assert dd.spike_bound("relu2") == 6.0
+    for q, p in ((1.0, 0.1), (1.0, 0.01), (2.0, -0.5), (0.3, 0.2)):
+        assert dd.spike_bound("leaky_relu", (q, p)) == pytest.approx(math.pi * (q * q + p * p) / (q - p) ** 2)
+    for name in ("abs", "relu", "relu2", "leaky_relu", "gelu"):
+        mean, second = dd.gaussian_moments(dd._scalar_activation(name, dd.LEAKY_SLOPES))
+        assert dd.spike_bound(name) == pytest.approx(second / mean**2, rel=1e-9), name
+    mean, _ = dd.gaussian_moments(dd._scalar_activation("gelu", dd.LEAKY_SLOPES))
+    assert mean == pytest.approx(1 / (2 * math.sqrt(math.pi)), rel=1e-10)  # E[g Phi(g)] = E[phi(g)]
+    assert math.isinf(dd.spike_bound("tanh")) and math.isinf(dd.spike_bound("swiglu"))
+    with pytest.raises(ValueError, match="unknown activation"):
+        dd.spike_bound("softplus")
+
+
+def test_stable_rank_of_a_wide_relu_layer_approaches_the_bound_from_below():
+    g = torch.Generator().manual_seed(5)
+    m = d = 256
+    Z = torch.randn(m, d, generator=g, dtype=torch.float64) / math.sqrt(d) @ torch.randn(d, 2 * m, generator=g, dtype=torch.float64)
+    for name in ("abs", "relu", "relu2"):
+        st = dd.fast_stable_rank(dd.post_activation(name, Z))
+        assert 0.85 * dd.spike_bound(name) < st < dd.spike_bound(name)
+
+
+# -- claim logic on constructed series ---------------------------------------------------------------
+
+
+def _claims(claims):
+    return {c.id: c.passed for c in claims}
+
+
+def _init_series(relu, swiglu, deep, mlp_post):
+    widths = [64, 128, 256]
+    s = {}
+    for a, st in (("relu", relu), ("swiglu", swiglu)):
+        for sweep in ("width", "samples"):
+            s[f"{sweep}/{a}/seed0"] = {"width": widths, "samples": [2 * w for w in widths], "stable_rank": st,
+                                       "empirical_bound": [10.0] * 3}  # fmt: skip
+        s[f"deep/{a}/seed0"] = {"layer": [1, 2], "stable_rank": deep}
+    s["gpt/gelu/seed0"] = {"layer": [0], "st_attn_input": [5.0], "st_mlp_input": [5.0], "st_mlp_post": [mlp_post],
+                           "dim_attn_input": [64], "dim_mlp_post": [256], "token_indicator": [4.0]}  # fmt: skip
+    return s
+
+
+def test_init_stable_rank_claims():
+    cfg = dd.InitStableRankConfig(activations=("relu", "swiglu"), widths=(64, 128, 256), gpt_mlps=("gelu",))
+    summary, claims = dd.init_analyze(cfg, _init_series([3.0, 3.05, 3.1], [10.0, 20.0, 40.0], [2.5, 2.0], 8.0))
+    assert all(_claims(claims).values()), claims
+    assert summary["width/swiglu/loglog_slope"] == pytest.approx(1.0)
+    assert summary["max_st_over_bound"] == pytest.approx(3.1 / math.pi)
+    summary, claims = dd.init_analyze(cfg, _init_series([3.0, 4.0, 5.0], [10.0, 10.0, 10.0], [4.0, 2.0], 200.0))
+    assert not any(_claims(claims).values()), claims
+
+
+def _rf_series(relu_gd, relu_spec, swiglu_gd, swiglu_spec, relu_nr):
+    s = {}
+    for act, gd, spec, nr in (("relu", relu_gd, relu_spec, relu_nr), ("swiglu", swiglu_gd, swiglu_spec, [5, 5, 5])):
+        s[f"{act}/gd/seed0"] = {"step": [0, 1, 2], "loss": gd, "objective_gap": gd, "nuclear_rank": nr}
+        s[f"{act}/specgd/seed0"] = {"step": [0, 1, 2], "loss": spec, "objective_gap": spec, "nuclear_rank": [2, 2, 2]}
+        s[f"{act}/specgd_from_peak/seed0"] = {"step": [1, 2], "objective_gap": spec[1:], "nuclear_rank": [2, 2],
+                                              "start": [1]}  # fmt: skip
+        s[f"{act}/data/seed0"] = {"stable_rank_A": [3.0], "f_star": [0.0], "op_norm_sq": [1.0], "fro_norm_sq": [3.0]}
+    return s
+
+
+def test_random_features_claims():
+    cfg = dd.RandomFeaturesConfig(relu_steps=3, swiglu_steps=3, restart_every=0, mid_step=1)
+    summary, claims = dd.rf_analyze(cfg, _rf_series([1, 0.5, 0.1], [1, 0.01, 0.001], [1, 1e-3, 1e-6], [1, 0.1, 0.01],
+                                                    [5, 6, 7]))  # fmt: skip
+    assert all(_claims(claims).values()), claims
+    assert summary["relu/gd_over_specgd_final"] == pytest.approx(100.0)
+    assert summary["relu/gd_min_nr_over_st"] == pytest.approx(5 / 3)
+    summary, claims = dd.rf_analyze(cfg, _rf_series([1, 0.01, 0.001], [1, 0.5, 0.1], [1, 0.1, 0.01], [1, 1e-3, 1e-6],
+                                                    [5, 2, 7]))  # fmt: skip
+    assert not any(_claims(claims).values()), claims
+
+
+def _sparse_series(gd_loss, spec_loss, st, nr2):
+    base = {"step": [0, 1, 2, 3, 4], "diag_step": [0, 2], "st_A1": st, "st_A2": [2.0, 2.0], "st_A3": [1.5, 1.5],
+            "nr_G1": [9.0, 9.0], "nr_G2": nr2, "nr_G3": [8.0, 8.0]}  # fmt: skip
+    return {"gd/seed0": {**base, "loss": gd_loss}, "specgd/seed0": {**base, "loss": spec_loss}}
+
+
+def test_sparse_regression_claims():
+    cfg = dd.SparseRegressionConfig(steps=4, early_step=2, record_every=2)
+    summary, claims = dd.sparse_analyze(cfg, _sparse_series([1, 0.9, 0.8, 0.7, 0.6], [1, 0.5, 0.2, 0.1, 0.05],
+                                                            [5.5, 5.9], [20.0, 3.0]))  # fmt: skip
+    assert all(_claims(claims).values()), claims
+    assert summary["early_loss_ratio_gd_over_specgd"] == pytest.approx(4.0)
+    # SpecGD diverges (nan loss, stored as null), stable ranks above 6.6, nr below st at init
+    summary, claims = dd.sparse_analyze(cfg, _sparse_series([1, 0.9, 0.8, 0.7, 0.6], [1, 2.0, None, None, None],
+                                                            [5.5, 9.0], [2.0, 30.0]))  # fmt: skip
+    assert not any(_claims(claims).values()), claims
+    assert summary["specgd/diverged_runs"] == 1.0
+
+
+def _nr_series(nr0, nr1):
+    return {f"k{k}/seed0": {"step": [0, 1, 2], "nuclear_rank": [a, b, b], "k": [k], "stable_rank_A": [3.0]}
+            for k, a, b in zip((64, 128, 256), nr0, nr1)}  # fmt: skip
+
+
+def test_nuclear_rank_growth_claims():
+    cfg = dd.NuclearRankGrowthConfig(dims=(64, 128, 256))
+    summary, claims = dd.nr_analyze(cfg, _nr_series([7.0, 7.5, 8.0], [21.0, 42.0, 84.0]))
+    assert all(_claims(claims).values()), claims
+    assert summary["loglog_slope_nr_one_step"] == pytest.approx(1.0)
+    assert summary["linear_slope_nr_one_step"] == pytest.approx(21 / 64)
+    summary, claims = dd.nr_analyze(cfg, _nr_series([7.0, 14.0, 28.0], [21.0, 23.0, 25.0]))
+    assert not any(_claims(claims).values()), claims
+
+
+def _lm_series(st_norm, st_post, nr):
+    s = {"training/seed0": {"step": [0, 10], "val_loss": [4.0, 3.0], "train_loss": [None, 3.2], "seconds": [0, 1]}}
+    for block, st, dim in (("h0.attn.q", st_norm, 64), ("h0.attn.o", st_norm, 64), ("h0.mlp.in", st_norm, 64),
+                           ("h0.mlp.out", st_post, 256), ("lm_head", st_norm, 64), ("embedding", 4.0, 96)):  # fmt: skip
+        s[f"block/{block}/seed0"] = {"step": [0, 10], "st_A": [st, st], "nr_G": [nr, nr], "in_dim": [dim]}
+    return s
+
+
+def test_lm_spectra_claims():
+    cfg = dd.LMSpectraConfig()
+    summary, claims = dd.lm_analyze(cfg, _lm_series(6.0, 8.0, 20.0))
+    assert all(_claims(claims).values()), claims
+    assert summary["max_mlp_post_st_over_dim"] == pytest.approx(8 / 256)
+    assert summary["hidden_median_nr_over_st"] == pytest.approx(20 / 6)
+    summary, claims = dd.lm_analyze(cfg, _lm_series(40.0, 100.0, 20.0))
+    assert not any(_claims(claims).values()), claims
+
+
+def test_lm_spectra_with_tied_embeddings_reports_one_shared_gradient(tmp_path):
+    """Tied wte/lm_head: one Parameter, so both blocks see the same (summed) gradient; the
+    embedding block views it transposed, which leaves the nuclear rank unchanged."""
+    r = run_experiment("lm-spectra", "smoke", tmp_path, progress=False, overrides={"tied": "true"})
+    emb, head = r["series"]["block/embedding/seed0"], r["series"]["block/lm_head/seed0"]
+    assert emb["step"] == head["step"]
+    assert emb["nr_G"] == pytest.approx(head["nr_G"], rel=1e-6)
+    assert emb["st_A"] != pytest.approx(head["st_A"])  # token indicator vs ln_f output
+    assert r["summary"]["tied"] == 1.0
