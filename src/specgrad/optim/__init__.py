@@ -7,6 +7,7 @@ AdamW rule, and :func:`split_params` decides the rest per layer.
 
 from .chain import ChainOptimizer, NonFiniteGradError
 from .euclidean import NormalizedGD, SignDescent
+from .hybrid import Hybrid
 from .muon import Muon
 from .routing import ParamRouting, split_params
 from .shampoo import Shampoo
@@ -15,6 +16,7 @@ from .transforms import SHAPE_SCALINGS, shape_scale
 
 __all__ = [
     "ChainOptimizer",
+    "Hybrid",
     "Muon",
     "NonFiniteGradError",
     "NormalizedGD",

@@ -1,0 +1,261 @@
+"""``Hybrid``: per block, the spectral step where the layerwise test says so, Euclidean elsewhere.
+
+Every optimizer library hard-codes "hidden matrices get Muon". The one-step theory of
+Davis & Drusvyatskiy makes the choice measurable: for a block ``W`` fed by activations
+``A`` with (momentum) gradient ``M``, the guaranteed decrease of a spectral step over that of
+a Euclidean step is ``nr(M) / st(A)``. ``Hybrid`` keeps running estimates of both and
+switches each block's rule with hysteresis.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from .chain import ChainOptimizer, _check_range, validate_common
+from .muon import validate_orthogonalizer
+from .routing import split_params
+from .transforms import (
+    Adam,
+    ApplyLR,
+    AsMatrix,
+    DecoupledWeightDecay,
+    Momentum,
+    Transform,
+    orthogonalize_many,
+    shape_scale,
+)
+
+EUCLIDEAN = ("adamw", "sgd")
+DECISIONS = ("ratio", "decrease")
+
+
+class HybridStep(Transform):
+    """Splits a group's matrices by their current choice and applies either rule.
+
+    Spectral: ``shape_scale * polar(M)`` (Muon). Euclidean ``"adamw"``: Adam's direction of
+    the raw gradient; ``"sgd"``: ``M`` rescaled to the Frobenius norm the spectral step
+    would have (``sqrt(min(m, n)) * shape_scale``). With the default
+    ``shape_scaling="match_rms_adamw"`` the spectral step has RMS ``0.2``, about that of an
+    AdamW step, so one ``lr`` serves both regimes (the matched-RMS rule). Decision
+    ``"decrease"`` instead takes the majorization steps of least squares:
+    ``M / L_F`` or ``(||M||_* / L_op) polar(M)`` with ``L_F = c ||A||_op^2 / n`` and
+    ``L_op = c ||A||_F^2 / n``, ``lr`` multiplying both (``lr = 1`` is the study's step).
+    """
+
+    def __init__(self, owner: "Hybrid"):
+        self.owner = owner
+        self.adam = Adam()
+
+    def init(self, p, state, group):
+        self.adam.init(p, state, group)
+        state["spectral"] = torch.tensor(1.0)  # start spectral; the first sample decides
+        state["log_ratio"] = torch.tensor(float("nan"))
+
+    def __call__(self, u):
+        g = u.group
+        owner = self.owner
+        sampled = owner._sampled_now
+        decrease = g["decision"] == "decrease"
+        # polar(M) where it is used: spectral blocks, and every block on a measured step
+        need = [i for i, st in enumerate(u.states) if decrease or sampled or bool(st["spectral"])]
+        polar = dict(zip(need, orthogonalize_many([u.updates[i] for i in need], g)))
+        acts = owner._activations
+        new_updates = []
+        adam_needed = [i for i, st in enumerate(u.states) if g["euclidean"] == "adamw"]
+        if adam_needed:  # Adam moments follow the raw gradient whichever rule is active
+            sub = type(u)(g, [u.params[i] for i in adam_needed], [u.states[i] for i in adam_needed],
+                          [u.params[i].grad.reshape(u.updates[i].shape) for i in adam_needed])  # fmt: skip
+            self.adam(sub)
+            adam_dir = dict(zip(adam_needed, sub.updates))
+            adam_scale = dict(zip(adam_needed, sub.scales))
+        for i, (M, st, p) in enumerate(zip(u.updates, u.states, u.params)):
+            m, n = M.shape
+            O = polar.get(i)
+            fro = float(M.norm())
+            nuc = float((M * O).sum()) if O is not None else math.nan
+            nr = (nuc / fro) ** 2 if fro > 0 else 0.0
+            a = acts.get(p)
+            if decrease:
+                step = self._majorization(M, O, nr, nuc, a, g, st)
+                if step is not None:
+                    new_updates.append(step)
+                    owner._log(p, nr, a, bool(st["spectral"]))
+                    continue
+            if sampled and a is not None and a["st"] > 0 and nr > 0:
+                owner._decide(p, st, nr, a["st"], g)
+            if bool(st["spectral"]):
+                new_updates.append(O * shape_scale(g["shape_scaling"], m, n))
+            elif g["euclidean"] == "adamw":
+                new_updates.append(adam_dir[i] * adam_scale[i])
+            else:
+                target = math.sqrt(min(m, n)) * shape_scale(g["shape_scaling"], m, n)
+                new_updates.append(M * (target / fro if fro > 0 else 0.0))
+        u.updates = new_updates
+
+    def _majorization(self, M, O, nr, nuc, a, g, st) -> Optional[Tensor]:
+        if a is None or a["rows"] == 0 or a["op_sq"] <= 0:
+            return None
+        c = g["curvature"]
+        L_F = c * a["op_sq"] / a["rows"]
+        L_op = c * a["fro_sq"] / a["rows"]
+        spectral = nr >= a["st"]  # ||M||_*^2 / (2 L_op) >= ||M||_F^2 / (2 L_F)
+        st["spectral"].fill_(float(spectral))
+        return O * (nuc / L_op) if spectral else M / L_F
+
+
+class Hybrid(ChainOptimizer):
+    """Spectral (Muon) or Euclidean (AdamW / SGD-momentum) per block, chosen from measured
+    ``nr(M)`` and ``st(A)`` with hysteresis.
+
+    For every hidden matrix (``split_params(model)``; embeddings, head, norms and biases
+    take AdamW as usual) it keeps EMA estimates of ``log nr(M)`` of its momentum ``M`` (free:
+    ``||M||_* = <M, polar(M)>``) and ``log st(A)`` of its incoming activation, measured every
+    ``every`` steps by :class:`~specgrad.diagnostics.SpectralMonitor` hooks. A Euclidean block
+    turns spectral when ``nr / st > 1 + hysteresis``; a spectral block turns Euclidean when
+    ``nr / st < 1 / (1 + hysteresis)``. Both rules' states (momentum, Adam moments) are kept
+    up to date, so a switch starts warm. Step sizes: see :class:`HybridStep`.
+
+    ``decision="decrease"`` is the principled variant of the study's settings: at every
+    step and for every block the rule with the larger guaranteed decrease
+    (``||M||_F^2 / (2 L_F)`` vs ``||M||_*^2 / (2 L_op)``) with its majorization step; use it
+    with ``every=1``, ``momentum=0``, ``orthogonalizer="svd"`` (the exact polar factor the
+    guarantee is about) and ``curvature`` the output-space curvature constant (1 for
+    ``(1/2n) sum ||W a - y||^2``).
+
+    Every decision is logged: :meth:`decisions` returns a DataFrame
+    (``step, block, nr, st, ratio, choice``).
+
+    Call ``opt.step()`` after ``backward`` as usual; the hooks are removed by :meth:`close`.
+
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(),
+        ...                           torch.nn.Linear(32, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1))
+        >>> opt = Hybrid(net, lr=0.01, every=1)
+        >>> for _ in range(3):
+        ...     opt.zero_grad()
+        ...     net(torch.randn(64, 8)).pow(2).mean().backward()
+        ...     opt.step()
+        >>> sorted(opt.decisions()["choice"].unique().tolist())[0] in ("euclidean", "spectral")
+        True
+        >>> opt.close()
+    """
+
+    rule = "hybrid"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        lr: float = 3e-3,
+        *,
+        every: int = 10,
+        euclidean: str = "adamw",
+        decision: str = "ratio",
+        hysteresis: float = 0.25,
+        smoothing: float = 0.5,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        betas: tuple[float, float] = (0.9, 0.95),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        shape_scaling: str = "match_rms_adamw",
+        orthogonalizer: str = "newton_schulz",
+        ns_steps: int = 5,
+        ns_coefficients="jordan",
+        ns_dtype: Optional[torch.dtype] = None,
+        curvature: float = 1.0,
+        overrides: Optional[dict[str, str]] = None,
+        adamw: Optional[dict] = None,
+        nonfinite: str = "raise",
+    ):
+        from ..diagnostics import SpectralMonitor
+
+        if isinstance(every, bool) or not isinstance(every, int) or every <= 0:
+            raise ValueError(f"every must be a positive integer, got {every!r}")
+        routing = split_params(model, overrides)
+        named = dict(model.named_parameters())
+        self._names = {named[n]: n for n in routing.names("spectral")}
+        layers = sorted({n.rsplit(".", 1)[0] for n in routing.names("spectral")})
+        modules = dict(model.named_modules())
+        tappable = [l for l in layers if isinstance(modules.get(l), (nn.Linear, nn.Conv2d))]
+        self.monitor = SpectralMonitor(model, every=every, layers=tappable, gradients=False)
+        self._block_param = {name: named[f"{name}.weight"] for name in tappable}
+        self._activations: dict[Tensor, dict] = {}
+        self._log_rows: list[dict] = []
+        self._t = 0
+        defaults = dict(lr=lr, euclidean=euclidean, decision=decision, hysteresis=hysteresis,
+                        smoothing=smoothing, momentum=momentum, nesterov=nesterov, betas=betas, eps=eps,
+                        weight_decay=weight_decay, shape_scaling=shape_scaling, orthogonalizer=orthogonalizer,
+                        ns_steps=ns_steps, ns_coefficients=ns_coefficients, ns_dtype=ns_dtype,
+                        curvature=curvature)  # fmt: skip
+        groups = routing.param_groups(adamw=adamw)
+        super().__init__(groups, defaults, adamw=adamw, nonfinite=nonfinite)
+
+    def chain(self):
+        return [Momentum(), AsMatrix(), HybridStep(self), DecoupledWeightDecay(), ApplyLR()]
+
+    def validate(self, group):
+        validate_common(group)
+        validate_orthogonalizer(group)
+        if group["euclidean"] not in EUCLIDEAN:
+            raise ValueError(f"euclidean must be one of {EUCLIDEAN}, got {group['euclidean']!r}")
+        if group["decision"] not in DECISIONS:
+            raise ValueError(f"decision must be one of {DECISIONS}, got {group['decision']!r}")
+        _check_range("hysteresis", group["hysteresis"], 0.0)
+        _check_range("smoothing", group["smoothing"], 0.0, 1.0)
+        _check_range("curvature", group["curvature"], 0.0, lo_open=True)
+
+    # -- measurement -------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        sampled = self.monitor.sampling
+        rows = self.monitor.step()
+        self._activations = {
+            self._block_param[r["block"]]: {"st": r["st_A"], "fro_sq": r["act_fro"] ** 2,
+                                            "op_sq": r["act_op"] ** 2, "rows": r["rows"]}
+            for r in rows if r["block"] in self._block_param
+        }  # fmt: skip
+        self._sampled_now = sampled
+        super().step()
+        self._t += 1
+        return loss
+
+    def _decide(self, p: Tensor, st: dict, nr: float, st_a: float, g: dict) -> None:
+        log_ratio = math.log(nr) - math.log(st_a)
+        old = float(st["log_ratio"])
+        ema = log_ratio if math.isnan(old) else g["smoothing"] * old + (1 - g["smoothing"]) * log_ratio
+        st["log_ratio"].fill_(ema)
+        h = math.log1p(g["hysteresis"])
+        spectral = bool(st["spectral"])
+        if math.isnan(old):
+            spectral = ema >= 0
+        elif spectral and ema < -h:
+            spectral = False
+        elif not spectral and ema > h:
+            spectral = True
+        st["spectral"].fill_(float(spectral))
+        self._log_rows.append(dict(step=self._t, block=self._names.get(p, "?"), nr=nr, st=st_a,
+                                   ratio=math.exp(log_ratio), smoothed_ratio=math.exp(ema),
+                                   choice="spectral" if spectral else "euclidean"))  # fmt: skip
+
+    def _log(self, p: Tensor, nr: float, a: Optional[dict], spectral: bool) -> None:
+        st_a = a["st"] if a else math.nan
+        self._log_rows.append(dict(step=self._t, block=self._names.get(p, "?"), nr=nr, st=st_a,
+                                   ratio=nr / st_a if st_a else math.nan, smoothed_ratio=math.nan,
+                                   choice="spectral" if spectral else "euclidean"))  # fmt: skip
+
+    def decisions(self) -> pd.DataFrame:
+        """Every decision so far: ``step, block, nr, st, ratio, smoothed_ratio, choice``."""
+        return pd.DataFrame(self._log_rows, columns=["step", "block", "nr", "st", "ratio", "smoothed_ratio", "choice"])
+
+    def close(self) -> None:
+        """Remove the activation hooks."""
+        self.monitor.close()
