@@ -26,7 +26,8 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: install
-	$(VENV)/bin/specgrad demo
+	$(VENV)/bin/specgrad demo --size 256
+	$(VENV)/bin/specgrad reproduce --preset quick --out results
 
 test: install
 	$(PY) -m pytest
@@ -35,6 +36,8 @@ bench: install
 	-$(PY) -m pip install -q -e ".[bench]"
 	$(PY) benchmarks/orthogonalize.py
 	$(PY) benchmarks/optimizer_step.py
+	$(PY) benchmarks/monitor_overhead.py
+	$(PY) benchmarks/distributed_step.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .hypothesis
