@@ -93,13 +93,20 @@ def _probe(model, batch, loss_fn, block, gram, row, base: float, curvature) -> d
     view = matrix_view(W.data)
     target = view if block.rows is None else view[block.rows]
     saved = target.clone()
+    # the matrix view of a non-contiguous weight (a channels_last conv) is a copy: write back
+    writes_through = view.untyped_storage().data_ptr() == W.data.untyped_storage().data_ptr()
+
+    def put(value: Tensor) -> None:
+        target.copy_(value)
+        if not writes_through:
+            W.data.copy_(view.reshape(W.shape))
 
     def loss_at(delta: Tensor) -> float:
-        target.copy_(saved - delta)
+        put(saved - delta)
         try:
             return float(_loss(model, batch, loss_fn))
         finally:
-            target.copy_(saved)
+            put(saved)
 
     n = row.rows
     if curvature == "estimate":

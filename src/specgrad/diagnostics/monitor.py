@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..linalg import matrix_view
-from .stats import make_accumulator
+from .stats import ActivationGram, make_accumulator, top_eigenvalues
 
 ActivationFn = Callable[[nn.Module, tuple, Any], Tensor]
 
@@ -106,6 +106,9 @@ class SpectralMonitor:
     ``no_grad`` passes are ignored, and the micro-batches of gradient accumulation add up.
 
     Call :meth:`step` once per optimizer step, after ``backward`` and before ``zero_grad``.
+    With ``gradients=False`` only the activation statistics are computed (``nr_G`` and the
+    gradient norms are NaN): for a caller that has the gradient's norms already, like
+    :class:`~specgrad.optim.Hybrid`, which gets ``||M||_*`` free from ``polar(M)``.
     Records are in :attr:`records` (a list of dicts) and :meth:`frame` (a DataFrame);
     ``loggers`` receive each sampled step's rows.
 
@@ -126,12 +129,14 @@ class SpectralMonitor:
         layers: Optional[Iterable[str]] = None,
         max_dim: int = 4096,
         loggers: Iterable = (),
+        gradients: bool = True,
     ):
         if isinstance(every, bool) or not isinstance(every, int) or every <= 0:
             raise ValueError(f"every must be a positive integer, got {every!r}")
         if isinstance(max_dim, bool) or not isinstance(max_dim, int) or max_dim <= 0:
             raise ValueError(f"max_dim must be a positive integer, got {max_dim!r}")
         self.every = every
+        self.gradients = gradients
         self.max_dim = max_dim
         self.loggers = list(loggers)
         self.records: list[dict] = []
@@ -139,6 +144,7 @@ class SpectralMonitor:
         self._taps: dict[int, _Tap] = {}
         self._blocks: list[Block] = []
         self._step = 0
+        self._sketch_seed = 0
         self._open = True
         names = None if layers is None else list(layers)
         modules = dict(model.named_modules())
@@ -236,8 +242,12 @@ class SpectralMonitor:
             )  # fmt: skip
             if out is None or not out.requires_grad:
                 return
-            pending = make_accumulator(tap.kind, tap.dim, self.max_dim, seed=self._step)
-            pending.update(tap.activation(module, args, output))
+            act = tap.activation(module, args, output)
+            # a fresh seed per accumulator: micro-batches (and repeated calls of one module)
+            # must be sketched independently, or their sketches add up to Phi (A_1 + A_2)
+            self._sketch_seed += 1
+            pending = make_accumulator(tap.kind, tap.dim, self.max_dim, device=act.device, seed=self._sketch_seed)
+            pending.update(act)
             done = []
 
             def commit(grad):
@@ -268,16 +278,23 @@ class SpectralMonitor:
         return rows
 
     def _collect(self) -> list[dict]:
-        rows = []
+        todo = []
         for b in self._blocks:
-            stats = b.tap.stats
-            G = b.grad()
-            if stats is None or stats.rows == 0 or G is None:
-                continue
-            g_fro, g_nuc = gradient_norms(G)
-            a_fro_sq, a_op_sq = stats.frobenius_sq(), stats.operator_sq()
+            stats, G = b.tap.stats, b.grad()
+            if stats is not None and stats.rows > 0 and G is not None:
+                todo.append((b, stats, G))
+        # ||A||_op^2 of every exact Gram of this step in one batched call; a tap is computed
+        # once however many blocks (parts of a fused weight) it feeds
+        taps = list({id(stats): stats for _, stats, _ in todo}.values())
+        grams = [s for s in taps if isinstance(s, ActivationGram)]
+        op_sq = dict(zip(map(id, grams), top_eigenvalues([s.gram for s in grams])))
+        norms = {id(s): (s.frobenius_sq(), op_sq[id(s)] if id(s) in op_sq else s.operator_sq()) for s in taps}
+        rows = []
+        for b, stats, G in todo:
+            g_fro, g_nuc = gradient_norms(G) if self.gradients else (math.nan, math.nan)
+            a_fro_sq, a_op_sq = norms[id(stats)]
             st = a_fro_sq / a_op_sq if a_op_sq > 0 else 0.0
-            nr = (g_nuc / g_fro) ** 2 if g_fro > 0 else 0.0
+            nr = (g_nuc / g_fro) ** 2 if g_fro > 0 else (math.nan if math.isnan(g_fro) else 0.0)
             ratio = nr / st if st > 0 else math.nan
             rows.append(dict(
                 step=self._step, block=b.name, kind=b.tap.kind, shape=f"{G.shape[0]}x{G.shape[1]}",

@@ -95,10 +95,13 @@ def operator_norm_estimate(
 ) -> float:
     """``||A||_op`` of one ``(m, n)`` matrix by power iteration on ``A^T A``, in float64.
 
-    Stops when the estimate changes by less than ``tol`` relative to itself, or after
-    ``max_iters`` iterations. Each iterate is a lower bound of the true norm; with
-    ``tol=1e-6`` it is typically within ``1e-6`` relative when the top two singular values
-    are separated (convergence is geometric in ``(s_2 / s_1)^2``).
+    Each iterate is a lower bound of the true norm. Stops when the eigenvalue residual
+    ``||A^T A v - theta v||`` (``theta = ||A v||^2``, the Rayleigh quotient) is at most
+    ``tol * theta``: some eigenvalue of ``A^T A`` then lies within ``tol * theta`` of
+    ``theta``, and once ``v`` has turned towards the top singular vector that eigenvalue is
+    ``||A||_op^2``, so the estimate is within ``tol`` relative of the norm. Convergence is
+    geometric in ``(s_2 / s_1)^2``; when the top two singular values are close it may take
+    more than ``max_iters`` iterations, and the last (less accurate) iterate is returned.
 
     Example:
         >>> A = torch.diag(torch.tensor([3.0, 1.0, 0.5]))
@@ -120,11 +123,13 @@ def operator_norm_estimate(
         norm = float(w.norm())
         if norm == 0.0:
             return 0.0
+        # theta <= ||A^T A v|| <= ||A||_op^2; a small step between iterates is no error
+        # bound (it can stop far from the norm), the residual is.
+        theta = float(v @ w)
+        est = norm**0.5
+        if float((w - theta * v).norm()) <= tol * theta:
+            return est
         v = w / norm
-        new = norm**0.5
-        if abs(new - est) <= tol * new:
-            return new
-        est = new
     return est
 
 

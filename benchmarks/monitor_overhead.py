@@ -1,0 +1,265 @@
+"""Training-step time of a small GPT with ``SpectralMonitor(model, every=10)`` against none.
+
+The model is a compact character-level GPT (pre-norm blocks of fused QKV attention and a
+4x MLP, all ``nn.Linear``; vocabulary 65, context 64). Two copies with the same weights
+train on the same batches with AdamW; one carries the monitor. Steps are interleaved one by
+one (plain, monitored, plain, ...) so that drift and other jobs on the machine hit both
+alike. Reported, as medians over rounds of ``every`` steps each:
+
+* the step time of each model and the overhead averaged over steps (goal < 5%), from
+  medians: ``(sampled + (every - 1) * unsampled) / every`` against the plain step, and the
+  median over rounds of the raw ratio of summed times (noisier);
+* the time of a sampled step (activation Grams in the hooks plus the records in
+  ``step()``) against an unsampled one of the monitored model (goal < 2x);
+* where a sampled step's extra time goes: the forward hooks, ``gradient_norms`` and the
+  rest of ``SpectralMonitor._collect``.
+
+    python benchmarks/monitor_overhead.py                  # ~1-2 minutes on 2 CPU cores
+    python benchmarks/monitor_overhead.py --quick          # fewer rounds
+    python benchmarks/monitor_overhead.py --device cuda
+    python benchmarks/monitor_overhead.py --threads 1 --clock cpu   # on a busy machine
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.table import Table
+from torch import nn
+
+from specgrad.diagnostics import SpectralMonitor
+from specgrad.diagnostics import monitor as monitor_module
+
+VOCAB, CONTEXT = 65, 64
+clock = time.perf_counter  # --clock cpu: time.process_time, the CPU time of this process
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: ``x + attn(ln(x))``, then ``x + mlp(ln(x))``."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.ln1, self.ln2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.fc = nn.Linear(width, 4 * width)
+        self.out = nn.Linear(4 * width, width)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(C, dim=-1)
+        q, k, v = (t.view(B, T, self.heads, C // self.heads).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.proj(y.transpose(1, 2).reshape(B, T, C))
+        return x + self.out(F.gelu(self.fc(self.ln2(x))))
+
+
+class TinyGPT(nn.Module):
+    def __init__(self, width: int = 192, layers: int = 4, heads: int = 6):
+        super().__init__()
+        self.tok = nn.Embedding(VOCAB, width)
+        self.pos = nn.Embedding(CONTEXT, width)
+        self.blocks = nn.ModuleList(Block(width, heads) for _ in range(layers))
+        self.ln = nn.LayerNorm(width)
+        self.head = nn.Linear(width, VOCAB, bias=False)
+
+    def forward(self, idx):
+        x = self.tok(idx) + self.pos(torch.arange(idx.shape[1], device=idx.device))
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.ln(x))
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+class Timers:
+    """Time (by `clock`) spent inside wrapped functions, summed per name."""
+
+    def __init__(self, device):
+        self.device = device
+        self.total: dict[str, float] = {}
+
+    @contextmanager
+    def wrap(self, obj, attr: str, name: str):
+        original = getattr(obj, attr)
+
+        def timed(*args, **kwargs):
+            sync(self.device)
+            t = clock()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                sync(self.device)
+                self.total[name] = self.total.get(name, 0.0) + clock() - t
+
+        setattr(obj, attr, timed)
+        try:
+            yield
+        finally:
+            setattr(obj, attr, original)
+
+
+def run(args, console: Console) -> None:
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    plain = TinyGPT(args.width, args.layers, args.heads).to(device)
+    watched = copy.deepcopy(plain)
+    opts = [torch.optim.AdamW(m.parameters(), lr=3e-4) for m in (plain, watched)]
+    g = torch.Generator().manual_seed(0)
+    # a fixed stream of random "character" batches (the data do not matter for timing)
+    data = torch.randint(0, VOCAB, (64, args.batch, CONTEXT + 1), generator=g).to(device)
+
+    def train_step(model, opt, i, mon=None):
+        batch = data[i % len(data)]
+        sync(device)
+        t = clock()
+        opt.zero_grad(set_to_none=True)
+        logits = model(batch[:, :-1])
+        F.cross_entropy(logits.reshape(-1, VOCAB), batch[:, 1:].reshape(-1)).backward()
+        if mon is not None:
+            mon.step()
+        opt.step()
+        sync(device)
+        return clock() - t
+
+    mon = SpectralMonitor(watched, every=args.every)
+    for i in range(args.warmup * args.every):  # warm-up: allocator, threads, AdamW state
+        train_step(plain, opts[0], i)
+        train_step(watched, opts[1], i, mon)
+
+    timers = Timers(device)
+    t_plain, t_sampled, t_unsampled = [], [], []  # per step
+    round_overhead = []
+    parts: dict[str, list[float]] = {}  # per sampled step: seconds in each wrapped function
+    seen: dict[str, float] = {}
+    with timers.wrap(mon, "_collect", "_collect"), \
+            timers.wrap(monitor_module, "gradient_norms", "gradient_norms"):  # fmt: skip
+        for r in range(args.rounds):
+            plain_round, watched_round = 0.0, 0.0
+            for j in range(args.every):
+                i = (r + args.warmup) * args.every + j
+                sampled = mon.sampling
+                # alternate which model goes first so neither always runs on a warm cache
+                if (r + j) % 2:
+                    tp = train_step(plain, opts[0], i)
+                    tw = train_step(watched, opts[1], i, mon)
+                else:
+                    tw = train_step(watched, opts[1], i, mon)
+                    tp = train_step(plain, opts[0], i)
+                t_plain.append(tp)
+                (t_sampled if sampled else t_unsampled).append(tw)
+                if sampled:  # the wrapped parts' time within this step
+                    for name, total in timers.total.items():
+                        parts.setdefault(name, []).append(total - seen.get(name, 0.0))
+                    seen = dict(timers.total)
+                plain_round += tp
+                watched_round += tw
+            round_overhead.append(watched_round / plain_round - 1)
+    mon.close()
+    # the hooks' work is spread over forward and backward: time it apart, below
+    hook_time = hook_cost(watched, data, device, args.every, repeats=max(3, args.rounds // 2))
+
+    n_blocks = len(mon.records) // max(1, len({r["step"] for r in mon.records}))
+    med_plain = statistics.median(t_plain)
+    med_sampled, med_unsampled = statistics.median(t_sampled), statistics.median(t_unsampled)
+    # one step in `every` is sampled: the average monitored step, from medians (robust to
+    # the other jobs on the machine), and the same from raw means over whole rounds
+    avg_watched = (med_sampled + (args.every - 1) * med_unsampled) / args.every
+    params = sum(p.numel() for p in plain.parameters())
+    title = (f"TinyGPT {args.layers}x{args.width} ({params / 1e6:.2f}M params), batch {args.batch}x{CONTEXT}, "
+             f"{n_blocks} monitored blocks, every={args.every}, {args.rounds} rounds, "
+             f"{device.type}, {torch.get_num_threads()} threads, {args.clock} clock")  # fmt: skip
+    table = Table(title=title)
+    for col in ("measure", "value", "goal"):
+        table.add_column(col, justify="left" if col == "measure" else "right")
+    table.add_row("plain step, median (ms)", f"{1e3 * med_plain:.1f}", "")
+    table.add_row("monitored step, averaged over steps (ms)", f"{1e3 * avg_watched:.1f}", "")
+    table.add_row("overhead averaged over steps", f"{100 * (avg_watched / med_plain - 1):+.1f}%", "< 5%")
+    table.add_row("  same, median over rounds of raw sums", f"{100 * statistics.median(round_overhead):+.1f}%", "")
+    table.add_row("unsampled monitored step, median (ms)", f"{1e3 * med_unsampled:.1f}", "")
+    table.add_row("sampled step, median (ms)", f"{1e3 * med_sampled:.1f}", "")
+    table.add_row("sampled / unsampled step", f"{med_sampled / med_unsampled:.2f}x", "< 2x")
+    console.print(table)
+
+    where = Table(title="where a sampled step's extra time goes (medians, ms per sampled step)")
+    where.add_column("part")
+    where.add_column("ms", justify="right")
+    collect = statistics.median(parts["_collect"])
+    norms = statistics.median(parts["gradient_norms"])
+    rest = statistics.median(c - g for c, g in zip(parts["_collect"], parts["gradient_norms"]))
+    where.add_row("forward hooks: activation Grams (measured apart)", f"{1e3 * hook_time:.1f}")
+    where.add_row("step(): _collect", f"{1e3 * collect:.1f}")
+    where.add_row("  of which gradient_norms (nr(G))", f"{1e3 * norms:.1f}")
+    where.add_row("  of which the rest (st(A): top eigenvalues, records)", f"{1e3 * rest:.1f}")
+    where.add_row("sampled - unsampled step (medians)", f"{1e3 * (med_sampled - med_unsampled):.1f}")
+    console.print(where)
+
+
+def hook_cost(model, data, device, every, repeats: int) -> float:
+    """Median extra time of a forward/backward when the hooks accumulate (a sampled step)
+    over one where they return at once, measured alternately."""
+    mon = SpectralMonitor(model, every=every)
+    on, off = [], []
+
+    def fwd_bwd(i):
+        batch = data[i % len(data)]
+        sync(device)
+        t = clock()
+        logits = model(batch[:, :-1])
+        F.cross_entropy(logits.reshape(-1, VOCAB), batch[:, 1:].reshape(-1)).backward()
+        sync(device)
+        model.zero_grad(set_to_none=True)
+        return clock() - t
+
+    try:
+        for i in range(2 * repeats):
+            mon._step = 0 if i % 2 == 0 else 1  # sampled, then not
+            (on if i % 2 == 0 else off).append(fwd_bwd(i))
+            for tap in mon._taps.values():
+                tap.stats = None
+    finally:
+        mon.close()
+    return max(0.0, statistics.median(on) - statistics.median(off))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--width", type=int, default=192)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--heads", type=int, default=6)
+    parser.add_argument("--batch", type=int, default=12)
+    parser.add_argument("--every", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=12, help="rounds of `every` steps")
+    parser.add_argument("--warmup", type=int, default=1, help="warm-up rounds")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="cpu: process CPU time, which other jobs on a busy machine do not inflate "
+                             "(use with --threads 1; more threads add their spin-waiting)")  # fmt: skip
+    parser.add_argument("--quick", action="store_true", help="5 rounds")
+    args = parser.parse_args()
+    if args.quick:
+        args.rounds = 5
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.clock == "cpu":
+        global clock
+        clock = time.process_time
+    if args.width % args.heads:
+        raise SystemExit(f"--width {args.width} does not split into {args.heads} heads")
+    run(args, Console())
+
+
+if __name__ == "__main__":
+    main()
