@@ -161,6 +161,13 @@ def test_tuning_runs_once_and_reaches_every_seed(tmp_path):
     assert len(tuned) == 1  # loaded from tuning.json, not recomputed
 
 
+def test_cli_prints_a_claim_whose_value_is_not_finite(tmp_path, capsys):
+    register(Experiment("nan-toy", "", ToyConfig, toy_run_seed,
+                        lambda c, s: ({}, [Claim("never", "never reached", float("inf"), 10.0, "max")])))  # fmt: skip
+    assert cli.main(["run", "nan-toy", "--out", str(tmp_path)]) == 0
+    assert "FAIL never: n/a <= 10" in capsys.readouterr().out
+
+
 def test_registry_rejects_bad_definitions():
     with pytest.raises(ValueError, match="unknown fields"):
         Experiment("bad", "", ToyConfig, toy_run_seed, toy_analyze, presets={"smoke": {"stepz": 1}})

@@ -65,7 +65,8 @@ def _run(args: argparse.Namespace) -> int:
     for c in result["claims"]:
         mark = "[green]PASS[/]" if c["passed"] else "[red]FAIL[/]"
         op = ">=" if c["direction"] == "min" else "<="
-        console.print(f"{mark} {c['id']}: {c['value']:.4g} {op} {c['threshold']:.4g}  ({c['statement']})")
+        value = "n/a" if c["value"] is None else f"{c['value']:.4g}"  # NaN/Inf are stored as null
+        console.print(f"{mark} {c['id']}: {value} {op} {c['threshold']:.4g}  ({c['statement']})")
     console.print(f"result: {args.out}/{args.name}/result.json")
     return 0
 

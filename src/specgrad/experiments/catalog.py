@@ -33,9 +33,19 @@ STUDIES: tuple[Study, ...] = (
         ("init-stable-rank", "random-features", "sparse-regression", "nuclear-rank-growth", "lm-spectra"),
         "davis-drusvyatskiy.md",
     ),
+    Study(
+        "phase-retrieval",
+        "Spectral gradient descent mitigates anisotropy-driven misalignment: phase retrieval "
+        "(Braun, Bao, Huang, Imaizumi, arXiv 2601.22652)",
+        "With a high-variance input direction orthogonal to the signal, GD multiplicatively amplifies "
+        "that uninformative spike during the early escape from a small initialization and misaligns; "
+        "SpecGD removes the amplification, aligns stably, and the effect persists for power-law spectra.",
+        ("phase-retrieval",),
+        "phase-retrieval.md",
+    ),
 )
 
-MODULES: tuple[str, ...] = ("char_lm", "davis_drusvyatskiy")
+MODULES: tuple[str, ...] = ("char_lm", "davis_drusvyatskiy", "phase_retrieval")
 
 
 def load_all() -> None:

@@ -1,0 +1,39 @@
+"""Small exact models that tests and experiments compare against.
+
+Imports nothing from :mod:`specgrad.experiments` (dependencies point downward:
+experiments -> theory -> linalg).
+"""
+
+from .phase_retrieval import (
+    PhaseRetrievalProblem,
+    coefficients,
+    empirical_loss_and_gradient,
+    gd_growth_factors,
+    gd_stability_limit,
+    init_student,
+    linearized_kernel,
+    population_loss,
+    population_loss_and_gradient,
+    power_law_problem,
+    sample,
+    spiked_problem,
+    student_output,
+    train,
+)
+
+__all__ = [
+    "PhaseRetrievalProblem",
+    "coefficients",
+    "empirical_loss_and_gradient",
+    "gd_growth_factors",
+    "gd_stability_limit",
+    "init_student",
+    "linearized_kernel",
+    "population_loss",
+    "population_loss_and_gradient",
+    "power_law_problem",
+    "sample",
+    "spiked_problem",
+    "student_output",
+    "train",
+]
