@@ -25,22 +25,15 @@ EPS = torch.finfo(F64).eps
 SETTINGS = settings(max_examples=50, deadline=None, derandomize=True)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These matrices are tiny: one intra-op thread is fastest, and it keeps the suite fast
-    when other processes compete for the cores (idle OpenMP threads spin otherwise)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from conftest import gen
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 dims = st.integers(min_value=1, max_value=12)
 seeds = st.integers(min_value=0, max_value=2**31 - 1)
 scales = st.floats(min_value=1e-30, max_value=1e30, allow_nan=False, allow_infinity=False)
 
 
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def random_orthogonal(n: int, g: torch.Generator) -> torch.Tensor:

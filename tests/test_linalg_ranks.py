@@ -16,25 +16,14 @@ from specgrad.linalg import (
     stable_rank,
 )
 
+from conftest import gaussian, gen
+
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These matrices are tiny: one intra-op thread is fastest, and it keeps the suite fast
-    when other processes compete for the cores (idle OpenMP threads spin otherwise)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def gaussian(*shape, seed: int, dtype=F64) -> torch.Tensor:
-    return torch.randn(*shape, generator=gen(seed), dtype=F64).to(dtype)
 
 
 def with_spectrum(m: int, n: int, s, *, seed: int) -> torch.Tensor:
