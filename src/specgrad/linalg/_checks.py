@@ -22,6 +22,11 @@ def check_matrix(x: Tensor, name: str = "input", *, finite: bool = True) -> None
     if x.dtype not in _FLOAT_DTYPES:
         raise ValueError(f"{name} must be a floating tensor, got dtype {x.dtype}")
     if finite:
+        # One reduction first: any NaN/Inf entry makes the sum non-finite; only then count
+        # (a sum that overflows from large finite entries just falls through to the count).
+        total = x.sum(dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
+        if bool(torch.isfinite(total)):
+            return
         bad = int((~torch.isfinite(x)).sum())
         if bad:
             n_nan = int(torch.isnan(x).sum())
