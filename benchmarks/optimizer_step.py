@@ -78,7 +78,7 @@ def orth_error(orth: Callable[[torch.Tensor], torch.Tensor], grads) -> float:
     return statistics.median(errs)
 
 
-def peers(hidden):
+def peers():
     """Muon implementations of other libraries that import here."""
     found = {}
     try:
@@ -119,7 +119,7 @@ def run(layers: int, width: int, repeats: int, console: Console) -> None:
             lambda m=method, d=dtype: Muon(hidden + other, lr=0.02, orthogonalizer=m, ns_dtype=d),
             lambda G, m=method, d=dtype: orthogonalize(G, m, 5, dtype=d),
         ))
-    for label, make in peers(hidden).items():
+    for label, make in peers().items():
         rows.append((label, lambda make=make: make(hidden), None))
 
     results = []

@@ -1,7 +1,6 @@
 """The condition-driven Hybrid optimizer: decisions follow nr(M) vs st(A), steps follow the
 stated rules, and switching has hysteresis."""
 
-import math
 
 import pytest
 import torch

@@ -2,13 +2,12 @@
 
 import copy
 import math
-import warnings
 
 import pytest
 import torch
 from torch import nn
 
-from specgrad.linalg import orthogonalize, polar_svd
+from specgrad.linalg import polar_svd
 from specgrad.optim import (
     Muon,
     NonFiniteGradError,

@@ -9,7 +9,7 @@ for a Euclidean step and ``||G||_*^2 / (2 L_op)`` for a spectral one, with
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional, Union
 
 import pandas as pd

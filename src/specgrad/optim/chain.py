@@ -9,7 +9,7 @@ with fewer than 2 dims get automatically.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.distributed as dist
@@ -158,32 +158,25 @@ class ChainOptimizer(Optimizer):
     def _nonfinite_grads(self) -> list[str]:
         """Names of parameters whose gradient holds NaN or Inf (on any rank, when
         distributed); one host sync, or one ``all_reduce``."""
+        params = [(gi, pi, p) for gi, group in enumerate(self.param_groups) for pi, p in enumerate(group["params"])]
+        local = [p.grad.to_local() if p.grad is not None and is_sharded(p.grad) else p.grad for _, _, p in params]
+        with_grad = [k for k, g in enumerate(local) if g is not None]
+        bad = set()
+        if with_grad:
+            grads = [local[k] for k in with_grad]
+            norms = torch.stack([n.float().to(grads[0].device) for n in torch._foreach_norm(grads)])
+            # a finite gradient can have an overflowing norm: confirm flagged ones entry by entry
+            bad = {with_grad[j] for j in (~torch.isfinite(norms)).nonzero().flatten().tolist()
+                   if not bool(torch.isfinite(grads[j]).all())}  # fmt: skip
         if self._collective():
-            entries = []
-            for gi, group in enumerate(self.param_groups):
-                for pi, p in enumerate(group["params"]):
-                    g = p.grad
-                    local = g.to_local() if g is not None and is_sharded(g) else g
-                    bad = local is not None and not bool(torch.isfinite(local).all())
-                    entries.append((self._describe(gi, pi, p), g is not None, bad))
-            return check_grads_agree(entries)
-        entries = [
-            (gi, pi, p)
-            for gi, group in enumerate(self.param_groups)
-            for pi, p in enumerate(group["params"])
-            if p.grad is not None
-        ]
-        if not entries:
-            return []
-        grads = [p.grad for _, _, p in entries]
-        norms = torch.stack([n.float().to(grads[0].device) for n in torch._foreach_norm(grads)])
-        flagged = (~torch.isfinite(norms)).nonzero().flatten().tolist()
-        # A finite gradient can have an overflowing norm; confirm entry by entry.
-        return [
-            self._describe(*entries[k])
-            for k in flagged
-            if not bool(torch.isfinite(grads[k]).all())
-        ]
+            split, bad = check_grads_agree([g is not None for g in local], [k in bad for k in range(len(local))])
+            if split:
+                names = [self._describe(*params[k]) for k in split]
+                raise RuntimeError(
+                    f"ranks disagree about which parameters have a gradient ({len(split)}: {', '.join(names[:5])}); "
+                    "every rank must produce gradients for the same parameters (pass find_unused_parameters or zero grads)"
+                )
+        return [self._describe(*params[k]) for k in sorted(bad)]
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Any]] = None):

@@ -157,21 +157,15 @@ def exchange_sharded(shards: list[Tensor], shapes: list[tuple[int, int]], owners
     return out  # type: ignore[return-value]
 
 
-def check_grads_agree(entries: list[tuple[str, bool, bool]], group=None) -> list[str]:
-    """One ``all_reduce`` over ``(has_grad, nonfinite)`` flags of every parameter.
+def check_grads_agree(has_grad: list[bool], nonfinite: list[bool], group=None) -> tuple[list[int], set[int]]:
+    """One ``all_reduce`` of every parameter's ``(has_grad, nonfinite)`` flags.
 
-    Raises ``RuntimeError`` on every rank alike (so none waits on a collective) when ranks
-    disagree about which parameters have gradients; returns the names of parameters whose
-    gradient is non-finite on any rank.
+    Returns the indices of parameters that some ranks have gradients for and others not
+    (the caller raises on every rank alike, so none waits on a collective), and the indices
+    whose gradient is non-finite on any rank.
     """
     world = dist.get_world_size(group)
-    flags = torch.tensor([[float(has), float(bad)] for _, has, bad in entries] or [[0.0, 0.0]], dtype=torch.float64)
+    flags = torch.tensor([[float(h), float(b)] for h, b in zip(has_grad, nonfinite)] or [[0.0, 0.0]], dtype=torch.float64)
     dist.all_reduce(flags, group=group)
-    names = [n for n, _, _ in entries]
-    split = [names[k] for k in range(len(entries)) if 0 < flags[k, 0] < world]
-    if split:
-        raise RuntimeError(
-            f"ranks disagree about which parameters have a gradient ({len(split)}: {', '.join(split[:5])}); "
-            "every rank must produce gradients for the same parameters (pass find_unused_parameters or zero grads)"
-        )
-    return [names[k] for k in range(len(entries)) if flags[k, 1] > 0]
+    split = [k for k in range(len(has_grad)) if 0 < flags[k, 0] < world]
+    return split, {k for k in range(len(has_grad)) if flags[k, 1] > 0}

@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 
 from ..linalg import METHODS, as_schedule
-from .chain import ChainOptimizer, _check_range, validate_common
+from .chain import ChainOptimizer, validate_common
 from .transforms import (
     SHAPE_SCALINGS,
     ApplyLR,
@@ -28,6 +28,13 @@ def validate_orthogonalizer(group: dict) -> None:
     as_schedule(group["ns_coefficients"])
     if group.get("ns_dtype") not in (None, torch.float32, torch.float64, torch.bfloat16, torch.float16):
         raise ValueError(f"ns_dtype must be None or a floating dtype, got {group['ns_dtype']!r}")
+
+
+def validate_spectral(group: dict) -> None:
+    """Checks shared by the spectral rules: the common ones and the shape scaling."""
+    validate_common(group)
+    if group["shape_scaling"] not in SHAPE_SCALINGS:
+        raise ValueError(f"shape_scaling must be one of {SHAPE_SCALINGS}, got {group['shape_scaling']!r}")
 
 
 class Muon(ChainOptimizer):
@@ -108,7 +115,5 @@ class Muon(ChainOptimizer):
         return [Momentum(), AsMatrix(), Orthogonalize(), ShapeScale(), DecoupledWeightDecay(), ApplyLR()]
 
     def validate(self, group):
-        validate_common(group)
+        validate_spectral(group)
         validate_orthogonalizer(group)
-        if group["shape_scaling"] not in SHAPE_SCALINGS:
-            raise ValueError(f"shape_scaling must be one of {SHAPE_SCALINGS}, got {group['shape_scaling']!r}")

@@ -7,10 +7,9 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from .chain import ChainOptimizer, validate_common
-from .muon import validate_orthogonalizer
+from .chain import ChainOptimizer
+from .muon import validate_orthogonalizer, validate_spectral
 from .transforms import (
-    SHAPE_SCALINGS,
     ApplyLR,
     AsMatrix,
     DecoupledWeightDecay,
@@ -22,12 +21,6 @@ from .transforms import (
 )
 
 STEP_SIZES = ("fixed", "nuclear")
-
-
-def _validate_spectral(group: dict) -> None:
-    validate_common(group)
-    if group["shape_scaling"] not in SHAPE_SCALINGS:
-        raise ValueError(f"shape_scaling must be one of {SHAPE_SCALINGS}, got {group['shape_scaling']!r}")
 
 
 class SpecGD(ChainOptimizer):
@@ -81,7 +74,7 @@ class SpecGD(ChainOptimizer):
                 DecoupledWeightDecay(), ApplyLR()]  # fmt: skip
 
     def validate(self, group):
-        _validate_spectral(group)
+        validate_spectral(group)
         validate_orthogonalizer(group)
         if group["step_size"] not in STEP_SIZES:
             raise ValueError(f"step_size must be one of {STEP_SIZES}, got {group['step_size']!r}")
@@ -130,4 +123,4 @@ class SpectralDescent(ChainOptimizer):
                 DecoupledWeightDecay(), ApplyLR()]  # fmt: skip
 
     def validate(self, group):
-        _validate_spectral(group)
+        validate_spectral(group)
