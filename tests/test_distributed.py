@@ -16,6 +16,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from specgrad.diagnostics import SpectralMonitor
 from specgrad.optim import Muon, SpecGD
 
 WORLD = 2
@@ -163,7 +164,32 @@ def checkpoint(rank, kind, out):
     return {"equal": all(torch.equal(a, b) for a, b in zip(got, expected))}
 
 
-SCENARIOS = {"ddp": ddp, "fsdp": fsdp, "grad_none": grad_none, "checkpoint": checkpoint}
+MONITORED = ["step", "block", "rows", "st_A", "nr_G", "grad_fro", "grad_nuc", "act_fro", "act_op"]
+
+
+def monitored_run(m, X, Y, distribute=False, max_dim=4096):
+    """Two Muon steps under a monitor sampling every step; its records as lists."""
+    opt = make_opt("muon", m.parameters(), distribute=distribute)
+    with SpectralMonitor(m, every=1, max_dim=max_dim) as mon:
+        for _ in range(2):
+            opt.zero_grad()
+            nn.functional.mse_loss(m(X), Y).backward()
+            mon.step()
+            opt.step()
+    frame = mon.frame()
+    frame["block"] = frame["block"].str.replace("module.", "")
+    return frame[MONITORED].values.tolist()
+
+
+def monitor(rank, kind, out):
+    X, Y = _local_batch(rank)
+    if kind == "fsdp":
+        return {"records": monitored_run(_fsdp_model(), X, Y)}
+    wrapped = nn.parallel.DistributedDataParallel(model())
+    return {"records": monitored_run(wrapped, X, Y, distribute=True, max_dim=5 if kind == "sketch" else 4096)}
+
+
+SCENARIOS = {"ddp": ddp, "fsdp": fsdp, "grad_none": grad_none, "checkpoint": checkpoint, "monitor": monitor}
 
 
 def spawn(scenario, kind, tmp_path, timeout=120):
@@ -208,3 +234,25 @@ def test_grad_none_is_skipped_and_disagreement_raises_everywhere(tmp_path):
 def test_checkpoint_round_trip_continues_identically(tmp_path):
     for r in spawn("checkpoint", "muon", tmp_path):
         assert r["equal"]
+
+
+@pytest.mark.parametrize("kind", ["ddp", "fsdp"])
+def test_monitor_aggregates_ranks_to_the_global_batch(kind, tmp_path):
+    expected = monitored_run(model(), *batch())
+    for r in spawn("monitor", kind, tmp_path):
+        assert len(r["records"]) == len(expected) == 6
+        for got, want in zip(r["records"], expected):
+            assert got[:3] == want[:3]  # step, block, rows: the global batch's 8 rows
+            assert got[3:] == pytest.approx(want[3:], rel=1e-5)
+
+
+def test_monitor_sums_sketches_across_ranks(tmp_path):
+    """Blocks wider than max_dim are sketched with independent draws per rank; the summed
+    sketch keeps ||A||_F exact and the records agree across ranks."""
+    expected = monitored_run(model(), *batch(), max_dim=5)
+    results = spawn("monitor", "sketch", tmp_path)
+    assert results[0]["records"] == results[1]["records"]
+    for got, want in zip(results[0]["records"], expected):
+        assert got[:3] == want[:3]
+        assert got[7] == pytest.approx(want[7], rel=1e-6)  # act_fro is exact in a sketch
+        assert got[3] == pytest.approx(want[3], rel=0.5)  # st_A from a 256-row sketch

@@ -86,7 +86,7 @@ def diagnose(
 
 
 def _probe(model, batch, loss_fn, block, gram, row, base: float, curvature) -> dict:
-    W = block.weight
+    W = block.param()
     G = block.grad().detach().clone()
     if block.tap.kind == "embedding":
         return dict(curvature=math.nan, loss_euclidean=math.nan, loss_spectral=math.nan, measured="n/a", agrees=None)

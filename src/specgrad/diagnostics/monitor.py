@@ -14,11 +14,12 @@ from typing import Any, Callable, Iterable, Optional, Union
 
 import pandas as pd
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..linalg import matrix_view
-from .stats import ActivationGram, make_accumulator, top_eigenvalues
+from .stats import ActivationGram, SketchedActivation, TokenCounts, make_accumulator, top_eigenvalues
 
 ActivationFn = Callable[[nn.Module, tuple, Any], Tensor]
 
@@ -67,13 +68,18 @@ class Block:
 
     name: str
     tap: _Tap
-    weight: nn.Parameter
+    weight: Union[str, nn.Parameter]  # a name is looked up on the module at each step
     rows: Optional[slice] = None
 
+    def param(self) -> Tensor:
+        return getattr(self.tap.module, self.weight) if isinstance(self.weight, str) else self.weight
+
     def grad(self) -> Optional[Tensor]:
-        g = self.weight.grad
+        g = self.param().grad
         if g is None:
             return None
+        if hasattr(g, "full_tensor"):  # a DTensor shard (FSDP2): the block needs the whole matrix
+            g = g.full_tensor()
         if g.is_sparse:
             g = g.to_dense()
         G = matrix_view(g)
@@ -105,6 +111,13 @@ class SpectralMonitor:
     mode with gradients enabled whose output reaches ``backward`` count, so eval and
     ``no_grad`` passes are ignored, and the micro-batches of gradient accumulation add up.
 
+    Under ``torch.distributed`` (``distributed="auto"`` and an initialized process group,
+    or ``True``) every sampled step sums the activation statistics of all ranks in one
+    ``all_reduce``, and gradients sharded as DTensors (FSDP2) are gathered, so the records
+    are those of the global batch, identical on every rank; loggers write on rank 0 only.
+    Plain gradients are taken as they are: DDP has averaged them already. Build the monitor
+    after wrapping the model (``fully_shard`` replaces the parameters).
+
     Call :meth:`step` once per optimizer step, after ``backward`` and before ``zero_grad``.
     With ``gradients=False`` only the activation statistics are computed (``nr_G`` and the
     gradient norms are NaN): for a caller that has the gradient's norms already, like
@@ -130,15 +143,25 @@ class SpectralMonitor:
         max_dim: int = 4096,
         loggers: Iterable = (),
         gradients: bool = True,
+        distributed: Union[bool, str] = "auto",
+        group: Optional[Any] = None,
     ):
         if isinstance(every, bool) or not isinstance(every, int) or every <= 0:
             raise ValueError(f"every must be a positive integer, got {every!r}")
         if isinstance(max_dim, bool) or not isinstance(max_dim, int) or max_dim <= 0:
             raise ValueError(f"max_dim must be a positive integer, got {max_dim!r}")
+        if distributed not in (True, False, "auto"):
+            raise ValueError(f"distributed must be True, False or 'auto', got {distributed!r}")
+        initialized = dist.is_available() and dist.is_initialized()
+        if distributed is True and not initialized:
+            raise ValueError("distributed=True needs an initialized torch.distributed process group")
+        self.group = group
+        self.world = dist.get_world_size(group) if initialized and distributed else 1
+        self.rank = dist.get_rank(group) if self.world > 1 else 0
         self.every = every
         self.gradients = gradients
         self.max_dim = max_dim
-        self.loggers = list(loggers)
+        self.loggers = list(loggers) if self.rank == 0 else []
         self.records: list[dict] = []
         self.skipped: dict[str, str] = {}
         self._taps: dict[int, _Tap] = {}
@@ -200,7 +223,7 @@ class SpectralMonitor:
         else:
             dim = in_features if in_features is not None else matrix_view(W).shape[1]
         tap = self._tap(module, kind, activation, dim)
-        self._blocks.append(Block(name or type(module).__name__, tap, W, rows))
+        self._blocks.append(Block(name or type(module).__name__, tap, weight, rows))
         return self
 
     def add_fused(self, name: str, module: nn.Module, parts: Iterable[str] = ("q", "k", "v"),
@@ -220,7 +243,7 @@ class SpectralMonitor:
             raise ValueError(f"{out} rows do not split into {len(parts)} equal parts")
         size = out // len(parts)
         for k, part in enumerate(parts):
-            self.add_block(f"{name}.{part}", module, weight=W, rows=slice(k * size, (k + 1) * size), **kwargs)
+            self.add_block(f"{name}.{part}", module, weight=weight, rows=slice(k * size, (k + 1) * size), **kwargs)
         return self
 
     @property
@@ -245,8 +268,10 @@ class SpectralMonitor:
             act = tap.activation(module, args, output)
             # a fresh seed per accumulator: micro-batches (and repeated calls of one module)
             # must be sketched independently, or their sketches add up to Phi (A_1 + A_2)
+            # and across ranks, whose sketches are summed too
             self._sketch_seed += 1
-            pending = make_accumulator(tap.kind, tap.dim, self.max_dim, device=act.device, seed=self._sketch_seed)
+            seed = self._sketch_seed * self.world + self.rank
+            pending = make_accumulator(tap.kind, tap.dim, self.max_dim, device=act.device, seed=seed)
             pending.update(act)
             done = []
 
@@ -277,7 +302,32 @@ class SpectralMonitor:
         self._step += 1
         return rows
 
+    def _sum_across_ranks(self) -> None:
+        """Sum every tap's statistics over the ranks (one ``all_reduce``); a tap that saw no
+        rows on some rank joins with zeros, so the ranks agree on what is reduced."""
+        taps = list(self._taps.values())
+        device = next((t.stats for t in taps if t.stats is not None), None)
+        device = _state(device)[0].device if device is not None else self._blocks[0].param().device
+        seen = torch.tensor([float(t.stats is not None) for t in taps], dtype=torch.float64, device=device)
+        dist.all_reduce(seen, group=self.group)
+        live = [t for t, n in zip(taps, seen.tolist()) if n > 0]
+        for t in live:
+            if t.stats is None:
+                t.stats = make_accumulator(t.kind, t.dim, self.max_dim, device=device)
+        parts = [x for t in live for x in _state(t.stats)]
+        rows = torch.tensor([float(t.stats.rows) for t in live], dtype=torch.float64, device=device)
+        flat = torch.cat([x.reshape(-1).to(device) for x in parts] + [rows])
+        dist.all_reduce(flat, group=self.group)
+        offset = 0
+        for x in parts:
+            x.copy_(flat[offset : offset + x.numel()].view_as(x))
+            offset += x.numel()
+        for t, n in zip(live, flat[offset:].tolist()):
+            t.stats.rows = int(n)
+
     def _collect(self) -> list[dict]:
+        if self.world > 1:
+            self._sum_across_ranks()
         todo = []
         for b in self._blocks:
             stats, G = b.tap.stats, b.grad()
@@ -324,6 +374,15 @@ class SpectralMonitor:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _state(stats) -> list[Tensor]:
+    """The tensors that add up when two accumulators of the same block are merged."""
+    if isinstance(stats, SketchedActivation):
+        return [stats.sketch, stats._fro_sq]
+    if isinstance(stats, TokenCounts):
+        return [stats.counts]
+    return [stats.gram]
 
 
 COLUMNS = ["step", "block", "kind", "shape", "rows", "st_A", "nr_G", "ratio", "verdict",

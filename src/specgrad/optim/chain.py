@@ -169,7 +169,8 @@ class ChainOptimizer(Optimizer):
             bad = {with_grad[j] for j in (~torch.isfinite(norms)).nonzero().flatten().tolist()
                    if not bool(torch.isfinite(grads[j]).all())}  # fmt: skip
         if self._collective():
-            split, bad = check_grads_agree([g is not None for g in local], [k in bad for k in range(len(local))])
+            split, bad = check_grads_agree([g is not None for g in local], [k in bad for k in range(len(local))],
+                                            device=params[0][2].device if params else None)  # fmt: skip
             if split:
                 names = [self._describe(*params[k]) for k in split]
                 raise RuntimeError(

@@ -157,15 +157,18 @@ def exchange_sharded(shards: list[Tensor], shapes: list[tuple[int, int]], owners
     return out  # type: ignore[return-value]
 
 
-def check_grads_agree(has_grad: list[bool], nonfinite: list[bool], group=None) -> tuple[list[int], set[int]]:
+def check_grads_agree(has_grad: list[bool], nonfinite: list[bool], group=None,
+                      device=None) -> tuple[list[int], set[int]]:  # fmt: skip
     """One ``all_reduce`` of every parameter's ``(has_grad, nonfinite)`` flags.
 
     Returns the indices of parameters that some ranks have gradients for and others not
     (the caller raises on every rank alike, so none waits on a collective), and the indices
-    whose gradient is non-finite on any rank.
+    whose gradient is non-finite on any rank. ``device``: where the flags travel (a CUDA
+    device under NCCL).
     """
     world = dist.get_world_size(group)
-    flags = torch.tensor([[float(h), float(b)] for h, b in zip(has_grad, nonfinite)] or [[0.0, 0.0]], dtype=torch.float64)
+    flags = torch.tensor([[float(h), float(b)] for h, b in zip(has_grad, nonfinite)] or [[0.0, 0.0]],
+                         dtype=torch.float64, device=device)  # fmt: skip
     dist.all_reduce(flags, group=group)
     split = [k for k in range(len(has_grad)) if 0 < flags[k, 0] < world]
     return split, {k for k in range(len(has_grad)) if flags[k, 1] > 0}
