@@ -120,7 +120,7 @@ def test_closed_form_gd_gradients_match_the_iteration():
 
 def test_sparse_regression_first_step_matches_a_direct_computation():
     cfg = dd.SparseRegressionConfig(input_dim=6, hidden=10, samples=20, steps=1, record_every=1)
-    x, y, W0 = dd._sparse_problem(cfg, 0)
+    x, y, W0 = dd.sparse_problem(cfg, 0)
     for method in ("gd", "specgd"):
         out = dd._sparse_train(cfg, method, x, y, W0)
         Ws = [w.clone().requires_grad_(True) for w in W0]

@@ -105,7 +105,44 @@ def test_bad_settings_are_named():
         Hybrid(net, euclidean="lion")
     with pytest.raises(ValueError, match="decision"):
         Hybrid(net, decision="vote")
+    with pytest.raises(ValueError, match="force"):
+        Hybrid(net, force="adam")
     with pytest.raises(ValueError, match="every"):
         Hybrid(net, every=0)
     with pytest.raises(ValueError, match="hysteresis"):
         Hybrid(net, hysteresis=-1.0)
+
+
+def test_forced_rules_are_the_pure_baselines():
+    """force="euclidean" (adamw) is AdamW on every parameter; force="spectral" in the
+    decrease variant takes the spectral majorization step even where GD's is larger."""
+    torch.manual_seed(0)
+    make = lambda: nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 2))
+    a, b = make(), make()
+    b.load_state_dict(a.state_dict())
+    adamw = {"lr": 1e-2, "betas": (0.9, 0.95), "eps": 1e-8, "weight_decay": 0.0}
+    hyb = Hybrid(a, lr=1e-2, every=1, force="euclidean", adamw=adamw)
+    ref = torch.optim.AdamW(b.parameters(), **adamw)
+    x, y = torch.randn(32, 6), torch.randn(32, 2)
+    for _ in range(4):
+        for net, opt in ((a, hyb), (b, ref)):
+            opt.zero_grad()
+            nn.functional.mse_loss(net(x), y).backward()
+            opt.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    assert set(hyb.decisions()["choice"]) == {"euclidean"}
+    hyb.close()
+
+    A, Y = random_features("swiglu")  # the decrease rule would pick the Euclidean step here
+    net = nn.Sequential(nn.Identity(), nn.Linear(100, 100, bias=False)).double()
+    nn.init.zeros_(net[1].weight)
+    opt = Hybrid(net, lr=1.0, every=1, decision="decrease", force="spectral", momentum=0.0,
+                 orthogonalizer="svd", overrides={"1.weight": "spectral"})
+    (0.5 * (net(A.T) - Y.T).pow(2).sum(1).mean()).backward()
+    opt.step()
+    n = A.shape[1]
+    G = -(Y @ A.T) / n
+    expected = -(torch.linalg.svdvals(G).sum() * n / torch.linalg.matrix_norm(A, "fro") ** 2) * polar_svd(G)
+    torch.testing.assert_close(net[1].weight.detach(), expected, rtol=1e-9, atol=1e-12)
+    opt.close()

@@ -827,7 +827,7 @@ class SparseRegressionConfig:
     base_seed: int = 42  # data and init of seed k come from base_seed + k
 
 
-def _sparse_problem(cfg: SparseRegressionConfig, seed: int):
+def sparse_problem(cfg: SparseRegressionConfig, seed: int):
     g = torch.Generator().manual_seed(cfg.base_seed + seed)
     dt = torch.float64
     x = torch.randn(cfg.samples, cfg.input_dim, generator=g, dtype=dt)
@@ -893,7 +893,7 @@ def _sparse_train(cfg: SparseRegressionConfig, method: str, x, y, W0, advance=la
 
 
 def sparse_run_seed(cfg: SparseRegressionConfig, seed: int, ctx) -> dict:
-    x, y, W0 = _sparse_problem(cfg, seed)
+    x, y, W0 = sparse_problem(cfg, seed)
     ctx.steps(2 * cfg.steps, "GD and SpecGD")
     return {m: _sparse_train(cfg, m, x, y, W0, ctx.advance) for m in ("gd", "specgd")}
 

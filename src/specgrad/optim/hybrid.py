@@ -10,7 +10,8 @@ switches each block's rule with hysteresis.
 from __future__ import annotations
 
 import math
-from typing import Optional
+import fnmatch
+from typing import Optional, Union
 
 import pandas as pd
 import torch
@@ -32,6 +33,7 @@ from .transforms import (
 
 EUCLIDEAN = ("adamw", "sgd")
 DECISIONS = ("ratio", "decrease")
+RULES = ("spectral", "euclidean")
 
 
 class HybridStep(Transform):
@@ -53,7 +55,8 @@ class HybridStep(Transform):
 
     def init(self, p, state, group):
         self.adam.init(p, state, group)
-        state["spectral"] = torch.tensor(1.0)  # start spectral; the first sample decides
+        # start spectral (unless forced Euclidean); the first sample decides
+        state["spectral"] = torch.tensor(float(self.owner._force.get(p) != "euclidean"))
         state["log_ratio"] = torch.tensor(float("nan"))
 
     def __call__(self, u):
@@ -81,7 +84,7 @@ class HybridStep(Transform):
             nr = (nuc / fro) ** 2 if fro > 0 else 0.0
             a = acts.get(p)
             if decrease:
-                step = self._majorization(M, O, nr, nuc, a, g, st)
+                step = self._majorization(p, M, O, nr, nuc, a, g, st)
                 if step is not None:
                     new_updates.append(step)
                     owner._log(p, nr, a, bool(st["spectral"]))
@@ -97,13 +100,16 @@ class HybridStep(Transform):
                 new_updates.append(M * (target / fro if fro > 0 else 0.0))
         u.updates = new_updates
 
-    def _majorization(self, M, O, nr, nuc, a, g, st) -> Optional[Tensor]:
+    def _majorization(self, p, M, O, nr, nuc, a, g, st) -> Optional[Tensor]:
         if a is None or a["rows"] == 0 or a["op_sq"] <= 0:
             return None
         c = g["curvature"]
         L_F = c * a["op_sq"] / a["rows"]
         L_op = c * a["fro_sq"] / a["rows"]
         spectral = nr >= a["st"]  # ||M||_*^2 / (2 L_op) >= ||M||_F^2 / (2 L_F)
+        forced = self.owner._force.get(p)
+        if forced is not None:
+            spectral = forced == "spectral"
         st["spectral"].fill_(float(spectral))
         return O * (nuc / L_op) if spectral else M / L_F
 
@@ -126,6 +132,11 @@ class Hybrid(ChainOptimizer):
     with ``every=1``, ``momentum=0``, ``orthogonalizer="svd"`` (the exact polar factor the
     guarantee is about) and ``curvature`` the output-space curvature constant (1 for
     ``(1/2n) sum ||W a - y||^2``).
+
+    ``force="spectral"`` or ``"euclidean"`` fixes every block's rule (a dict maps
+    ``fnmatch`` patterns of parameter names to rules, the last match winning) while keeping
+    the measurements, the logging and the step-size rules: the pure baselines of an
+    ablation, with the same arithmetic as the hybrid.
 
     Every decision is logged: :meth:`decisions` returns a DataFrame
     (``step, block, nr, st, ratio, choice``).
@@ -155,6 +166,7 @@ class Hybrid(ChainOptimizer):
         every: int = 10,
         euclidean: str = "adamw",
         decision: str = "ratio",
+        force: Union[None, str, dict[str, str]] = None,
         hysteresis: float = 0.25,
         smoothing: float = 0.5,
         momentum: float = 0.95,
@@ -187,6 +199,7 @@ class Hybrid(ChainOptimizer):
         self._activations: dict[Tensor, dict] = {}
         self._log_rows: list[dict] = []
         self._t = 0
+        self._force = _resolve_force(force, {n: named[n] for n in routing.names("spectral")})
         defaults = dict(lr=lr, euclidean=euclidean, decision=decision, hysteresis=hysteresis,
                         smoothing=smoothing, momentum=momentum, nesterov=nesterov, betas=betas, eps=eps,
                         weight_decay=weight_decay, shape_scaling=shape_scaling, orthogonalizer=orthogonalizer,
@@ -235,7 +248,10 @@ class Hybrid(ChainOptimizer):
         st["log_ratio"].fill_(ema)
         h = math.log1p(g["hysteresis"])
         spectral = bool(st["spectral"])
-        if math.isnan(old):
+        forced = self._force.get(p)
+        if forced is not None:
+            spectral = forced == "spectral"
+        elif math.isnan(old):
             spectral = ema >= 0
         elif spectral and ema < -h:
             spectral = False
@@ -259,3 +275,20 @@ class Hybrid(ChainOptimizer):
     def close(self) -> None:
         """Remove the activation hooks."""
         self.monitor.close()
+
+
+def _resolve_force(force, params: dict[str, Tensor]) -> dict[Tensor, str]:
+    """``{param: rule}`` from ``None``, one rule, or ``{pattern: rule}`` (last match wins)."""
+    patterns = {} if force is None else {"*": force} if isinstance(force, str) else dict(force)
+    for pattern, rule in patterns.items():
+        if rule not in RULES:
+            raise ValueError(f"force {pattern!r} -> {rule!r}: rule must be one of {RULES}")
+    out, used = {}, set()
+    for name, p in params.items():
+        for pattern, rule in patterns.items():
+            if fnmatch.fnmatch(name, pattern):
+                out[p] = rule
+                used.add(pattern)
+    if set(patterns) - used:
+        raise ValueError(f"force patterns matched no spectral-rule parameter: {sorted(set(patterns) - used)}")
+    return out
