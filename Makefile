@@ -38,6 +38,7 @@ bench: install
 	$(PY) benchmarks/optimizer_step.py
 	$(PY) benchmarks/monitor_overhead.py
 	$(PY) benchmarks/distributed_step.py
+	$(PY) benchmarks/hybrid_step.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .hypothesis

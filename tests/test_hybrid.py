@@ -114,14 +114,15 @@ def test_bad_settings_are_named():
 
 
 def test_forced_rules_are_the_pure_baselines():
-    """force="euclidean" (adamw) is AdamW on every parameter; force="spectral" in the
+    """force="euclidean" (adamw) is AdamW on every parameter (at lr x euclidean_scale on the
+    blocks); force="spectral" in the
     decrease variant takes the spectral majorization step even where GD's is larger."""
     torch.manual_seed(0)
     make = lambda: nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 2))
     a, b = make(), make()
     b.load_state_dict(a.state_dict())
     adamw = {"lr": 1e-2, "betas": (0.9, 0.95), "eps": 1e-8, "weight_decay": 0.0}
-    hyb = Hybrid(a, lr=1e-2, every=1, force="euclidean", adamw=adamw)
+    hyb = Hybrid(a, lr=5e-3, euclidean_scale=2.0, every=1, force="euclidean", adamw=adamw)
     ref = torch.optim.AdamW(b.parameters(), **adamw)
     x, y = torch.randn(32, 6), torch.randn(32, 2)
     for _ in range(4):

@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run (or resume) one experiment")
     run.add_argument("name", help="experiment name (see `specgrad list`)")
-    run.add_argument("--preset", default="smoke", help="smoke | quick | paper (default smoke)")
+    run.add_argument("--preset", default="smoke", help="smoke | demo | quick | paper (default smoke)")
     run.add_argument("--out", default="results", help="output folder (default results)")
     run.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the preset's)")
     run.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_run)
 
     rep = sub.add_parser("reproduce", help="run every study (resuming) and build the HTML report")
-    rep.add_argument("--preset", default="quick", help="smoke | quick | paper (default quick)")
+    rep.add_argument("--preset", default="quick", help="smoke | demo | quick | paper (default quick)")
     rep.add_argument("--out", default="results", help="output folder (default results)")
     rep.add_argument("--only", default=None, metavar="NAMES", help="comma-separated experiment names")
     rep.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")

@@ -43,9 +43,29 @@ STUDIES: tuple[Study, ...] = (
         ("phase-retrieval",),
         "phase-retrieval.md",
     ),
+    Study(
+        "imbalanced",
+        "How Muon's spectral design benefits generalization: imbalanced data "
+        "(Vasudeva, Deora, Zhao, Sharan, Thrampoulidis, arXiv 2510.22980)",
+        "SpecGD learns all principal components of the data at equal rates while GD learns the dominant "
+        "ones first; on imbalanced data this gives spectral methods better balanced and minority-class "
+        "accuracy early in training, normalizing GD's step does not close the gap, and depth changes the "
+        "picture; Muon and Shampoo beat their Euclidean counterparts and Adam on long-tailed data.",
+        ("imbalanced-gmm", "imbalanced-depth", "long-tail-classification", "long-tail-tokens"),
+        "imbalanced.md",
+    ),
+    Study(
+        "hybrid",
+        "Beyond the studies: a condition-driven hybrid optimizer",
+        "Taking, per block, the spectral step where nr(M) >= st(A) and the Euclidean one elsewhere "
+        "should match the better of pure spectral and pure Euclidean training on every task, and beat "
+        "both where layers (or phases of training) disagree.",
+        ("hybrid",),
+        "hybrid.md",
+    ),
 )
 
-MODULES: tuple[str, ...] = ("char_lm", "davis_drusvyatskiy", "phase_retrieval")
+MODULES: tuple[str, ...] = ("char_lm", "davis_drusvyatskiy", "phase_retrieval", "imbalanced", "hybrid")
 
 
 def load_all() -> None:

@@ -7,7 +7,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-PRESETS = ("smoke", "quick", "paper")
+PRESETS = ("smoke", "demo", "quick", "paper")
 
 
 class UsageError(ValueError):
@@ -55,7 +55,11 @@ class Experiment:
       sweep, say); its result is saved, recorded in the result file under ``"tuning"``, and
       given to every ``run_seed`` as ``ctx.tuning``.
     * ``presets``: overrides of the config's defaults per preset; ``seeds``: default seed
-      count per preset; ``size(config)``: a short description of the run's size.
+      count per preset; ``size(config)``: a short description of the run's size. Presets:
+      ``smoke`` runs in seconds (tests), ``demo`` is what ``make demo`` runs (every
+      experiment together in about ten minutes on two cores; ``quick``'s settings and seeds
+      unless given), ``quick`` takes minutes per experiment (the documentation's figures),
+      ``paper`` the study's scale.
     """
 
     name: str
@@ -72,6 +76,8 @@ class Experiment:
     def __post_init__(self):
         if not dataclasses.is_dataclass(self.config):
             raise TypeError(f"config of {self.name!r} must be a dataclass")
+        self.presets.setdefault("demo", self.presets.get("quick", {}))
+        self.seeds.setdefault("demo", self.seeds.get("quick", 1))
         unknown = set(self.presets) - set(PRESETS)
         if unknown:
             raise ValueError(f"unknown presets {sorted(unknown)} for {self.name!r}; allowed {PRESETS}")

@@ -43,7 +43,10 @@ class HybridStep(Transform):
     the raw gradient; ``"sgd"``: ``M`` rescaled to the Frobenius norm the spectral step
     would have (``sqrt(min(m, n)) * shape_scale``). With the default
     ``shape_scaling="match_rms_adamw"`` the spectral step has RMS ``0.2``, about that of an
-    AdamW step, so one ``lr`` serves both regimes (the matched-RMS rule). Decision
+    AdamW step, so one ``lr`` serves both regimes (the matched-RMS rule). Where the two
+    regimes' tuned learning rates differ anyway, ``euclidean_scale`` multiplies the
+    Euclidean step: with Muon's ``shape_scaling="original"``, ``lr`` = Muon's lr and
+    ``euclidean_scale`` = AdamW's lr / Muon's lr, each regime runs at its own tuned lr. Decision
     ``"decrease"`` instead takes the majorization steps of least squares:
     ``M / L_F`` or ``(||M||_* / L_op) polar(M)`` with ``L_F = c ||A||_op^2 / n`` and
     ``L_op = c ||A||_F^2 / n``, ``lr`` multiplying both (``lr = 1`` is the study's step).
@@ -94,9 +97,9 @@ class HybridStep(Transform):
             if bool(st["spectral"]):
                 new_updates.append(O * shape_scale(g["shape_scaling"], m, n))
             elif g["euclidean"] == "adamw":
-                new_updates.append(adam_dir[i] * adam_scale[i])
+                new_updates.append(adam_dir[i] * (adam_scale[i] * g["euclidean_scale"]))
             else:
-                target = math.sqrt(min(m, n)) * shape_scale(g["shape_scaling"], m, n)
+                target = math.sqrt(min(m, n)) * shape_scale(g["shape_scaling"], m, n) * g["euclidean_scale"]
                 new_updates.append(M * (target / fro if fro > 0 else 0.0))
         u.updates = new_updates
 
@@ -111,7 +114,7 @@ class HybridStep(Transform):
         if forced is not None:
             spectral = forced == "spectral"
         st["spectral"].fill_(float(spectral))
-        return O * (nuc / L_op) if spectral else M / L_F
+        return O * (nuc / L_op) if spectral else M * (g["euclidean_scale"] / L_F)
 
 
 class Hybrid(ChainOptimizer):
@@ -167,6 +170,7 @@ class Hybrid(ChainOptimizer):
         euclidean: str = "adamw",
         decision: str = "ratio",
         force: Union[None, str, dict[str, str]] = None,
+        euclidean_scale: float = 1.0,
         hysteresis: float = 0.25,
         smoothing: float = 0.5,
         momentum: float = 0.95,
@@ -200,8 +204,8 @@ class Hybrid(ChainOptimizer):
         self._log_rows: list[dict] = []
         self._t = 0
         self._force = _resolve_force(force, {n: named[n] for n in routing.names("spectral")})
-        defaults = dict(lr=lr, euclidean=euclidean, decision=decision, hysteresis=hysteresis,
-                        smoothing=smoothing, momentum=momentum, nesterov=nesterov, betas=betas, eps=eps,
+        defaults = dict(lr=lr, euclidean=euclidean, euclidean_scale=euclidean_scale, decision=decision,
+                        hysteresis=hysteresis, smoothing=smoothing, momentum=momentum, nesterov=nesterov, betas=betas, eps=eps,
                         weight_decay=weight_decay, shape_scaling=shape_scaling, orthogonalizer=orthogonalizer,
                         ns_steps=ns_steps, ns_coefficients=ns_coefficients, ns_dtype=ns_dtype,
                         curvature=curvature)  # fmt: skip
@@ -221,6 +225,7 @@ class Hybrid(ChainOptimizer):
         _check_range("hysteresis", group["hysteresis"], 0.0)
         _check_range("smoothing", group["smoothing"], 0.0, 1.0)
         _check_range("curvature", group["curvature"], 0.0, lo_open=True)
+        _check_range("euclidean_scale", group["euclidean_scale"], 0.0, lo_open=True)
 
     # -- measurement -------------------------------------------------------------------------
     @torch.no_grad()

@@ -1,9 +1,11 @@
 """Small exact models that tests and experiments compare against.
 
 Imports nothing from :mod:`specgrad.experiments` (dependencies point downward:
-experiments -> theory -> linalg).
+experiments -> theory -> linalg). The phase-retrieval model's functions are re-exported
+here; the other models are used as modules (``specgrad.theory.imbalanced``).
 """
 
+from . import imbalanced
 from .phase_retrieval import (
     PhaseRetrievalProblem,
     coefficients,
@@ -22,6 +24,7 @@ from .phase_retrieval import (
 )
 
 __all__ = [
+    "imbalanced",
     "PhaseRetrievalProblem",
     "coefficients",
     "empirical_loss_and_gradient",

@@ -1,0 +1,77 @@
+"""The ``hybrid`` experiment: the pure baselines are the study's majorization steps, the
+analysis pairs seeds and treats diverged runs as lost, and the smoke preset runs end to end."""
+
+import json
+import math
+
+import pytest
+import torch
+
+import specgrad.experiments.hybrid as hy
+from specgrad.experiments import run_experiment
+from specgrad.experiments.davis_drusvyatskiy import (
+    RandomFeaturesConfig,
+    gd_update,
+    random_feature_problem,
+    rf_loss_grad,
+    specgd_update,
+)
+
+
+class _Ctx:
+    device = torch.device("cpu")
+    tuning: dict = {}
+
+    def steps(self, *a):
+        pass
+
+    def advance(self, n=1):
+        pass
+
+
+def test_least_squares_baselines_are_the_study_steps():
+    cfg = hy.HybridConfig(rf_dim=12, rf_feature_dim=6, rf_samples=40, rf_steps=5)
+    rf = RandomFeaturesConfig(dim=12, feature_dim=6, samples=40)
+    prob = random_feature_problem(rf, "relu", 3)
+    A, Y, n = prob["A"], prob["Y"], 40
+    for method, update in (("euclidean", lambda W, G: gd_update(W, G, prob["op_sq"], n, 1.5)),
+                           ("spectral", lambda W, G: specgd_update(W, G, prob["fro_sq"], n, 1.5)[0])):  # fmt: skip
+        W = torch.zeros(12, 12, dtype=torch.float64)
+        expected = []
+        for _ in range(6):
+            loss, G = rf_loss_grad(W, A, Y)
+            expected.append(max(loss - prob["f_star"], 0.0))
+            W = update(W, G)
+        run, _ = hy._least_squares(cfg, "relu-features", method, 1.5, 3, lambda n: None)
+        assert run["loss"] == pytest.approx(expected, rel=1e-8, abs=1e-12)
+
+
+def test_analysis_pairs_seeds_and_counts_divergence_as_lost():
+    def run(*finals):
+        return {"step": list(range(len(finals))), "loss": list(finals)}
+
+    series = {}
+    for seed, (e, s, h) in enumerate([(2.0, 1.0, 0.5), (2.0, 1.0, None)]):
+        for method, v in zip(hy.METHODS, (e, s, h)):
+            series[f"sparse-regression/{method}/seed{seed}"] = run(3.0, v)
+    series["sparse-regression/hybrid-decisions/seed0"] = {"step": [0, 1], "0.weight/ratio": [0.5, 2.0],
+                                                          "0.weight/spectral": [0.0, 1.0]}  # fmt: skip
+    cfg = hy.HybridConfig(tasks=("sparse-regression",))
+    summary, claims = hy.analyze(cfg, series)
+    assert summary["sparse-regression/better_pure"] == "spectral"
+    assert summary["sparse-regression/hybrid_spectral_fraction"] == 0.5
+    assert math.isinf(summary["sparse-regression/hybrid_over_both_worst_seed"])  # seed 1 diverged
+    by_id = {c.id: c for c in claims}
+    assert by_id["within-noise-sparse-regression"].value == math.inf  # median of (0.5, inf)
+    assert not by_id["strictly-better-somewhere"].passed
+
+
+def test_smoke_run(tmp_path):
+    result = run_experiment("hybrid", "smoke", tmp_path, progress=False)
+    saved = json.loads((tmp_path / "hybrid" / "result.json").read_text())
+    assert set(saved["tuning"]["best_lr"]) == {f"{t}/{m}" for t in hy.TASKS for m in hy.METHODS}
+    ids = {c["id"] for c in result["claims"]}
+    assert ids == {f"within-noise-{t}" for t in hy.TASKS} | {"relu-picks-spectral", "swiglu-picks-euclidean",
+                                                              "strictly-better-somewhere"}  # fmt: skip
+    assert "char-lm/hybrid-decisions/seed0" in result["series"]
+    assert (tmp_path / "hybrid" / "hybrid.png").stat().st_size > 1000
