@@ -133,7 +133,8 @@ def run(args, console: Console) -> None:
         sync(device)
         return clock() - t
 
-    mon = SpectralMonitor(watched, every=args.every)
+    options = {} if args.max_dim is None else {"max_dim": args.max_dim}
+    mon = SpectralMonitor(watched, every=args.every, **options)
     for i in range(args.warmup * args.every):  # warm-up: allocator, threads, AdamW state
         train_step(plain, opts[0], i)
         train_step(watched, opts[1], i, mon)
@@ -168,7 +169,7 @@ def run(args, console: Console) -> None:
             round_overhead.append(watched_round / plain_round - 1)
     mon.close()
     # the hooks' work is spread over forward and backward: time it apart, below
-    hook_time = hook_cost(watched, data, device, args.every, repeats=max(3, args.rounds // 2))
+    hook_time = hook_cost(watched, data, device, args.every, options, repeats=max(3, args.rounds // 2))
 
     n_blocks = len(mon.records) // max(1, len({r["step"] for r in mon.records}))
     med_plain = statistics.median(t_plain)
@@ -206,10 +207,10 @@ def run(args, console: Console) -> None:
     console.print(where)
 
 
-def hook_cost(model, data, device, every, repeats: int) -> float:
+def hook_cost(model, data, device, every, options: dict, repeats: int) -> float:
     """Median extra time of a forward/backward when the hooks accumulate (a sampled step)
     over one where they return at once, measured alternately."""
-    mon = SpectralMonitor(model, every=every)
+    mon = SpectralMonitor(model, every=every, **options)
     on, off = [], []
 
     def fwd_bwd(i):
@@ -240,6 +241,7 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=6)
     parser.add_argument("--batch", type=int, default=12)
     parser.add_argument("--every", type=int, default=10)
+    parser.add_argument("--max-dim", type=int, default=None, help="the monitor's max_dim (default: its own)")
     parser.add_argument("--rounds", type=int, default=12, help="rounds of `every` steps")
     parser.add_argument("--warmup", type=int, default=1, help="warm-up rounds")
     parser.add_argument("--device", default="cpu")

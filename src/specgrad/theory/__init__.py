@@ -5,7 +5,8 @@ experiments -> theory -> linalg). The phase-retrieval model's functions are re-e
 here; the other models are used as modules (``specgrad.theory.imbalanced``).
 """
 
-from . import imbalanced
+from . import curvature, imbalanced
+from .curvature import Curvature, ICMMap, ICMPolynomial, fit_icm_polynomial, icm_map, sphere_moments
 from .phase_retrieval import (
     PhaseRetrievalProblem,
     coefficients,
@@ -24,7 +25,14 @@ from .phase_retrieval import (
 )
 
 __all__ = [
+    "curvature",
     "imbalanced",
+    "Curvature",
+    "ICMMap",
+    "ICMPolynomial",
+    "fit_icm_polynomial",
+    "icm_map",
+    "sphere_moments",
     "PhaseRetrievalProblem",
     "coefficients",
     "empirical_loss_and_gradient",

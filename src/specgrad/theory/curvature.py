@@ -1,0 +1,756 @@
+r"""The isotropic curvature model of one update step (Su, arXiv 2511.00674).
+
+One step ``W <- W - Q`` on a weight ``W`` of shape ``(m, n)`` with gradient ``G`` is modelled by
+the convex program::
+
+    min_Q  -tr(Q G^T) + E_{zeta ~ Unif(S^{n-1})} H(||Q zeta||)                    (1)
+
+for a convex, nondecreasing radial curvature function ``H`` (``H(r)`` is the loss change
+beyond first order along a direction of length ``r``).
+
+Reduction to the spectrum. Write ``G = U diag(s) V^T`` (thin SVD, ``k = min(m, n)`` values).
+The objective is invariant under ``Q -> A Q B^T`` for orthogonal ``A, B`` fixing ``G``, and convex,
+so some optimum is aligned, ``Q = U diag(q) V^T`` (``tests/test_curvature.py`` checks this by a
+general-``Q`` autograd solve). For aligned ``Q``, ``xi = V_full^T zeta`` is again uniform on
+``S^{n-1}`` and::
+
+    ||Q zeta||^2 = sum_i q_i^2 w_i,   w = (xi_1^2, ..., xi_n^2) ~ Dirichlet(1/2, ..., 1/2)
+
+so (1) becomes a problem in ``q in R^k_{>=0}`` alone::
+
+    f(q) = -sum_i s_i q_i + E H(r),   r = sqrt(sum_{i<=k} q_i^2 w_i)              (2)
+    d f / d q_i = -s_i + q_i E[phi(r) w_i],   phi(r) = H'(r) / r                  (3)
+
+Exact sphere moments. With ``w_i = g_i^2 / |g|^2`` for ``g ~ N(0, I_n)`` and ``|g|`` independent
+of ``w``, ``E[(sum a_i g_i^2)^j] = E[|g|^{2j}] E[(sum a_i w_i)^j]``; the left side is the
+``j``-th moment of a weighted chi-square, whose cumulants are ``kappa_l = 2^(l-1) (l-1)! sum a^l``,
+and ``E|g|^{2j} = n (n+2) ... (n+2j-2)``. Hence, with ``a = q^2``::
+
+    E r^2 = sum q^2 / n,    E r^4 = ((sum q^2)^2 + 2 sum q^4) / (n (n+2))          (4)
+
+and every even polynomial ``H(r) = sum_j c_j r^(2j)`` has an exact objective.
+
+Closed forms. Quadratic ``H = c r^2``: (3) gives ``q = n s / (2c)``, a scaled gradient.
+Quartic ``H = c r^4``: by (4), ``d/dq_i E r^4 = (4 q_i sum q^2 + 8 q_i^3) / (n(n+2))``, so::
+
+    q_i^3 + D q_i = n (n+2) s_i / (8 c),   D = (1/2) sum_j q_j^2                    (5)
+
+For super-quadratic ``H`` the optimum keeps the order of ``s`` and homogenizes it,
+``q_i / q_j <= s_i / s_j`` for ``s_i >= s_j``: (3) reads ``s_i = q_i E[phi(r) w_i]`` with ``phi``
+nondecreasing, and a larger ``q_i`` tilts ``w_i`` toward larger ``r``. With a kink (left slope
+``a``, right slope ``b``) at ``r0`` and ``m >= n``, ``q = r0 1`` makes ``r = r0`` for every ``zeta``
+(``sum w = 1``), and the optimum is ``r0 U V^T`` once ``b`` is large enough: orthogonalization.
+
+Non-polynomial ``H``: its part that is not an even polynomial is averaged over a fixed
+sample of ``N`` Dirichlet weight vectors (seeded; the same sample for every ``q``, so the
+sampled objective is a deterministic convex function solved to convergence). The reported
+``grad_se`` is the Monte Carlo standard error of ``q_i E[phi(r) w_i]`` at the solution
+relative to ``max s``: the population stationarity (3) holds to about that relative error.
+
+Conventions: numpy float64; ``s`` is ``(k,)`` nonnegative (any order); ``n >= k`` is the
+dimension of ``zeta`` (the in-features of an ``nn.Linear`` weight ``(out, in)`` with ``out >= in``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from scipy.optimize import brentq, minimize, minimize_scalar
+from torch import Tensor
+
+Array = np.ndarray
+
+
+# --------------------------------------------------------------------------------------
+# curvature functions
+
+
+@dataclass(frozen=True)
+class Curvature:
+    """A radial curvature function ``H(r) = sum_j poly[j-1] r^(2j) + rest(r)``, ``r >= 0``.
+
+    ``poly`` holds the coefficients of the even-polynomial part (exact sphere moments);
+    ``rest`` / ``rest_dh`` the remaining part and its derivative (numpy ufunc-like callables,
+    sampled by Monte Carlo), or ``None``. ``H`` should be convex and nondecreasing on
+    ``[0, inf)`` for (2) to be convex. Build one with :func:`quadratic`, :func:`power`,
+    :func:`quadratic_quartic`, :func:`quadratic_power`, :func:`smoothed_kink` or :func:`custom`.
+
+    Example:
+        >>> H = quadratic_quartic(1.0, 0.5)
+        >>> float(H(np.array(2.0))), H.exact
+        (12.0, True)
+    """
+
+    name: str
+    poly: tuple[float, ...] = ()
+    rest: Optional[Callable[[Array], Array]] = None
+    rest_dh: Optional[Callable[[Array], Array]] = None
+    params: dict = field(default_factory=dict)
+    max_radius: Optional[float] = None  # H = +inf beyond it (a hard kink): a bound q_i <= max_radius
+    control_variate: bool = True  # sample only H minus a fitted b1 r^2 + b2 r^4 (off for kinks)
+
+    @property
+    def exact(self) -> bool:
+        """Whether the objective is exact (no Monte Carlo part)."""
+        return self.rest is None
+
+    def __call__(self, r) -> Array:
+        r = np.asarray(r, dtype=np.float64)
+        out = sum(c * r ** (2 * (j + 1)) for j, c in enumerate(self.poly)) + np.zeros_like(r)
+        return out + self.rest(r) if self.rest is not None else out
+
+    def derivative(self, r) -> Array:
+        """``H'(r)``."""
+        r = np.asarray(r, dtype=np.float64)
+        out = sum(2 * (j + 1) * c * r ** (2 * j + 1) for j, c in enumerate(self.poly)) + np.zeros_like(r)
+        return out + self.rest_dh(r) if self.rest is not None else out
+
+
+def _check_pos(name: str, value, strict: bool = True) -> float:
+    ok = isinstance(value, (int, float, np.floating)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or (value <= 0 if strict else value < 0):
+        raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} 0, got {value!r}")
+    return float(value)
+
+
+def quadratic(c: float = 1.0) -> Curvature:
+    """``H(r) = c r^2``: the optimum is the scaled gradient ``q = n s / (2c)``."""
+    c = _check_pos("c", c)
+    return Curvature(f"quadratic c={c:g}", (c,), params={"c": c})
+
+
+def power(p: float, c: float = 1.0) -> Curvature:
+    """``H(r) = c r^p``, ``p >= 2`` (exact moments when ``p`` is an even integer).
+
+    Example:
+        >>> power(4.0).poly, power(2.5).exact
+        ((0.0, 1.0), False)
+    """
+    c = _check_pos("c", c)
+    if not (isinstance(p, (int, float)) and math.isfinite(p) and p >= 2):
+        raise ValueError(f"p must be a finite number >= 2, got {p!r}")
+    p = float(p)
+    name = f"power p={p:g}"
+    if p == round(p) and int(p) % 2 == 0:
+        return Curvature(name, tuple([0.0] * (int(p) // 2 - 1) + [c]), params={"c": c, "p": p})
+    return Curvature(name, (), lambda r: c * r**p, lambda r: c * p * r ** (p - 1), params={"c": c, "p": p})
+
+
+def quadratic_quartic(c2: float, c4: float) -> Curvature:
+    """``H(r) = c2 r^2 + c4 r^4``: quadratic near zero, quartic further out."""
+    c2, c4 = _check_pos("c2", c2, False), _check_pos("c4", c4, False)
+    return Curvature(f"quad+quartic c2={c2:g} c4={c4:g}", (c2, c4), params={"c2": c2, "c4": c4})
+
+
+def quadratic_power(c2: float, cp: float, p: float) -> Curvature:
+    """``H(r) = c2 r^2 + cp r^p`` (``p > 2``): the shape fitted to measured curvature.
+    The quadratic part is exact, the power part sampled unless ``p`` is an even integer."""
+    c2 = _check_pos("c2", c2, False)
+    cp = _check_pos("cp", cp, False)
+    if not (isinstance(p, (int, float)) and math.isfinite(p) and p > 2):
+        raise ValueError(f"p must be a finite number > 2, got {p!r}")
+    p = float(p)
+    name = f"quad+power c2={c2:.3g} cp={cp:.3g} p={p:.3g}"
+    params = {"c2": c2, "cp": cp, "p": p}
+    if p == round(p) and int(p) % 2 == 0:
+        poly = [c2] + [0.0] * (int(p) // 2 - 1)
+        poly[-1] += cp
+        return Curvature(name, tuple(poly), params=params)
+    return Curvature(name, (c2,), lambda r: cp * r**p, lambda r: cp * p * r ** (p - 1), params=params)
+
+
+def smoothed_kink(radius: float = 1.0, left: float = 0.0, right: float = 100.0, width: float = 1e-3) -> Curvature:
+    """Slope ``left`` below ``radius``, ``right`` above, joined by a softplus of ``width``:
+    ``H(r) = left r + (right - left) width softplus((r - radius) / width)``."""
+    radius, width = _check_pos("radius", radius), _check_pos("width", width)
+    left, right = _check_pos("left", left, False), _check_pos("right", right)
+    if right <= left:
+        raise ValueError(f"right slope must exceed the left one, got left={left!r}, right={right!r}")
+
+    def h(r):
+        return left * r + (right - left) * width * np.logaddexp(0.0, (r - radius) / width)
+
+    def dh(r):
+        z = (r - radius) / width
+        return left + (right - left) * np.exp(-np.logaddexp(0.0, -z))  # sigmoid, overflow-free
+
+    name = f"kink r0={radius:g} slopes {left:g}/{right:g}"
+    params = {"radius": radius, "left": left, "right": right, "width": width}
+    return Curvature(name, (), h, dh, params=params, control_variate=False)
+
+
+def hard_kink(radius: float = 1.0, left: float = 0.0) -> Curvature:
+    """The sharp limit of :func:`smoothed_kink`: ``H(r) = left r`` for ``r <= radius`` and ``+inf``
+    beyond. Then ``E H(||Q zeta||) < inf`` iff ``||Q||_op <= radius``, so (2) gets the bounds
+    ``0 <= q_i <= radius``; with ``left = 0`` the optimum is ``radius U V^T``."""
+    radius, left = _check_pos("radius", radius), _check_pos("left", left, False)
+    name = f"hard kink r0={radius:g} left {left:g}"
+    if left == 0:
+        return Curvature(name, (), params={"radius": radius, "left": 0.0}, max_radius=radius)
+    return Curvature(name, (), lambda r: left * r, lambda r: left + 0 * r, params={"radius": radius, "left": left},
+                     max_radius=radius, control_variate=False)  # fmt: skip
+
+
+def custom(h: Callable[[Array], Array], dh: Callable[[Array], Array], name: str = "custom") -> Curvature:
+    """Any ``H`` (convex, nondecreasing) given with its derivative; sampled by Monte Carlo."""
+    if not (callable(h) and callable(dh)):
+        raise ValueError("h and dh must be callables on numpy arrays")
+    return Curvature(name, (), h, dh)
+
+
+# --------------------------------------------------------------------------------------
+# sphere moments
+
+
+def sphere_moments(a, n: int, order: int) -> Array:
+    """``E[(sum_i a_i w_i)^j]`` for ``j = 1..order``, ``w ~ Dirichlet(1/2 x n)`` (the squared
+    coordinates of a uniform unit vector in ``R^n``); ``a`` is ``(k,)``, ``k <= n``, padded with zeros.
+
+    Example:
+        >>> a = np.array([1.0, 2.0, 0.0])
+        >>> np.allclose(sphere_moments(a, 3, 2), [1.0, (9 + 2 * 5) / 15])
+        True
+    """
+    return _moments(np.asarray(a, dtype=np.float64), n, order)[0]
+
+
+def _moments(a: Array, n: int, order: int) -> tuple[Array, Array]:
+    """Sphere moments ``(order,)`` and their gradients in ``a`` ``(order, k)``.
+
+    Raw moments of ``X = sum a_i g_i^2`` from cumulants, ``m_j = sum_l C(j-1, l-1) kappa_l m_{j-l}``,
+    carried with their derivatives, then divided by ``E |g|^{2j}``."""
+    k = a.shape[-1]
+    if k > n:
+        raise ValueError(f"need k <= n, got {k} singular values for n={n}")
+    kappa = [0.0] * (order + 1)
+    dkappa = [np.zeros(k)] * (order + 1)
+    for l in range(1, order + 1):
+        const = 2.0 ** (l - 1) * math.factorial(l - 1)
+        kappa[l] = const * float(np.sum(a**l))
+        dkappa[l] = const * l * a ** (l - 1)
+    m = [1.0] + [0.0] * order
+    dm = [np.zeros(k) for _ in range(order + 1)]
+    for j in range(1, order + 1):
+        for l in range(1, j + 1):
+            b = math.comb(j - 1, l - 1)
+            m[j] += b * kappa[l] * m[j - l]
+            dm[j] = dm[j] + b * (dkappa[l] * m[j - l] + kappa[l] * dm[j - l])
+    norm = np.cumprod([n + 2.0 * i for i in range(order)])
+    return np.array(m[1:]) / norm, np.stack(dm[1:]) / norm[:, None]
+
+
+def dirichlet_sample(n: int, samples: int, seed: int = 0) -> Array:
+    """``(samples, n)`` float64 rows ``w = g^2 / |g|^2``, ``g ~ N(0, I_n)`` from a seeded generator."""
+    g = torch.randn(samples, n, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)).numpy()
+    g2 = g * g
+    return g2 / g2.sum(1, keepdims=True)
+
+
+# --------------------------------------------------------------------------------------
+# the reduced program
+
+
+class ReducedProgram:
+    """Objective (2) and gradient (3) for one spectrum; exact where ``H`` is an even
+    polynomial, a fixed Dirichlet sample for the rest."""
+
+    def __init__(self, s: Array, H: Curvature, n: int, samples: int = 4096, seed: int = 0,
+                 weights: Optional[Array] = None):  # fmt: skip
+        self.s, self.H, self.n = s, H, n
+        self.k = s.shape[0]
+        self.w = None
+        self.cv = np.zeros(2)  # control variate b1 r^2 + b2 r^4 (exact moments) taken out of the sample
+        if not H.exact:
+            w = dirichlet_sample(n, samples, seed) if weights is None else weights
+            self.w = np.ascontiguousarray(w[:, : self.k])
+
+    def fit_control_variate(self, q: Array) -> None:
+        """Least-squares ``b1 r^2 + b2 r^4`` to the sampled part of ``H`` at ``q``: the sample then
+        only averages the small remainder (the sampled objective stays an unbiased estimate
+        for any fixed ``b``)."""
+        if self.w is None or not self.H.control_variate or not np.any(q > 0):
+            return
+        r2 = self.w @ (q * q)
+        basis = np.stack([r2 - r2.mean(), r2**2 - (r2**2).mean()], 1)
+        y = self.H.rest(np.sqrt(r2))
+        self.cv = np.linalg.lstsq(basis, y - y.mean(), rcond=None)[0]
+
+    def value_grad(self, q: Array) -> tuple[float, Array]:
+        # line searches may probe huge q: overflow then gives inf, which they step back from
+        with np.errstate(over="ignore", invalid="ignore"):
+            return self._value_grad(q)
+
+    def _value_grad(self, q: Array) -> tuple[float, Array]:
+        val = -float(self.s @ q)
+        grad = -self.s.copy()
+        c = np.zeros(max(len(self.H.poly), 2 if self.w is not None else 0))
+        c[: len(self.H.poly)] += self.H.poly
+        if self.w is not None:
+            c[:2] += self.cv
+        if c.size:
+            mom, dmom = _moments(q * q, self.n, c.size)
+            val += float(c @ mom)
+            grad += (c @ dmom) * 2 * q
+        if self.w is not None:
+            r2 = self.w @ (q * q)
+            r = np.sqrt(r2)
+            val += float(np.mean(self.H.rest(r) - self.cv[0] * r2 - self.cv[1] * r2 * r2))
+            phi = self._phi(r) - 2 * self.cv[0] - 4 * self.cv[1] * r2
+            grad += q * (phi @ self.w) / self.w.shape[0]
+        return val, grad
+
+    def _phi(self, r: Array) -> Array:
+        """``H_rest'(r) / r``; at ``r = 0`` a one-sided difference quotient."""
+        tiny = 1e-300
+        safe = np.maximum(r, tiny)
+        return self.H.rest_dh(safe) / safe
+
+    def mc_standard_error(self, q: Array) -> Array:
+        """Per-coordinate standard error of the sampled part of ``q_i E[phi(r) w_i]``."""
+        if self.w is None:
+            return np.zeros(self.k)
+        r2 = self.w @ (q * q)
+        phi = self._phi(np.sqrt(r2)) - 2 * self.cv[0] - 4 * self.cv[1] * r2
+        terms = phi[:, None] * self.w * q[None, :]
+        return terms.std(0, ddof=1) / math.sqrt(self.w.shape[0])
+
+
+@dataclass
+class Solution:
+    """Optimal singular values ``q`` ``(k,)`` (order of the input ``s``), the objective, the
+    largest stationarity residual ``max_i |df/dq_i|`` over active coordinates relative to
+    ``max s``, the Monte Carlo standard error ``grad_se`` (relative to ``max s``; 0 when exact),
+    and the evaluation method (``"exact"`` or ``"monte-carlo N=..."``)."""
+
+    q: Array
+    objective: float
+    residual: float
+    grad_se: float
+    method: str
+    iterations: int
+
+
+def _check_spectrum(s, n: Optional[int]) -> tuple[Array, int]:
+    s = np.asarray(s.detach().cpu().double() if isinstance(s, Tensor) else s, dtype=np.float64)
+    if s.ndim != 1 or s.size == 0 or not np.all(np.isfinite(s)) or np.any(s < 0):
+        raise ValueError(f"s must be a nonempty 1-d array of finite values >= 0, got {s!r}")
+    n = s.size if n is None else n
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < s.size:
+        raise ValueError(f"n must be an integer >= len(s) = {s.size}, got {n!r}")
+    return s, int(n)
+
+
+def solve(
+    s,
+    H: Curvature,
+    n: Optional[int] = None,
+    *,
+    samples: int = 4096,
+    seed: int = 0,
+    x0: Optional[Array] = None,
+    tol: float = 1e-12,
+    weights: Optional[Array] = None,
+) -> Solution:
+    """Optimal singular values ``s*`` of (1) for a gradient with singular values ``s``.
+
+    Args:
+        s: ``(k,)`` singular values of ``G`` (any order, ``>= 0``), numpy or torch.
+        H: the curvature function.
+        n: dimension of ``zeta`` (columns of ``G``), ``>= k``; default ``k`` (``m >= n``).
+        samples, seed: the Monte Carlo sample for the non-polynomial part of ``H``
+            (``weights``, ``(N, >= k)`` Dirichlet rows, replaces it when given).
+        x0: a starting point (e.g. the previous step's solution); default: the best multiple of ``s``.
+        tol: projected-gradient tolerance relative to ``max s``.
+
+    Returns:
+        A :class:`Solution`; ``solution.q`` is ``s*`` in the order of ``s``.
+
+    Example:
+        >>> sol = solve(np.array([3.0, 1.0]), quadratic(2.0), n=2)
+        >>> np.round(sol.q, 6).tolist()  # n s / (2c)
+        [1.5, 0.5]
+    """
+    s, n = _check_spectrum(s, n)
+    k = s.size
+    smax = float(s.max())
+    if smax == 0:
+        return Solution(np.zeros(k), 0.0, 0.0, 0.0, "zero gradient", 0)
+    prog = ReducedProgram(s, H, n, samples, seed, weights)
+    if x0 is None or np.asarray(x0).shape != (k,) or not np.all(np.isfinite(x0)):
+        # two rays: along s (right for near-quadratic H) and along (1, ..., 1) (right near a kink)
+        starts = [_ray_start(prog, s), _ray_start(prog, np.where(s > 0, smax, 0.0))]
+    else:
+        starts = [np.asarray(x0, dtype=np.float64)]
+    hi = H.max_radius
+    starts = [np.clip(x, 0.0, hi) for x in starts]
+    bounds = [(0.0, hi)] * k
+    opts = {"maxiter": 5000, "maxcor": 30, "ftol": 1e-16, "gtol": tol * smax}
+    res = None
+    for start in starts:
+        prog.fit_control_variate(start)
+        r = minimize(prog.value_grad, start, jac=True, method="L-BFGS-B", bounds=bounds, options=opts)
+        if res is None or r.fun < res.fun:
+            res, cv = r, prog.cv
+    prog.cv = cv
+    if prog.w is not None:  # refit the control variate at the solution and polish
+        prog.fit_control_variate(res.x)
+        res = minimize(prog.value_grad, res.x, jac=True, method="L-BFGS-B", bounds=bounds, options=opts)
+    q = res.x
+    if H.exact and H.max_radius is None and k <= 512:
+        q = _newton_polish(prog, q, smax)
+    val, grad = prog.value_grad(q)
+    lower = q <= 0
+    upper = np.zeros(k, bool) if hi is None else q >= hi
+    resid = np.abs(np.where(lower, np.minimum(grad, 0.0), np.where(upper, np.maximum(grad, 0.0), grad)))
+    se = prog.mc_standard_error(q)
+    method = "exact" if H.exact else f"monte-carlo N={prog.w.shape[0]}"
+    return Solution(q, val, float(resid.max() / smax), float(se.max() / smax), method, int(res.nit))
+
+
+def _ray_start(prog: ReducedProgram, s: Array) -> Array:
+    """``t s`` with ``t`` minimizing ``f(t s)`` (a 1-d convex search on a log scale)."""
+    def f(logt):
+        return prog.value_grad(math.exp(logt) * s)[0]
+
+    if prog.H.max_radius is not None:  # bounded: the ray to the bound
+        return s * (prog.H.max_radius / s.max())
+    lo, hi = -30.0, 30.0
+    grid = np.linspace(lo, hi, 41)
+    vals = [f(x) for x in grid]
+    i = int(np.argmin(vals))
+    res = minimize_scalar(f, bounds=(grid[max(i - 1, 0)], grid[min(i + 1, 40)]), method="bounded",
+                          options={"xatol": 1e-10})  # fmt: skip
+    return math.exp(res.x) * s
+
+
+def _newton_polish(prog: ReducedProgram, q: Array, smax: float, steps: int = 4) -> Array:
+    """A few Newton steps on the free coordinates with a finite-difference Hessian of the
+    exact gradient (it is a polynomial, so central differences are accurate to ~1e-10)."""
+    for _ in range(steps):
+        _, g = prog.value_grad(q)
+        free = q > 1e-12 * max(1.0, float(q.max()))
+        if not free.any() or np.abs(g[free]).max() <= 1e-15 * smax:
+            break
+        idx = np.flatnonzero(free)
+        Hs = np.empty((idx.size, idx.size))
+        for c, i in enumerate(idx):
+            h = 1e-6 * max(abs(q[i]), 1e-8)
+            e = np.zeros_like(q)
+            e[i] = h
+            Hs[:, c] = (prog.value_grad(q + e)[1][idx] - prog.value_grad(q - e)[1][idx]) / (2 * h)
+        try:
+            step = np.linalg.solve(0.5 * (Hs + Hs.T), g[idx])
+        except np.linalg.LinAlgError:
+            break
+        new = q.copy()
+        new[idx] = np.maximum(q[idx] - step, 0.0)
+        if prog.value_grad(new)[0] > prog.value_grad(q)[0] + 1e-14 * abs(prog.value_grad(q)[0]):
+            break
+        q = new
+    return q
+
+
+def quartic_fixed_point(s, c: float, n: Optional[int] = None) -> Array:
+    """Independent solution of (5) for ``H = c r^4``: for a trial ``D`` each ``q_i`` is the unique
+    positive root of ``q^3 + D q = n (n+2) s_i / (8c)``; ``D = (1/2) sum q^2`` is then a scalar
+    root found by bisection.
+
+    Example:
+        >>> q = quartic_fixed_point([1.0, 1.0], 1.0, 2)  # q^3 + q^3 = 8/8
+        >>> np.round(q, 6).tolist()
+        [0.793701, 0.793701]
+    """
+    s, n = _check_spectrum(s, n)
+    b = n * (n + 2) * s / (8 * c)
+
+    def cubic_roots(D):
+        # Cardano for q^3 + D q - b = 0 with D >= 0: one real root
+        disc = np.sqrt((b / 2) ** 2 + (D / 3) ** 3)
+        return np.cbrt(b / 2 + disc) + np.cbrt(b / 2 - disc)
+
+    def gap(D):
+        return 0.5 * float(np.sum(cubic_roots(D) ** 2)) - D
+
+    hi = 0.5 * float(np.sum(np.cbrt(b) ** 2)) + 1.0
+    D = brentq(gap, 0.0, hi, xtol=1e-15, rtol=1e-15, maxiter=500)
+    return cubic_roots(D)
+
+
+# --------------------------------------------------------------------------------------
+# summaries of a map s -> s*
+
+
+def order_violations(s, q, rtol: float = 1e-9) -> int:
+    """Pairs ``(i, j)`` with ``s_i > s_j`` but ``q_i < q_j (1 - rtol)``: 0 for an order-keeping map."""
+    s, q = np.asarray(s, dtype=float), np.asarray(q, dtype=float)
+    order = np.argsort(-s, kind="stable")
+    s, q = s[order], q[order]
+    count = 0
+    for i in range(len(s)):
+        bigger = s[i] > s[i + 1:]
+        count += int(np.sum(bigger & (q[i] < q[i + 1:] * (1 - rtol))))
+    return count
+
+
+def max_pair_ratio(s, q) -> float:
+    """``max over s_i > s_j > 0 of (q_i / q_j) / (s_i / s_j)``: at most 1 for a homogenizing map."""
+    s, q = np.asarray(s, dtype=float), np.asarray(q, dtype=float)
+    keep = (s > 0) & (q > 0)
+    s, q = s[keep], q[keep]
+    if s.size < 2:
+        return 1.0
+    ls, lq = np.log(s), np.log(q)
+    ds = ls[:, None] - ls[None, :]
+    dq = lq[:, None] - lq[None, :]
+    mask = ds > 0
+    return float(np.exp(np.max(dq[mask] - ds[mask]))) if mask.any() else 1.0
+
+
+def homogenization_ratio(s, q) -> float:
+    """``(max q / min q) / (max s / min s)`` over ``s > 0``: 1 for a scaled gradient, ``1 / cond(s)``
+    for orthogonalization, below 1 for a homogenizing map."""
+    s, q = np.asarray(s, dtype=float), np.asarray(q, dtype=float)
+    keep = s > 0
+    s, q = s[keep], q[keep]
+    return float((q.max() / q.min()) / (s.max() / s.min()))
+
+
+# --------------------------------------------------------------------------------------
+# the optimal map as a spectral function
+
+
+class ICMMap:
+    """The isotropic-curvature optimal map ``s -> s*``, for ``SpectralDescent(f=...)``.
+
+    Called with the descending singular values ``(k,)`` (or ``(..., k)``, solved per row) of the
+    (momentum) update, it solves (2) and returns ``s*`` in the input's dtype and device.
+
+    Sphere dimension: ``n`` if given, else ``k``. For ``m >= n`` (tall or square ``G``, the
+    ``nn.Linear`` weights ``(out, in)`` with ``out >= in``) ``k = n`` is exact. For a wide ``G``
+    the spectrum does not show ``n``; ``k`` then treats the update as acting on the output side
+    (``zeta`` on ``S^{m-1}``, the same program for ``G^T``), which is what the spectrum can see.
+
+    Scale: the optimum depends on ``s`` relative to ``H``. ``input_scale=None`` uses ``s`` as is (``H``
+    in the loss's units, ``s`` the gradient's singular values); a number ``c`` first rescales
+    ``s`` to ``c s / max s``, so the map sees only the shape of the spectrum at a fixed size
+    (for a pure power ``H`` every scale gives the same shape). ``normalize="max"`` (default)
+    divides ``s*`` by its largest value: the update has operator norm 1, as with Muon, and the
+    optimizer's ``lr`` keeps Muon's meaning; ``normalize="none"`` returns the model's step
+    itself (``lr = 1`` is the modelled optimum). Every map is made monotone: with a sampled
+    ``H`` a sampling wobble could break the order, so ``s*`` is replaced by its running minimum
+    along the descending ``s`` (a no-op for an exact ``H``).
+
+    Each call warm-starts from the previous solution of the same length (rescaled).
+
+    Example:
+        >>> f = icm_map(quadratic_quartic(1.0, 1.0), input_scale=1.0)
+        >>> out = f(torch.tensor([2.0, 1.0, 0.5]))
+        >>> out[0].item(), bool((out[1:] / out[:-1] > torch.tensor([0.5, 0.5])).all())
+        (1.0, True)
+    """
+
+    def __init__(self, H: Curvature, n: Optional[int] = None, input_scale: Optional[float] = None,
+                 normalize: str = "max", samples: int = 2048, seed: int = 0):  # fmt: skip
+        if not isinstance(H, Curvature):
+            raise ValueError(f"H must be a Curvature, got {type(H).__name__}")
+        if normalize not in ("max", "none"):
+            raise ValueError(f"normalize must be 'max' or 'none', got {normalize!r}")
+        if input_scale is not None:
+            _check_pos("input_scale", input_scale)
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ValueError(f"n must be a positive integer or None, got {n!r}")
+        self.H, self.n, self.input_scale, self.normalize = H, n, input_scale, normalize
+        self.samples, self.seed = samples, seed
+        self._weights: dict[int, Array] = {}
+        self._last: dict[int, tuple[Array, Array]] = {}
+        self.last_solution: Optional[Solution] = None
+
+    def solve_spectrum(self, s: Array) -> Array:
+        """``s*`` ``(k,)`` for one numpy spectrum ``(k,)`` (any order), before normalization."""
+        k = s.size
+        n = k if self.n is None else self.n
+        x = s if self.input_scale is None or s.max() == 0 else s * (self.input_scale / s.max())
+        if not self.H.exact and n not in self._weights:
+            self._weights[n] = dirichlet_sample(n, self.samples, self.seed)
+        x0 = None
+        if k in self._last:
+            prev_x, prev_q = self._last[k]
+            if prev_x.max() > 0 and x.max() > 0:
+                x0 = prev_q * (x.max() / prev_x.max())
+        sol = solve(x, self.H, n, x0=x0, weights=self._weights.get(n), tol=1e-9)
+        self._last[k] = (x, sol.q)
+        self.last_solution = sol
+        return sol.q
+
+    def __call__(self, s: Tensor) -> Tensor:
+        if not isinstance(s, Tensor) or s.ndim < 1:
+            raise ValueError(f"s must be a tensor of singular values (..., k), got {s!r}")
+        flat = s.detach().reshape(-1, s.shape[-1]).cpu().double().numpy()
+        out = np.empty_like(flat)
+        for i, row in enumerate(flat):
+            order = np.argsort(-row, kind="stable")
+            q = self.solve_spectrum(row[order])
+            q = np.minimum.accumulate(q)  # monotone along descending s
+            if self.normalize == "max" and q.max() > 0:
+                q = q / q.max()
+            out[i, order] = q
+        return torch.from_numpy(out).reshape(s.shape).to(dtype=s.dtype, device=s.device)
+
+
+def icm_map(H: Curvature, n: Optional[int] = None, *, input_scale: Optional[float] = None,
+            normalize: str = "max", samples: int = 2048, seed: int = 0) -> ICMMap:  # fmt: skip
+    """The curvature-optimal spectral map for :class:`~specgrad.optim.SpectralDescent`
+    (see :class:`ICMMap` for ``n``, ``input_scale`` and ``normalize``).
+
+    Example:
+        >>> from specgrad.optim import SpectralDescent
+        >>> W = torch.nn.Parameter(torch.zeros(3, 3, dtype=torch.float64))
+        >>> opt = SpectralDescent([W], f=icm_map(power(4.0), input_scale=1.0), lr=0.1)
+        >>> W.grad = torch.diag(torch.tensor([4.0, 2.0, 1.0], dtype=torch.float64))
+        >>> opt.step()
+        >>> [round(v, 3) for v in (-W.diagonal() / 0.1).tolist()]
+        [1.0, 0.695, 0.444]
+    """
+    return ICMMap(H, n, input_scale, normalize, samples, seed)
+
+
+# --------------------------------------------------------------------------------------
+# an SVD-free polynomial approximation
+
+
+def operator_norm_estimate(X: Tensor, iters: int = 20) -> Tensor:
+    """``||X||_op`` of ``X`` ``(..., m, n)`` with ``m <= n`` by power iteration on ``X X^T`` from a
+    fixed start (all ones): matrix-vector products only; a lower estimate, ``(..., 1, 1)``."""
+    A = X @ X.mT
+    v = torch.ones(*A.shape[:-1], 1, dtype=A.dtype, device=A.device)
+    for _ in range(iters):
+        v = A @ v
+        v = v / torch.linalg.vector_norm(v, dim=-2, keepdim=True).clamp_min(torch.finfo(A.dtype).tiny)
+    return (v.mT @ A @ v).clamp_min(0.0).sqrt()
+
+
+@dataclass
+class ICMPolynomial:
+    """An odd polynomial ``p(x) = sum_j c_j x^(2j+1)`` of the normalized update ``X = G / sigma``
+    (``sigma`` a power-iteration estimate of ``||G||_op``) that approximates the max-normalized
+    ICM map without an SVD: ``P(G) = (sum_j c_j (X X^T)^j) X`` has singular values ``p(s_i / sigma)``.
+
+    The ICM map is not a function of ``s_i / s_max`` alone (it mixes the spectrum: for ``H = r^4``
+    the normalized map solves ``y^3 + delta y = (1 + delta) x`` with ``delta`` set by the whole
+    spectrum), so a fixed polynomial has an irreducible error. ``error`` states it: the largest
+    ``||P(G) - U f(S) V^T||_op`` (the exact map's update has operator norm 1) over ``validation``
+    held-out matrices of the fitting distribution (:func:`random_matrices`), times 1.25 as a
+    margin for unseen draws; ``validation_error`` is that maximum itself, ``fit_error`` the same
+    on the fitting spectra; ``monotone`` says whether ``p' > 0`` on ``[0, 1]``.
+    """
+
+    coefficients: tuple[float, ...]
+    error: float
+    validation_error: float
+    fit_error: float
+    monotone: bool
+    shape: tuple[int, int]
+    validation: int
+    power_iters: int = 20
+    curvature: str = ""
+
+    def scalar(self, x) -> Array:
+        x = np.asarray(x, dtype=np.float64)
+        x2 = x * x
+        acc = np.zeros_like(x)
+        for c in reversed(self.coefficients):
+            acc = acc * x2 + c
+        return acc * x
+
+    def __call__(self, G: Tensor) -> Tensor:
+        """``P(G)`` for ``G`` ``(..., m, n)``: matrix products only (Horner in the Gram matrix of
+        the smaller side); a zero matrix maps to zero."""
+        if not isinstance(G, Tensor) or G.ndim < 2:
+            raise ValueError(f"G must be a (..., m, n) tensor, got {type(G).__name__}")
+        tall = G.shape[-2] > G.shape[-1]
+        X = G.mT if tall else G
+        X = X / operator_norm_estimate(X, self.power_iters).clamp_min(torch.finfo(X.dtype).tiny)
+        A = X @ X.mT
+        eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
+        P = self.coefficients[-1] * eye
+        for c in reversed(self.coefficients[:-1]):
+            P = A @ P + c * eye
+        out = P @ X
+        return out.mT if tall else out
+
+
+def random_matrices(shape: tuple[int, int], count: int, seed: int = 0) -> list[Tensor]:
+    """``count`` float64 matrices ``Z diag(i^-beta) O``: ``Z`` Gaussian of ``shape``, ``O`` a random
+    rotation, ``beta ~ Unif[0, 1.5]`` per matrix (from white to strongly decaying spectra, as
+    gradients show)."""
+    g = torch.Generator().manual_seed(seed)
+    m, n = shape
+    out = []
+    for _ in range(count):
+        beta = float(torch.rand((), generator=g, dtype=torch.float64)) * 1.5
+        Z = torch.randn(m, n, dtype=torch.float64, generator=g)
+        O = torch.linalg.qr(torch.randn(n, n, dtype=torch.float64, generator=g))[0]
+        out.append((Z * torch.arange(1, n + 1, dtype=torch.float64).pow(-beta)) @ O)
+    return out
+
+
+def random_spectra(shape: tuple[int, int], count: int, seed: int = 0) -> list[Array]:
+    """Descending singular values of :func:`random_matrices`."""
+    return [torch.linalg.svdvals(Z).numpy() for Z in random_matrices(shape, count, seed)]
+
+
+def fit_icm_polynomial(H: Curvature, shape: tuple[int, int] = (64, 32), degree: int = 4, *,
+                       fit: int = 40, validation: int = 40, input_scale: Optional[float] = 1.0,
+                       seed: int = 0) -> ICMPolynomial:  # fmt: skip
+    """Least-squares odd polynomial of ``degree`` terms (``x, x^3, ..., x^(2 degree - 1)``) in
+    ``x = s / s_max`` to the max-normalized ICM map ``icm_map(H, input_scale=input_scale)`` on the
+    spectra of ``fit`` :func:`random_matrices` of ``shape``; ``validation`` fresh matrices (another
+    seed) measure the stated ``error`` on the matrix outputs (power-iteration normalization
+    included).
+
+    Example:
+        >>> P = fit_icm_polynomial(quadratic_power(1.0, 1.0, 4.0), (16, 8), 3, fit=8, validation=8)
+        >>> P.error < 0.1
+        True
+    """
+    from ..linalg import spectral_map
+
+    if isinstance(degree, bool) or not isinstance(degree, int) or degree < 1:
+        raise ValueError(f"degree must be a positive integer, got {degree!r}")
+    f = icm_map(H, input_scale=input_scale)
+    xs, ys = [], []
+    for s in random_spectra(shape, fit, seed):
+        ys.append(f(torch.from_numpy(s)).numpy())
+        xs.append(s / s.max())
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    basis = np.stack([x ** (2 * j + 1) for j in range(degree)], 1)
+    coef = np.linalg.lstsq(basis, y, rcond=None)[0]
+    poly = ICMPolynomial(tuple(float(c) for c in coef), 0.0, 0.0, 0.0, False, tuple(shape), validation,
+                         curvature=H.name)  # fmt: skip
+    poly.fit_error = float(max(np.abs(poly.scalar(a) - b).max() for a, b in zip(xs, ys)))
+    errs = [float(torch.linalg.matrix_norm(poly(G) - spectral_map(G, f), ord=2))
+            for G in random_matrices(shape, validation, seed + 10_007)]  # fmt: skip
+    poly.validation_error = max(errs)
+    poly.error = 1.25 * poly.validation_error
+    grid = np.linspace(0.0, 1.0, 2001)
+    deriv = sum((2 * j + 1) * c * grid ** (2 * j) for j, c in enumerate(coef))
+    poly.monotone = bool(np.all(deriv > 0))
+    return poly
+
+
+# --------------------------------------------------------------------------------------
+# the general (unreduced) program, for checking the reduction
+
+
+def general_objective(Q: Tensor, G: Tensor, c2: float, c4: float) -> Tensor:
+    """(1) for ``H = c2 r^2 + c4 r^4`` and a general ``Q`` ``(m, n)`` (torch, differentiable):
+    ``E (zeta^T A zeta)^2 = ((tr A)^2 + 2 tr(A^2)) / (n (n+2))`` for ``A = Q^T Q``."""
+    n = Q.shape[-1]
+    A = Q.mT @ Q
+    tr = torch.diagonal(A).sum()
+    return -(Q * G).sum() + c2 * tr / n + c4 * (tr**2 + 2 * (A * A).sum()) / (n * (n + 2))
+
