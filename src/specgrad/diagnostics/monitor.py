@@ -337,7 +337,8 @@ class SpectralMonitor:
         # once however many blocks (parts of a fused weight) it feeds
         taps = list({id(stats): stats for _, stats, _ in todo}.values())
         grams = [s for s in taps if isinstance(s, ActivationGram)]
-        op_sq = dict(zip(map(id, grams), top_eigenvalues([s.gram for s in grams])))
+        # Lanczos for all but tiny Grams, to 1e-7 relative: far below what a verdict needs
+        op_sq = dict(zip(map(id, grams), top_eigenvalues([s.gram for s in grams], tol=1e-7, direct_below=32)))
         norms = {id(s): (s.frobenius_sq(), op_sq[id(s)] if id(s) in op_sq else s.operator_sq()) for s in taps}
         rows = []
         for b, stats, G in todo:
