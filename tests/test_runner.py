@@ -132,7 +132,7 @@ def test_cli_exit_codes_and_messages(tmp_path, capsys):
     assert cli.main(["run", "nope", "--out", str(tmp_path)]) == 2
     assert "unknown experiment 'nope'" in capsys.readouterr().err
     assert cli.main(["run", "toy", "--preset", "huge", "--out", str(tmp_path)]) == 2
-    assert "unknown preset 'huge'; choose one of smoke, quick, paper" in capsys.readouterr().err
+    assert "unknown preset 'huge'; choose one of smoke, demo, quick, paper" in capsys.readouterr().err
     assert cli.main(["run", "toy", "--set", "lr", "--out", str(tmp_path)]) == 2
     assert "--set expects key=value" in capsys.readouterr().err
     assert cli.main(["run", "toy", "--device", "tpu", "--out", str(tmp_path)]) == 2
@@ -174,3 +174,12 @@ def test_registry_rejects_bad_definitions():
     with pytest.raises(ValueError, match="already registered"):
         register(Experiment("toy", "", ToyConfig, toy_run_seed, toy_analyze))
     assert "toy" in EXPERIMENTS
+
+
+def test_demo_preset_defaults_to_quick():
+    exp = Experiment("demo-toy", "", ToyConfig, toy_run_seed, toy_analyze,
+                     presets={"quick": {"steps": 10}}, seeds={"smoke": 1, "quick": 3})  # fmt: skip
+    assert exp.make_config("demo").steps == 10 and exp.seeds["demo"] == 3
+    own = Experiment("demo-toy2", "", ToyConfig, toy_run_seed, toy_analyze,
+                     presets={"quick": {"steps": 10}, "demo": {"steps": 4}}, seeds={"quick": 3, "demo": 1})  # fmt: skip
+    assert own.make_config("demo").steps == 4 and own.seeds["demo"] == 1

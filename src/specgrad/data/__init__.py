@@ -1,8 +1,22 @@
-"""Token streams the experiments train on: character/byte corpora and Zipfian sequences.
+"""Data the experiments train on: character/byte corpora, Zipfian token sequences, and
+long-tailed classification sets (scikit-learn's digits, MNIST-1D).
 
 Imports nothing else of specgrad.
 """
 
+from .longtail import LongTailData, balanced_split, digits, long_tail_counts, long_tail_subset, make_long_tail, mnist1d
 from .text import CharCorpus, token_frequency_buckets, zipf_corpus, zipf_entropy_rate
 
-__all__ = ["CharCorpus", "token_frequency_buckets", "zipf_corpus", "zipf_entropy_rate"]
+__all__ = [
+    "CharCorpus",
+    "LongTailData",
+    "balanced_split",
+    "digits",
+    "long_tail_counts",
+    "long_tail_subset",
+    "make_long_tail",
+    "mnist1d",
+    "token_frequency_buckets",
+    "zipf_corpus",
+    "zipf_entropy_rate",
+]

@@ -55,6 +55,17 @@ STUDIES: tuple[Study, ...] = (
         "imbalanced.md",
     ),
     Study(
+        "isotropic-curvature",
+        "Isotropic curvature model: the optimal one-step update (Su, arXiv 2511.00674)",
+        "Modelling one step by min_Q -tr(QG^T) + E H(||Q zeta||): for super-quadratic H the optimum keeps G's "
+        "singular vectors and homogenizes its singular values with their order kept; a kinked H gives "
+        "orthogonalization; measured GPT-2 curvature is quadratic near zero and super-quadratic (2 + alpha, "
+        "alpha 0.2-0.5) further out, so orthogonalization is directionally right but not optimal; "
+        "Newton-Schulz maps are not monotone.",
+        ("isotropic-curvature", "curvature-profile"),
+        "isotropic-curvature.md",
+    ),
+    Study(
         "hybrid",
         "Beyond the studies: a condition-driven hybrid optimizer",
         "Taking, per block, the spectral step where nr(M) >= st(A) and the Euclidean one elsewhere "
@@ -65,7 +76,10 @@ STUDIES: tuple[Study, ...] = (
     ),
 )
 
-MODULES: tuple[str, ...] = ("char_lm", "davis_drusvyatskiy", "phase_retrieval", "imbalanced", "hybrid")
+MODULES: tuple[str, ...] = (
+    "char_lm", "davis_drusvyatskiy", "phase_retrieval", "imbalanced", "long_tail", "isotropic_curvature",
+    "curvature_profile", "hybrid",
+)  # fmt: skip
 
 
 def load_all() -> None:
