@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 
 demo: install
 	$(VENV)/bin/specgrad demo --size 256
-	$(VENV)/bin/specgrad reproduce --preset quick --out results
+	$(VENV)/bin/specgrad reproduce --preset demo --out results
 
 test: install
 	$(PY) -m pytest

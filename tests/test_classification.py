@@ -17,7 +17,7 @@ from specgrad.experiments.classification import (
 )
 
 
-@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true", "ignore:A single label was found")
 @settings(max_examples=60, deadline=None)
 @given(st.integers(2, 12), st.integers(1, 200), st.integers(0, 2**31 - 1))
 def test_balanced_accuracy_matches_sklearn(k, n, seed):

@@ -129,17 +129,21 @@ def render(results: dict[str, dict], studies: tuple[Study, ...] = STUDIES) -> st
             parts.append(f"<p><b>The study says:</b> {_e(study.claim)}</p>")
         if study.doc:
             parts.append(f"<p class=muted>Discussion: docs/reproductions/{_e(study.doc)}</p>")
+        rows = []
         for name in study.experiments:
             result = results.get(name)
             parts.append(_experiment_section(name, result))
             cls, text = _status(result)
             claims = result.get("claims", []) if result and "error" not in result else []
+            link = f"<td><a href='#{_e(name)}'>{_e(name)}</a></td>"
             if not claims:
-                summary_rows.append(f"<tr><td>{_e(study.title)}</td><td><a href='#{_e(name)}'>{_e(name)}</a></td><td>-</td><td class={cls}>{_e(text)}</td></tr>")
+                rows.append(f"{link}<td>-</td><td class={cls}>{_e(text)}</td></tr>")
             for c in claims:
                 cc, word = ("pass", "PASS") if c["passed"] else ("fail", "FAIL")
-                summary_rows.append(f"<tr><td>{_e(study.title)}</td><td><a href='#{_e(name)}'>{_e(name)}</a></td>"
-                                    f"<td>{_e(c['id'])}</td><td class={cc}>{word}</td></tr>")  # fmt: skip
+                rows.append(f"{link}<td>{_e(c['id'])}</td><td class={cc}>{word}</td></tr>")
+        # the study's name once, spanning its rows (the title without its citation)
+        head = f"<td rowspan={len(rows)}><a href='#study-{_e(study.key)}'>{_e(study.title.split(' (')[0])}</a></td>"
+        summary_rows += ["<tr>" + (head if k == 0 else "") + row for k, row in enumerate(rows)]
         body.append("".join(parts))
     envs = [r.get("env", {}) for r in results.values() if "env" in r]
     devices = sorted({e.get("device", "?") for e in envs}) or ["-"]

@@ -148,11 +148,14 @@ register(Experiment(
         "smoke": dict(n_layer=1, n_head=2, n_embd=32, context=16, batch_size=8, iters=40, warmup=5,
                       eval_every=10, eval_batches=2, adamw_lrs=(3e-3,), muon_lrs=(0.05,),
                       specgd_lrs=(0.05,), sweep_iters=10),
+        # the demo's lrs are the quick sweep's winners (AdamW 3e-3, Muon and SpecGD 0.02)
+        "demo": dict(n_layer=2, n_embd=64, iters=500, warmup=50, eval_batches=10, adamw_lrs=(3e-3,),
+                     muon_lrs=(0.02,), specgd_lrs=(0.02,), sweep_iters=10),
         "quick": dict(),
         "paper": dict(n_layer=6, n_head=6, n_embd=384, context=256, batch_size=64, iters=5000,
                       warmup=200, eval_every=250, eval_batches=50, adamw_lrs=(3e-4, 1e-3, 3e-3),
                       muon_lrs=(0.01, 0.02, 0.05), specgd_lrs=(0.01, 0.02, 0.05), sweep_iters=1000),
     },  # fmt: skip
-    seeds={"smoke": 1, "quick": 2, "paper": 3},
+    seeds={"smoke": 1, "demo": 1, "quick": 2, "paper": 3},
     size=lambda c: f"{c.n_layer}x{c.n_embd}, ctx {c.context}, {c.iters} it",
 ))

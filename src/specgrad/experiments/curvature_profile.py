@@ -432,11 +432,13 @@ register(Experiment(
                       eval_every=6, eval_batches=2, measure_iters=10, radii=(0.01, 0.03, 0.1, 0.3, 1.0),
                       random_directions=1, probe_batches=1, fit_small=2, fit_large=2,
                       adamw_lrs=(3e-3,), muon_lrs=(0.05,), icm_lrs=(0.05,), sweep_iters=6, icm_samples=256),
+        "demo": dict(iters=200, measure_iters=150, random_directions=1, probe_batches=1, sweep_iters=60,
+                     adamw_lrs=(3e-3,), muon_lrs=(0.02, 0.05), icm_lrs=(0.02, 0.05), icm_samples=512),
         "quick": dict(),
         "paper": dict(n_layer=4, n_head=4, n_embd=128, context=128, batch_size=32, iters=2000, warmup=100,
                       eval_every=100, eval_batches=20, measure_iters=1000, random_directions=4,
                       probe_batches=4, sweep_iters=500, icm_samples=2048),
     },  # fmt: skip
-    seeds={"smoke": 1, "quick": 2, "paper": 3},
+    seeds={"smoke": 1, "demo": 1, "quick": 2, "paper": 3},
     size=lambda c: f"{c.n_layer}x{c.n_embd}, ctx {c.context}, {c.iters} it, {len(c.radii)} radii",
 ))

@@ -553,12 +553,13 @@ register(Experiment(
         "smoke": dict(widths=(16, 32, 64), sample_width=32, sample_counts=(16, 64), depth=3, deep_width=48,
                       deep_samples=64, gpt_mlps=("gelu", "swiglu"), gpt_n_layer=1, gpt_n_head=2, gpt_n_embd=32,
                       gpt_context=16, gpt_batch=8),
+        "demo": dict(widths=(64, 128, 256, 512, 1024), sample_counts=(64, 256, 1024, 4096)),
         "quick": dict(),
         "paper": dict(widths=(64, 128, 256, 512, 1024, 2048, 4096), sample_width=1024,
                       sample_counts=(128, 256, 512, 1024, 2048, 4096, 8192, 16384), depth=12, deep_width=1024,
                       deep_samples=2048, gpt_n_layer=6, gpt_n_head=6, gpt_n_embd=384, gpt_context=256, gpt_batch=64),
     },  # fmt: skip
-    seeds={"smoke": 1, "quick": 3, "paper": 5},
+    seeds={"smoke": 1, "demo": 1, "quick": 3, "paper": 5},
     size=lambda c: f"widths {c.widths[0]}..{c.widths[-1]}, depth {c.depth}, GPT {c.gpt_n_layer}x{c.gpt_n_embd}",
 ))
 
@@ -797,10 +798,11 @@ register(Experiment(
     config=RandomFeaturesConfig, run_seed=rf_run_seed, analyze=rf_analyze, plot=rf_plot,
     presets={
         "smoke": dict(dim=20, feature_dim=10, samples=60, relu_steps=40, swiglu_steps=30, restart_every=15, mid_step=10),
+        "demo": dict(relu_steps=500, swiglu_steps=300),
         "quick": dict(),
         "paper": dict(),
     },  # fmt: skip
-    seeds={"smoke": 1, "quick": 3, "paper": 5},
+    seeds={"smoke": 1, "demo": 1, "quick": 3, "paper": 5},
     size=lambda c: f"W {c.dim}x{c.dim}, n {c.samples}, {c.relu_steps}/{c.swiglu_steps} steps",
 ))
 
@@ -979,6 +981,7 @@ register(Experiment(
     config=SparseRegressionConfig, run_seed=sparse_run_seed, analyze=sparse_analyze, plot=sparse_plot,
     presets={
         "smoke": dict(input_dim=32, hidden=64, samples=128, steps=40, record_every=4, early_step=20),
+        "demo": dict(hidden=256, steps=300, record_every=10),
         "quick": dict(),
         "paper": dict(steps=2000),
     },  # fmt: skip
@@ -1117,7 +1120,7 @@ register(Experiment(
     description="Davis-Drusvyatskiy: nuclear rank of the random-feature gradient at init and after one GD step vs k",
     config=NuclearRankGrowthConfig, run_seed=nr_run_seed, analyze=nr_analyze, plot=nr_plot,
     presets={"smoke": dict(dims=(16, 32, 64), steps=16, record_points=8), "quick": dict(), "paper": dict()},
-    seeds={"smoke": 1, "quick": 3, "paper": 3},
+    seeds={"smoke": 1, "demo": 1, "quick": 3, "paper": 3},
     size=lambda c: f"k in {c.dims}, {c.steps} steps",
 ))
 
@@ -1298,10 +1301,11 @@ register(Experiment(
     presets={
         "smoke": dict(n_layer=1, n_head=2, n_embd=32, context=16, batch_size=8, iters=30, warmup=5, monitor_every=10,
                       eval_every=15, eval_batches=2),
+        "demo": dict(iters=1000),
         "quick": dict(),
         "paper": dict(n_layer=6, n_head=6, n_embd=384, context=256, batch_size=64, iters=5000, warmup=200, lr=0.02,
                       adamw_lr=1e-3, monitor_every=100, eval_every=250, eval_batches=50),
     },  # fmt: skip
-    seeds={"smoke": 1, "quick": 2, "paper": 3},
+    seeds={"smoke": 1, "demo": 1, "quick": 2, "paper": 3},
     size=lambda c: f"{c.n_layer}x{c.n_embd}, ctx {c.context}, {c.iters} it, {c.optimizer}",
 ))

@@ -431,7 +431,7 @@ register(Experiment(
         "quick": dict(),
         "paper": dict(n_train=10000, steps=500, test_per_class=500, val_per_class=200),
     },  # fmt: skip
-    seeds={"smoke": 1, "quick": 3, "paper": 5},
+    seeds={"smoke": 1, "demo": 1, "quick": 3, "paper": 5},
     size=lambda c: f"(a) k=3, {c.lin_steps} steps; (b) k={c.k}, d={c.d}, n={c.n_train}, {c.steps} steps",
 ))
 

@@ -249,6 +249,6 @@ register(Experiment(
         "quick": dict(),
         "paper": dict(m=768, n=256, betas=(0.0, 0.5, 1.0, 1.5), samples=16384),
     },  # fmt: skip
-    seeds={"smoke": 1, "quick": 3, "paper": 5},
+    seeds={"smoke": 1, "demo": 1, "quick": 3, "paper": 5},
     size=lambda c: f"{c.m}x{c.n}, {len(c.betas)} spectra, N={c.samples}",
 ))

@@ -476,13 +476,14 @@ register(Experiment(
     presets={
         "smoke": dict(datasets=("digits",), imbalances=("exp10",), depths=(2,), width=32, epochs=4,
                       methods=("sgd", "muon"), sgd_lrs=(0.1,), adamw_lrs=(3e-3,), muon_lrs=(0.03,)),
+        "demo": dict(datasets=("digits",), imbalances=("exp100", "step20"), epochs=20),
         "quick": dict(imbalances=("exp100", "step20"), mnist1d_samples=6000, mnist1d_n_max=400),
         "paper": dict(width=256, epochs=60, mnist1d_samples=12000, mnist1d_n_max=800, mnist1d_n_test=200,
                       sgd_lrs=(0.003, 0.01, 0.03, 0.1, 0.3), adamw_lrs=(3e-4, 1e-3, 3e-3, 1e-2),
                       muon_lrs=(0.003, 0.01, 0.03, 0.1, 0.3), shampoo_lrs=(3e-4, 1e-3, 3e-3, 1e-2),
                       specgd_lrs=(0.001, 0.003, 0.01, 0.03, 0.1)),
     },  # fmt: skip
-    seeds={"smoke": 1, "quick": 3, "paper": 5},
+    seeds={"smoke": 1, "demo": 2, "quick": 3, "paper": 5},
     size=lambda c: f"{len(cells(c))} cells x {len(c.methods)} methods, width {c.width}, {c.epochs} epochs",
 ))
 
@@ -825,6 +826,6 @@ register(Experiment(
                       muon_lrs=(0.01, 0.02, 0.05, 0.1),
                       sweep_iters=1000),
     },  # fmt: skip
-    seeds={"smoke": 1, "quick": 3, "paper": 3},
+    seeds={"smoke": 1, "demo": 1, "quick": 3, "paper": 3},
     size=lambda c: f"vocab {c.vocab_size}, {c.n_layer}x{c.n_embd}, {c.iters} it, {len(c.methods)} methods",
 ))

@@ -423,6 +423,9 @@ register(Experiment(
         "smoke": dict(d=24, m=4, steps=60, lambdas=(0.0, 20.0), d_sweep=(), m_sweep=(), power_signal_index=6,
                       finite_ns=(), online_n=0, methods=("gd", "specgd"), gd_lrs=(0.05, 0.2),
                       specgd_lrs=(0.1, 0.3)),
+        "demo": dict(lambdas=(0.0, 5.0, 20.0), d_sweep=(), m_sweep=(), finite_ns=(1000,), online_n=0,
+                     gd_lrs=(0.02, 0.05, 0.1, 0.2, 0.3, 0.5), specgd_lrs=(0.05, 0.1, 0.2, 0.3, 0.5, 1.0),
+                     muon_lrs=(0.05, 0.1, 0.2, 0.3, 0.5, 1.0)),
         "quick": dict(),
         "paper": dict(d=400, m=20, steps=1000, lambdas=(0.0, 2.0, 5.0, 10.0, 20.0, 50.0),
                       d_sweep=(100, 200, 800), m_sweep=(5, 10, 40), power_signal_index=20, finite_ns=(2000,),
@@ -430,6 +433,6 @@ register(Experiment(
                       gd_lrs=(0.002, 0.003, 0.005, 0.007, 0.01, 0.014, 0.02, 0.03, 0.05, 0.07, 0.1, 0.14, 0.2,
                               0.3, 0.5)),
     },  # fmt: skip
-    seeds={"smoke": 1, "quick": 3, "paper": 5},
+    seeds={"smoke": 1, "demo": 1, "quick": 3, "paper": 5},
     size=lambda c: f"d={c.d}, m={c.m}, {len(c.lambdas)} lam, {c.steps} steps",
 ))
