@@ -44,3 +44,28 @@ def test_first_reach_interpolates_and_schedule_shape():
     assert warmup_cosine(0, 100, 10) == pytest.approx(0.1)
     assert warmup_cosine(10, 100, 10) == pytest.approx(1.0)
     assert warmup_cosine(100, 100, 10) == pytest.approx(0.1)
+
+
+def test_diverged_run_stops_before_stepping_on_nan_gradients():
+    """A loss that turns non-finite ends the series with nan instead of raising from the
+    optimizer's non-finite gradient check (a tuning sweep scores it as lost)."""
+    import torch
+
+    from specgrad.data import CharCorpus
+    from specgrad.experiments.training import lm_optimizer, train_lm
+    from specgrad.models import GPT, GPTConfig
+
+    corpus = CharCorpus("abcdefgh" * 200)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=corpus.vocab_size, context=8, n_layer=1, n_head=1, n_embd=8))
+    opt = lm_optimizer("muon", model, lr=0.05, adamw_lr=1e-3)
+
+    def poison(step):  # the weights turn to inf after the second step's backward
+        if step == 1:
+            with torch.no_grad():
+                model.lm_head.weight.fill_(float("inf"))
+
+    out = train_lm(model, corpus, opt, iters=10, batch_size=2, context=8, warmup=1, eval_every=5,
+                   eval_batches=1, seed=0, on_step=poison)  # fmt: skip
+    assert math.isnan(out["val_loss"][-1]) and math.isnan(out["train_loss"][-1])
+    assert out["step"] == sorted(set(out["step"])) and out["step"][-1] <= 3

@@ -250,7 +250,12 @@ def early_stopped(run: dict) -> tuple[float, float]:
     accuracy."""
     val = np.asarray(run["val_bal_acc"], dtype=float)
     t = int(np.nanargmax(val))
-    return float(t), float(run["bal_acc"][t])
+    return float(t), float(_values(run, "bal_acc")[t])
+
+
+def _values(run: dict, metric: str) -> np.ndarray:
+    """``run[metric]`` as floats (a diverged step is NaN in memory and ``null`` once saved)."""
+    return np.asarray(run[metric], dtype=float)
 
 
 def gmm_analyze(cfg: GMMConfig, series: dict) -> tuple[dict, list[Claim]]:
@@ -322,16 +327,16 @@ def gmm_analyze(cfg: GMMConfig, series: dict) -> tuple[dict, list[Claim]]:
         summary[f"ce/{m}/lr_at_grid_edge"] = float(runs[0]["lr"][0] in (min(grid), max(grid)))
         summary[f"ce/{m}/early_stopped_bal_acc"] = _mean([b for _, b in es])
         summary[f"ce/{m}/early_stop_step"] = _mean([s for s, _ in es])
-        summary[f"ce/{m}/oracle_bal_acc"] = _mean([float(np.nanmax(r["bal_acc"])) for r in runs])
-        summary[f"ce/{m}/oracle_worst_acc"] = _mean([float(np.nanmax(r["worst_acc"])) for r in runs])
-        summary[f"ce/{m}/final_bal_acc"] = _mean([float(r["bal_acc"][-1]) for r in runs])
-        summary[f"ce/{m}/final_worst_acc"] = _mean([float(r["worst_acc"][-1]) for r in runs])
-        summary[f"ce/{m}/final_minority_loss"] = _mean([float(r["minority_loss"][-1]) for r in runs])
-        summary[f"ce/{m}/min_minority_loss"] = _mean([float(np.nanmin(r["minority_loss"])) for r in runs])
+        summary[f"ce/{m}/oracle_bal_acc"] = _mean([float(np.nanmax(_values(r, "bal_acc"))) for r in runs])
+        summary[f"ce/{m}/oracle_worst_acc"] = _mean([float(np.nanmax(_values(r, "worst_acc"))) for r in runs])
+        summary[f"ce/{m}/final_bal_acc"] = _mean([_values(r, "bal_acc")[-1] for r in runs])
+        summary[f"ce/{m}/final_worst_acc"] = _mean([_values(r, "worst_acc")[-1] for r in runs])
+        summary[f"ce/{m}/final_minority_loss"] = _mean([_values(r, "minority_loss")[-1] for r in runs])
+        summary[f"ce/{m}/min_minority_loss"] = _mean([float(np.nanmin(_values(r, "minority_loss"))) for r in runs])
         summary[f"ce/{m}/early_stopped_minority_acc"] = _mean(
-            [float(r["minority_acc"][int(s)]) for r, (s, _) in zip(runs, es)])  # fmt: skip
+            [_values(r, "minority_acc")[int(s)] for r, (s, _) in zip(runs, es)])  # fmt: skip
         summary[f"ce/{m}/early_stopped_worst_acc"] = _mean(
-            [float(r["worst_acc"][int(s)]) for r, (s, _) in zip(runs, es)])  # fmt: skip
+            [_values(r, "worst_acc")[int(s)] for r, (s, _) in zip(runs, es)])  # fmt: skip
     ref = _runs(series, "ce-reference/balanced-bayes")
     if ref:
         summary["ce/balanced_bayes_bal_acc"] = _mean([r["bal_acc"][0] for r in ref])
@@ -524,8 +529,9 @@ def depth_analyze(cfg: DepthConfig, series: dict) -> tuple[dict, list[Claim]]:
             pred_spec = th.specgd_saturation_steps(mix, L, spec["lr"][0], a0, cfg.saturation)
             pred_gd = th.gd_flow_saturation_steps(mix, L, gd["lr"][0], a0, cfg.saturation)
             t_spec, t_gd = np.asarray(spec["t_sat"], float), np.asarray(gd["t_sat"], float)
-            exact_err = max(exact_err, float(np.abs(t_spec - pred_spec).max()))
-            flow_err = max(flow_err, float((np.abs(t_gd - pred_gd) / pred_gd).max()))
+            # np.max keeps a NaN (a class that never saturated), where max() would drop it
+            exact_err = float(np.max([exact_err, np.abs(t_spec - pred_spec).max()]))
+            flow_err = float(np.max([flow_err, (np.abs(t_gd - pred_gd) / pred_gd).max()]))
             key = f"{name}/L{L}"
             for c in range(mix.k):
                 summary[f"{key}/specgd_t{c}"] = float(t_spec[c])

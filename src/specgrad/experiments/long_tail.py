@@ -700,6 +700,12 @@ def _early_index(steps, cfg: LongTailTokensConfig) -> int:
     return int(hit[0]) if hit.size else len(steps) - 1
 
 
+def _stack(runs: list[dict], metric: str, n: int) -> np.ndarray:
+    """``(seeds, n)`` floats of ``metric``, cut to the ``n`` evaluations every seed has (a
+    diverged run stops early), as :func:`~specgrad.experiments.plots.by_method` does."""
+    return np.asarray([r[metric][:n] for r in runs], dtype=float)
+
+
 def token_analyze(cfg: LongTailTokensConfig, series: dict) -> tuple[dict, list[Claim]]:
     """Spreads of the bucket losses (mean over seeds) at the early checkpoint and at the end,
     and at matched progress: the first evaluation at which each method's validation loss is
@@ -726,12 +732,12 @@ def token_analyze(cfg: LongTailTokensConfig, series: dict) -> tuple[dict, list[C
         at = int(hit[0]) if hit.size else len(mean_curve) - 1
         summary[f"{m}/matched_step"] = float(xs[at])
         for metric in ("loss_spread", "loss_rel_spread", "excess_spread", "excess_rel_spread", "excess_max"):
-            vals = np.asarray([r[metric] for r in runs], dtype=float)
+            vals = _stack(runs, metric, ys.shape[1])
             summary[f"{m}/early_{metric}"] = float(np.nanmean(vals[:, early]))
             summary[f"{m}/final_{metric}"] = float(np.nanmean(vals[:, -1]))
             summary[f"{m}/matched_{metric}"] = float(np.nanmean(vals[:, at]))
         for b in range(cfg.n_buckets):
-            vals = np.asarray([r[f"bucket{b}_loss"] for r in runs], dtype=float)
+            vals = _stack(runs, f"bucket{b}_loss", ys.shape[1])
             if np.isfinite(vals).any():
                 summary[f"{m}/early_bucket{b}_loss"] = float(np.nanmean(vals[:, early]))
                 summary[f"{m}/final_bucket{b}_loss"] = float(np.nanmean(vals[:, -1]))

@@ -84,7 +84,8 @@ def train_lm(
     return per-evaluation ``step, train_loss, val_loss, seconds`` (training time only).
 
     ``on_step(step)`` runs after each backward, before the optimizer step (a monitor hook).
-    A non-finite loss stops training early; the series then ends with ``nan``.
+    A non-finite loss stops training early, before any step on its gradients (which the
+    spectral optimizers would refuse); the series then ends with ``nan``.
     """
     device = next(model.parameters()).device
     base = [g["lr"] for g in opt.param_groups]
@@ -106,21 +107,22 @@ def train_lm(
             group["lr"] = lr * scale
         x, y = corpus.get_batch("train", batch_size, context, g)
         _, loss = model(x.to(device), y.to(device))
+        value = loss.item()
+        if not math.isfinite(value):  # diverged: stop before a step on non-finite gradients
+            if out["step"][-1] != step:
+                for key in out:
+                    out[key].append(step)
+            out["train_loss"][-1] = out["val_loss"][-1] = math.nan
+            out["seconds"][-1] = elapsed
+            break
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if on_step is not None:
             on_step(step)
         opt.step()
         elapsed += time.perf_counter() - t0
-        value = loss.item()
         window.append(value)
         advance(1)
-        if not math.isfinite(value):
-            out["step"].append(step + 1)
-            out["train_loss"].append(math.nan)
-            out["val_loss"].append(math.nan)
-            out["seconds"].append(elapsed)
-            break
     for group, lr in zip(opt.param_groups, base):
         group["lr"] = lr
     return out

@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from ..linalg import matrix_norms
 from .chain import ChainOptimizer, _check_range, validate_common
 from .muon import validate_orthogonalizer
 from .routing import split_params
@@ -67,9 +68,10 @@ class HybridStep(Transform):
         owner = self.owner
         sampled = owner._sampled_now
         decrease = g["decision"] == "decrease"
-        # polar(M) where it is used: spectral blocks, and every block on a measured step
-        need = [i for i, st in enumerate(u.states) if decrease or sampled or bool(st["spectral"])]
+        # polar(M) where it is used: spectral blocks, and every block of the decrease rule
+        need = [i for i, st in enumerate(u.states) if decrease or bool(st["spectral"])]
         polar = dict(zip(need, orthogonalize_many([u.updates[i] for i in need], g)))
+        exact = g["orthogonalizer"] == "svd"
         acts = owner._activations
         new_updates = []
         adam_needed = [i for i, st in enumerate(u.states) if g["euclidean"] == "adamw"]
@@ -83,7 +85,12 @@ class HybridStep(Transform):
             m, n = M.shape
             O = polar.get(i)
             fro = float(M.norm())
-            nuc = float((M * O).sum()) if O is not None else math.nan
+            if not (sampled or decrease):
+                nuc = math.nan
+            elif exact and O is not None:
+                nuc = float((M * O).sum())  # <M, polar(M)> = ||M||_*
+            else:  # an approximate polar factor would bias <M, O> low: the singular values
+                nuc = float(matrix_norms(M).nuclear)
             nr = (nuc / fro) ** 2 if fro > 0 else 0.0
             a = acts.get(p)
             if decrease:
@@ -122,9 +129,10 @@ class Hybrid(ChainOptimizer):
     ``nr(M)`` and ``st(A)`` with hysteresis.
 
     For every hidden matrix (``split_params(model)``; embeddings, head, norms and biases
-    take AdamW as usual) it keeps EMA estimates of ``log nr(M)`` of its momentum ``M`` (free:
-    ``||M||_* = <M, polar(M)>``) and ``log st(A)`` of its incoming activation, measured every
-    ``every`` steps by :class:`~specgrad.diagnostics.SpectralMonitor` hooks. A Euclidean block
+    take AdamW as usual) it keeps EMA estimates of ``log nr(M)`` of its momentum ``M`` (from
+    its singular values; free as ``<M, polar(M)>`` with ``orthogonalizer="svd"``, whereas a
+    Newton-Schulz factor would bias that inner product low) and ``log st(A)`` of its
+    incoming activation, measured every ``every`` steps by :class:`~specgrad.diagnostics.SpectralMonitor` hooks. A Euclidean block
     turns spectral when ``nr / st > 1 + hysteresis``; a spectral block turns Euclidean when
     ``nr / st < 1 / (1 + hysteresis)``. Both rules' states (momentum, Adam moments) are kept
     up to date, so a switch starts warm. Step sizes: see :class:`HybridStep`.
@@ -147,14 +155,19 @@ class Hybrid(ChainOptimizer):
     Call ``opt.step()`` after ``backward`` as usual; the hooks are removed by :meth:`close`.
 
     Example:
+        >>> _ = torch.manual_seed(0)
         >>> net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(),
         ...                           torch.nn.Linear(32, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1))
         >>> opt = Hybrid(net, lr=0.01, every=1)
         >>> for _ in range(3):
         ...     opt.zero_grad()
-        ...     net(torch.randn(64, 8)).pow(2).mean().backward()
+        ...     net(torch.relu(torch.randn(64, 8))).pow(2).mean().backward()
         ...     opt.step()
-        >>> sorted(opt.decisions()["choice"].unique().tolist())[0] in ("euclidean", "spectral")
+        >>> log = opt.decisions()
+        >>> log["block"].unique().tolist(), len(log)  # the hidden 32x32 block, every step
+        (['2.weight'], 3)
+        >>> first = log.iloc[0]  # the first measurement decides alone; later ones need the band
+        >>> first["choice"] == ("spectral" if first["ratio"] >= 1 else "euclidean")
         True
         >>> opt.close()
     """
