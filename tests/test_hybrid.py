@@ -147,3 +147,27 @@ def test_forced_rules_are_the_pure_baselines():
     expected = -(torch.linalg.svdvals(G).sum() * n / torch.linalg.matrix_norm(A, "fro") ** 2) * polar_svd(G)
     torch.testing.assert_close(net[1].weight.detach(), expected, rtol=1e-9, atol=1e-12)
     opt.close()
+
+
+def test_a_block_turning_spectral_takes_the_spectral_step_at_once():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1))
+    opt = Hybrid(net, lr=1e-2, every=1, hysteresis=0.0, smoothing=0.0, orthogonalizer="svd", momentum=0.0)
+    x = torch.randn(256, 8)
+
+    def step():
+        opt.zero_grad()
+        net(x).pow(2).mean().backward()
+        opt.step()
+
+    step()
+    assert opt.decisions()["choice"].iloc[-1] == "spectral"  # ReLU features: nr(M) > st(A)
+    W = net[2].weight
+    opt.state[W]["spectral"].fill_(0.0)  # as if the last measurement had said Euclidean
+    before = W.detach().clone()
+    step()
+    assert opt.decisions()["choice"].iloc[-1] == "spectral"
+    # the step taken is lr * match_rms_adamw scale * polar(G) of this step's gradient
+    scale = 0.2 * 64**0.5
+    torch.testing.assert_close(before - W.detach(), 1e-2 * scale * polar_svd(W.grad), rtol=1e-4, atol=1e-6)
+    opt.close()

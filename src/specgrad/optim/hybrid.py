@@ -102,6 +102,8 @@ class HybridStep(Transform):
             if sampled and a is not None and a["st"] > 0 and nr > 0:
                 owner._decide(p, st, nr, a["st"], g)
             if bool(st["spectral"]):
+                if O is None:  # a block that turned spectral at this measurement
+                    O = orthogonalize_many([M], g)[0]
                 new_updates.append(O * shape_scale(g["shape_scaling"], m, n))
             elif g["euclidean"] == "adamw":
                 new_updates.append(adam_dir[i] * (adam_scale[i] * g["euclidean_scale"]))
