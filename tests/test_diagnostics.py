@@ -159,7 +159,7 @@ def test_embedding_token_counts_match_dense_one_hot():
 
 @pytest.mark.parametrize("kind", ["relu", "isotropic"])
 def test_wide_activations_match_dense_stable_rank_and_float32_stays_within_its_precision(kind):
-    """Inputs wider than 256 take the Lanczos path for ||A||_op; a dominant top eigenvalue
+    """Inputs wider than 32 take the Lanczos path for ||A||_op; a dominant top eigenvalue
     (relu features) and a clustered one (isotropic Gaussian) both give the dense value.
     Float32 activations (Gram formed in float32) agree to float32 precision."""
     g = gen(13)
@@ -168,8 +168,11 @@ def test_wide_activations_match_dense_stable_rank_and_float32_stays_within_its_p
     torch.manual_seed(13)
     layer = nn.Linear(300, 4).to(D)
     r64 = one_row(monitored_step(layer, [x[:250], x[250:]], _sq))
-    assert r64["st_A"] == pytest.approx(float(stable_rank(x)), rel=1e-10)
-    assert r64["act_op"] == pytest.approx(float(torch.linalg.matrix_norm(x, ord=2)), rel=1e-10)
+    # the monitor's guarantee is 1e-4 relative whatever the gap; with a dominant top the
+    # error is about the residual squared
+    rel = 1e-8 if kind == "relu" else 1e-4
+    assert r64["st_A"] == pytest.approx(float(stable_rank(x)), rel=rel)
+    assert r64["act_op"] == pytest.approx(float(torch.linalg.matrix_norm(x, ord=2)), rel=rel)
     r32 = one_row(monitored_step(layer.float(), [x.float()[:250], x.float()[250:]], _sq))
     assert r32["st_A"] == pytest.approx(r64["st_A"], rel=1e-5)
     assert r32["act_fro"] == pytest.approx(r64["act_fro"], rel=1e-6)

@@ -31,13 +31,38 @@ def top_eigenvalues(mats: Sequence[Tensor], *, max_steps: int = 64, tol: float =
         >>> max(abs(t / e - 1) for t, e in zip(top_eigenvalues(mats), exact)) < 1e-12
         True
     """
-    out: list[Optional[float]] = [None] * len(mats)
+    return [value for value, _ in _top_pairs(mats, None, max_steps, tol, direct_below, vectors=False)]
+
+
+def top_eigenpairs(mats: Sequence[Tensor], starts: Optional[Sequence[Optional[Tensor]]] = None, *,
+                   max_steps: int = 64, tol: float = 1e-10,
+                   direct_below: int = 256) -> list[tuple[float, Tensor]]:  # fmt: skip
+    """``(lambda_max, unit top eigenvector)`` of each matrix, as :func:`top_eigenvalues`.
+
+    ``starts[i]`` (a ``(d,)`` vector or ``None``) starts matrix ``i``'s Lanczos run instead of
+    the fixed random vector: last step's top eigenvector of a slowly changing matrix (the
+    activation Gram of a layer, one sampled step to the next) meets the residual test after
+    two or three products instead of a few dozen. The accuracy guarantee is the same.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> X = torch.randn(500, 300, dtype=torch.float64, generator=g) + 1
+        >>> (value, vector), = top_eigenpairs([X.T @ X])
+        >>> (again, _), = top_eigenpairs([X.T @ X], [vector])
+        >>> abs(again / value - 1) < 1e-12
+        True
+    """
+    return _top_pairs(mats, starts, max_steps, tol, direct_below, vectors=True)
+
+
+def _top_pairs(mats, starts, max_steps, tol, direct_below, vectors: bool) -> list[tuple[float, Optional[Tensor]]]:
+    out: list[Optional[tuple[float, Optional[Tensor]]]] = [None] * len(mats)
     groups: dict[tuple, list[int]] = {}
     for i, S in enumerate(mats):
         if S.ndim != 2 or S.shape[0] != S.shape[1]:
             raise ValueError(f"matrix {i} must be square (d, d), got shape {tuple(S.shape)}")
         if S.shape[0] <= direct_below:
-            out[i] = _eigvalsh_top(S)
+            out[i] = _eigh_top(S, vectors)
         else:
             groups.setdefault((S.shape[0], S.device, S.dtype), []).append(i)
     for (d, _, _), idx in groups.items():
@@ -45,28 +70,36 @@ def top_eigenvalues(mats: Sequence[Tensor], *, max_steps: int = 64, tol: float =
         for start in range(0, len(idx), per_batch):
             part = idx[start : start + per_batch]
             batch = mats[part[0]].unsqueeze(0) if len(part) == 1 else torch.stack([mats[i] for i in part])
-            for i, top in zip(part, _lanczos_top(batch, max_steps, tol)):
-                out[i] = _eigvalsh_top(mats[i]) if top is None else top
+            q0 = [None if starts is None else starts[i] for i in part]
+            for i, top in zip(part, _lanczos_top(batch, q0, max_steps, tol)):
+                out[i] = _eigh_top(mats[i], vectors) if top is None else top
     return out  # type: ignore[return-value]
 
 
 _BATCH_BYTES = 64 * 2**20
 
 
-def _eigvalsh_top(S: Tensor) -> float:
-    return float(torch.linalg.eigvalsh(S)[-1].clamp_min(0))
+def _eigh_top(S: Tensor, vectors: bool) -> tuple[float, Optional[Tensor]]:
+    if not vectors:
+        return float(torch.linalg.eigvalsh(S)[-1].clamp_min(0)), None
+    values, basis = torch.linalg.eigh(S)
+    return float(values[-1].clamp_min(0)), basis[:, -1]
 
 
-def _lanczos_top(S: Tensor, max_steps: int, tol: float) -> list[Optional[float]]:
-    """Top Ritz value of each of the ``B`` matrices of ``S`` ``(B, d, d)`` once its residual
+def _lanczos_top(S: Tensor, starts: list[Optional[Tensor]], max_steps: int,
+                 tol: float) -> list[Optional[tuple[float, Tensor]]]:  # fmt: skip
+    """Top Ritz pair of each of the ``B`` matrices of ``S`` ``(B, d, d)`` once its residual
     is below ``tol`` relative, else ``None``."""
     B, d, _ = S.shape
     k = min(max_steps, d)
-    q = torch.randn(d, dtype=S.dtype, generator=torch.Generator().manual_seed(0)).to(S.device)
-    q = (q / q.norm()).expand(B, d)
+    fixed = torch.randn(d, dtype=S.dtype, generator=torch.Generator().manual_seed(0)).to(S.device)
+    q = torch.stack([fixed if v is None or v.shape != (d,) else v.to(S) for v in starts])
+    bad = ~torch.isfinite(q).all(-1) | (q.norm(dim=-1) == 0)
+    q = torch.where(bad.unsqueeze(-1), fixed, q)
+    q = q / q.norm(dim=-1, keepdim=True)
     Q = S.new_zeros(B, k, d)
     alpha, beta = S.new_zeros(B, k), S.new_zeros(B, k)
-    result: list[Optional[float]] = [None] * B
+    result: list[Optional[tuple[float, Tensor]]] = [None] * B
     for j in range(k):
         Q[:, j] = q
         w = torch.bmm(S, q.unsqueeze(-1)).squeeze(-1)
@@ -83,7 +116,8 @@ def _lanczos_top(S: Tensor, max_steps: int, tol: float) -> list[Optional[float]]
             ok = ((top > 0) & (residual <= tol * top)).tolist()
             for i, (done, value) in enumerate(zip(ok, top.tolist())):
                 if done and result[i] is None:
-                    result[i] = value
+                    y = vecs[i, :, -1] @ basis[i]
+                    result[i] = (value, y / y.norm())
             if all(r is not None for r in result):
                 break
         beta[:, j] = b
