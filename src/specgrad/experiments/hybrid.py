@@ -104,6 +104,25 @@ def _decisions(opt: Hybrid) -> dict[str, list]:
     return out
 
 
+def _full_batch(opt: Hybrid, loss_fn, steps: int, advance, f_star: float = 0.0) -> tuple[dict, dict]:
+    """``steps`` full-batch steps on ``loss_fn()``; the loss minus ``f_star`` (floored at 0)
+    before each step and after the last, stopping at a non-finite loss; and the decisions."""
+    out = {"step": [], "loss": []}
+    for t in range(steps + 1):
+        loss = loss_fn()
+        value = loss.item()
+        out["step"].append(t)
+        out["loss"].append(max(value - f_star, 0.0) if math.isfinite(value) else value)
+        if t == steps or not math.isfinite(value):
+            break
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        advance(1)
+    opt.close()
+    return out, _decisions(opt)
+
+
 def _least_squares(cfg: HybridConfig, task: str, method: str, lr: float, seed: int, advance) -> tuple[dict, dict]:
     act = task.split("-")[0]
     rf = RandomFeaturesConfig(dim=cfg.rf_dim, feature_dim=cfg.rf_feature_dim, samples=cfg.rf_samples)
@@ -113,19 +132,8 @@ def _least_squares(cfg: HybridConfig, task: str, method: str, lr: float, seed: i
     nn.init.zeros_(net[1].weight)
     opt = Hybrid(net, lr=lr, every=1, decision="decrease", force=_force(method), momentum=0.0,
                  orthogonalizer="svd", overrides={"1.weight": "spectral"})  # fmt: skip
-    out = {"step": [], "loss": []}
-    for t in range(cfg.rf_steps + 1):
-        loss = 0.5 * (net(A.T) - Y.T).square().sum(1).mean()
-        out["step"].append(t)
-        out["loss"].append(max(loss.item() - prob["f_star"], 0.0))
-        if t == cfg.rf_steps:
-            break
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        advance(1)
-    opt.close()
-    return out, _decisions(opt)
+    return _full_batch(opt, lambda: 0.5 * (net(A.T) - Y.T).square().sum(1).mean(), cfg.rf_steps, advance,
+                       prob["f_star"])  # fmt: skip
 
 
 class _SquaredReLU(nn.Module):
@@ -146,19 +154,7 @@ def _sparse(cfg: HybridConfig, method: str, lr: float, seed: int, advance) -> tu
     opt = Hybrid(net, lr=lr, every=1, decision="decrease", momentum=0.0, orthogonalizer="svd",
                  force=_force(method, {"*": "spectral", **ends}),
                  overrides={"0.weight": "spectral", "6.weight": "spectral"})  # fmt: skip
-    out = {"step": [], "loss": []}
-    for t in range(cfg.sr_steps + 1):
-        loss = 0.5 * (net(x) - y).square().mean()
-        out["step"].append(t)
-        out["loss"].append(loss.item())
-        if t == cfg.sr_steps or not math.isfinite(out["loss"][-1]):
-            break
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        advance(1)
-    opt.close()
-    return out, _decisions(opt)
+    return _full_batch(opt, lambda: 0.5 * (net(x) - y).square().mean(), cfg.sr_steps, advance)
 
 
 def _corpus(cfg: HybridConfig) -> CharCorpus:
