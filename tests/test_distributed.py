@@ -71,7 +71,10 @@ def _worker(rank, port, scenario, kind, out):
     except Exception as e:  # noqa: BLE001 - reported to the parent through the file
         result = {"error": f"{type(e).__name__}: {e}"}
     torch.save(result, os.path.join(out, f"rank{rank}.pt"))
-    dist.destroy_process_group()
+    dist.barrier()
+    # gloo's threads can abort the interpreter's teardown ("terminate called without an
+    # active exception") after the results are safely written: leave without it
+    os._exit(0)
 
 
 def ddp(rank, kind, out):
