@@ -601,3 +601,21 @@ def test_matrix_view_of_conv_and_linear_weights():
     assert matrix_view(L) is L
     with pytest.raises(ValueError, match=r"at least 2 dims, got shape \(4,\)"):
         matrix_view(torch.zeros(4))
+
+
+@pytest.mark.parametrize("src, dst", [(torch.float32, torch.bfloat16), (torch.float16, torch.float32),
+                                      (torch.float64, None), (torch.float32, None)])  # fmt: skip
+def test_stack_normalized_and_many_equal_the_stacked_path(src, dst):
+    from specgrad.linalg import quintic_iteration_many, stack_normalized
+
+    g = torch.Generator().manual_seed(5)
+    mats = [torch.randn(6, 9, generator=g).to(src), torch.randn(9, 6, generator=g).to(src).mT,
+            torch.zeros(6, 9, dtype=src)]  # fmt: skip
+    stacked = torch.stack(mats)
+    assert torch.equal(stack_normalized(mats, 1.01, dst), normalize_spectrum(stacked, 1.01, dst))
+    sched = as_schedule(JORDAN)
+    many = quintic_iteration_many(mats, sched, 5, dtype=dst)
+    assert many.dtype == src
+    assert torch.equal(many, quintic_iteration(stacked, sched, 5, dtype=dst))
+    with pytest.raises(ValueError, match="wide"):
+        quintic_iteration_many([m.mT for m in mats], sched, 5)

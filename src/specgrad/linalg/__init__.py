@@ -19,8 +19,10 @@ from .polar import (
     polar_svd,
     predicted_band,
     quintic_iteration,
+    quintic_iteration_many,
     scalar_map,
     singular_value_range,
+    stack_normalized,
 )
 from .ranks import (
     GramAccumulator,
@@ -54,8 +56,10 @@ __all__ = [
     "polar_svd",
     "predicted_band",
     "quintic_iteration",
+    "quintic_iteration_many",
     "scalar_map",
     "singular_value_range",
+    "stack_normalized",
     "spectral_map",
     "stable_rank",
 ]

@@ -22,7 +22,7 @@ from torch import Tensor
 
 import torch.distributed as dist
 
-from ..linalg import as_schedule, matrix_view, polar_express_schedule, polar_svd, quintic_iteration
+from ..linalg import as_schedule, matrix_view, polar_express_schedule, polar_svd, quintic_iteration_many
 from ..linalg.spectral import spectral_map
 from .distributed import DTensor, assign_owners, exchange_replicated, exchange_sharded, is_sharded, orth_cost
 
@@ -99,16 +99,15 @@ def orthogonalize_many(mats: list[Tensor], group: dict) -> list[Tensor]:
     for idx in by_shape.values():
         tall = [mats[i].shape[0] > mats[i].shape[1] for i in idx]
         wide = [mats[i].mT if t else mats[i] for i, t in zip(idx, tall)]
-        G = wide[0].unsqueeze(0) if len(wide) == 1 else torch.stack(wide)
         if method == "svd":
-            O = polar_svd(G)
+            O = polar_svd(wide[0].unsqueeze(0) if len(wide) == 1 else torch.stack(wide))
         else:
             sched = (
                 polar_express_schedule(group["ns_steps"])
                 if method == "polar_express"
                 else as_schedule(group["ns_coefficients"])
             )
-            O = quintic_iteration(G, sched, group["ns_steps"], dtype=group.get("ns_dtype"))
+            O = quintic_iteration_many(wide, sched, group["ns_steps"], dtype=group.get("ns_dtype"))
         for k, (i, t) in enumerate(zip(idx, tall)):
             out[i] = O[k].mT if t else O[k]
     return out
