@@ -115,21 +115,28 @@ def normalize_spectrum(G: Tensor, safety: float = 1.0, dtype: Optional[torch.dty
     neither overflow nor underflow; a zero matrix stays zero. Returns a new tensor in
     ``dtype`` (default ``G.dtype``).
     """
-    norm = _frobenius_norm64(G)
-    if safety != 1.0:
-        norm = norm * safety
     dtype = G.dtype if dtype is None else dtype
-    # Scale in float64 for float64 input, else in float32 (its range holds any 1/||G||_F
-    # of a float32/float16/bfloat16 matrix with a normal entry); then round once to dtype.
-    # The clamp keeps the scale finite: a zero matrix (1/0 = inf, and 0 * inf is NaN) gets
-    # the largest finite scale and stays zero; a matrix of float32 subnormals is scaled up
-    # as far as float32 allows (finite, norm short of 1) instead of to inf.
-    # Few small ops on purpose: each costs ~5-10 us, ~0.3% of 5 steps on a 256 x 256 matrix.
-    scale_dtype = torch.float64 if G.dtype == torch.float64 else torch.float32
-    scale = norm.reciprocal().clamp_max(torch.finfo(scale_dtype).max).to(scale_dtype)
+    scale = _inverse_norm(G, safety)
     if G.dtype in (torch.float64, torch.float32):
         return (G * scale).to(dtype)
     return G.to(torch.float32).mul_(scale).to(dtype)
+
+
+def _inverse_norm(G: Tensor, safety: float) -> Tensor:
+    """``1 / (safety ||G||_F)`` per matrix, ``(..., 1, 1)``, in the dtype ``G`` is scaled in.
+
+    Float64 for float64 input, else float32 (its range holds any 1/||G||_F of a
+    float32/float16/bfloat16 matrix with a normal entry); the product is rounded once to
+    the target dtype. The clamp keeps the scale finite: a zero matrix (1/0 = inf, and
+    0 * inf is NaN) gets the largest finite scale and stays zero; a matrix of float32
+    subnormals is scaled up as far as float32 allows (finite, norm short of 1) instead of
+    to inf. Few small ops on purpose: each costs ~5-10 us, ~0.3% of 5 steps on 256 x 256.
+    """
+    norm = _frobenius_norm64(G)
+    if safety != 1.0:
+        norm = norm * safety
+    scale_dtype = torch.float64 if G.dtype == torch.float64 else torch.float32
+    return norm.reciprocal().clamp_max(torch.finfo(scale_dtype).max).to(scale_dtype)
 
 
 def stack_normalized(mats: Sequence[Tensor], safety: float = 1.0, dtype: Optional[torch.dtype] = None) -> Tensor:
@@ -146,12 +153,8 @@ def stack_normalized(mats: Sequence[Tensor], safety: float = 1.0, dtype: Optiona
     """
     first = mats[0]
     out = torch.empty(len(mats), *first.shape, dtype=first.dtype if dtype is None else dtype, device=first.device)
-    scale_dtype = torch.float64 if first.dtype == torch.float64 else torch.float32
     for k, x in enumerate(mats):
-        norm = _frobenius_norm64(x)
-        if safety != 1.0:
-            norm = norm * safety
-        scale = norm.reciprocal().clamp_max(torch.finfo(scale_dtype).max).to(scale_dtype)[0]
+        scale = _inverse_norm(x, safety)[0]
         if x.dtype in (torch.float64, torch.float32):
             torch.mul(x, scale, out=out[k])
         else:
