@@ -16,9 +16,10 @@ import torch
 
 from ..data import CharCorpus
 from ..models import GPT, GPTConfig
-from .plots import band_plot, by_method, save
+from .plots import band_plot, save
 from .registry import Claim, Experiment, register
-from .training import LM_METHODS, lm_optimizer, train_lm
+from .series import by_method
+from .training import LM_METHODS, lm_optimizer, load_corpus, train_lm
 
 
 @dataclass
@@ -44,10 +45,6 @@ class CharLMConfig:
         return getattr(self, f"{method}_lrs")
 
 
-def load_corpus(cfg: CharLMConfig) -> CharCorpus:
-    return CharCorpus.default() if cfg.corpus is None else CharCorpus.from_path(cfg.corpus)
-
-
 def _model(cfg: CharLMConfig, corpus: CharCorpus, seed: int, device) -> GPT:
     torch.manual_seed(seed)
     conf = GPTConfig(vocab_size=corpus.vocab_size, context=cfg.context, n_layer=cfg.n_layer,
@@ -67,7 +64,7 @@ def tune(cfg: CharLMConfig, ctx) -> dict:
     """Every candidate lr of every method for ``sweep_iters`` steps on seed 0; the best
     final validation loss wins. AdamW is tuned first: its best lr also drives the AdamW
     rule of the other methods (embeddings, head, norms)."""
-    corpus = load_corpus(cfg)
+    corpus = load_corpus(cfg.corpus)
     methods = ["adamw"] + [m for m in cfg.methods if m != "adamw"]
     ctx.steps(sum(len(cfg.lrs(m)) for m in methods) * cfg.sweep_iters, "lr sweep")
     sweep, best = {}, {}
@@ -82,7 +79,7 @@ def tune(cfg: CharLMConfig, ctx) -> dict:
 
 
 def run_seed(cfg: CharLMConfig, seed: int, ctx) -> dict:
-    corpus = load_corpus(cfg)
+    corpus = load_corpus(cfg.corpus)
     best = ctx.tuning["best_lr"]
     ctx.steps(len(cfg.methods) * cfg.iters, "training")
     return {m: _train(cfg, corpus, m, best[m], best["adamw"], cfg.iters, seed, ctx) for m in cfg.methods}

@@ -44,9 +44,10 @@ from ..models import GPT, GPTConfig
 from ..optim import SpectralDescent, split_params
 from ..theory import curvature as cv
 from .char_lm import first_reach
-from .plots import band_plot, by_method, save
+from .plots import band_plot, save
 from .registry import Claim, Experiment, register
-from .training import lm_optimizer, train_lm
+from .series import by_method
+from .training import lm_optimizer, load_corpus, train_lm
 
 METHODS = ("adamw", "muon", "icm")
 STUDY_ALPHA = (0.2, 0.5)
@@ -81,10 +82,6 @@ class CurvatureProfileConfig:
 
     def lrs(self, method: str) -> tuple[float, ...]:
         return getattr(self, f"{method}_lrs")
-
-
-def load_corpus(cfg: CurvatureProfileConfig) -> CharCorpus:
-    return CharCorpus.default() if cfg.corpus is None else CharCorpus.from_path(cfg.corpus)
 
 
 def make_model(cfg: CurvatureProfileConfig, corpus: CharCorpus, seed: int, device) -> GPT:
@@ -248,7 +245,7 @@ def tune(cfg: CurvatureProfileConfig, ctx) -> dict:
     ``c2 r^2 + cp r^p`` to the AdamW model's mean random-direction curve: the ICM's ``H``;
     (2) every candidate lr of every method for ``sweep_iters`` steps on seed 0 (AdamW first;
     its best lr also drives the AdamW rule of the others); the best final validation loss wins."""
-    corpus = load_corpus(cfg)
+    corpus = load_corpus(cfg.corpus)
     n_mat = len(split_params(make_model(cfg, corpus, 0, "cpu")).names("spectral"))
     methods = ["adamw"] + [m for m in cfg.methods if m != "adamw"]
     total = 2 * cfg.measure_iters + 2 * _measure_total(cfg, n_mat)
@@ -276,7 +273,7 @@ def tune(cfg: CurvatureProfileConfig, ctx) -> dict:
 
 
 def run_seed(cfg: CurvatureProfileConfig, seed: int, ctx) -> dict:
-    corpus = load_corpus(cfg)
+    corpus = load_corpus(cfg.corpus)
     best = ctx.tuning["best_lr"]
     H_params = ctx.tuning["H"]
     H = curvature_from(H_params)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Optional
 
 import matplotlib.pyplot as plt
@@ -40,9 +39,10 @@ from torch import Tensor
 from ..data import CharCorpus
 from ..diagnostics import SpectralMonitor
 from ..models import GPT, GPTConfig
-from .plots import by_method, save
+from .plots import save
 from .registry import Claim, Experiment, register
-from .training import lm_optimizer, train_lm
+from .series import curve, geomean, key_of, seed_runs
+from .training import lm_optimizer, load_corpus, train_lm
 
 # ----------------------------------------------------------------------------------------------
 # Shared pieces: activations, their spike bounds, rank measures, the two update rules.
@@ -228,16 +228,6 @@ def loglog_slope(x, y) -> float:
     return float(np.polyfit(np.log(x[ok]), np.log(y[ok]), 1)[0])
 
 
-def _runs(series: dict, method: str) -> list[dict]:
-    """Every seed of ``method`` (keys ``"<method>/seed<k>"``), in seed order."""
-    return [v for k, v in sorted(series.items()) if k.rsplit("/seed", 1)[0] == method]
-
-
-def _geomean(values) -> float:
-    v = np.asarray([x for x in values if x is not None and math.isfinite(x) and x > 0], dtype=float)
-    return float(np.exp(np.mean(np.log(v)))) if v.size else math.nan
-
-
 def _finite_or(value: float, default: float) -> float:
     return value if value is not None and math.isfinite(value) else default
 
@@ -253,20 +243,6 @@ def _fmax(values) -> float:
     v = np.asarray(list(values), dtype=float)
     v = v[np.isfinite(v)]
     return float(v.max()) if v.size else math.nan
-
-
-def _save(fig, folder, name: str) -> str:
-    """:func:`plots.save`, then an adaptive 256-color palette for busy figures (keeps the PNG
-    well under 200 KB)."""
-    name = save(fig, folder, name)
-    path = Path(folder) / name
-    if path.stat().st_size > 120_000:
-        from PIL import Image
-
-        with Image.open(path) as im:
-            small = im.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT)
-        small.save(path, optimize=True)
-    return name
 
 
 def _r8(values) -> list[float]:
@@ -398,7 +374,7 @@ def init_run_seed(cfg: InitStableRankConfig, seed: int, ctx) -> dict:
 
 def _mean_curve(series: dict, method: str, metric: str) -> Optional[tuple[np.ndarray, int]]:
     """``(values (seeds, n), n)`` of ``method``'s ``metric``, truncated to the shortest seed."""
-    runs = _runs(series, method)
+    runs = seed_runs(series, method)
     if not runs:
         return None
     n = min(len(r[metric]) for r in runs)
@@ -413,7 +389,7 @@ def init_analyze(cfg: InitStableRankConfig, series: dict) -> tuple[dict, list[Cl
     worst, growth, deep_worst = 1e-300, 0.0, 1e-300
     for a in cfg.activations:
         for sweep in ("width", "samples"):
-            runs = _runs(series, f"{sweep}/{a}")
+            runs = seed_runs(series, f"{sweep}/{a}")
             if not runs:
                 continue
             st = np.asarray([r["stable_rank"] for r in runs], dtype=float)
@@ -429,7 +405,7 @@ def init_analyze(cfg: InitStableRankConfig, series: dict) -> tuple[dict, list[Cl
                     g = float(st[:, -1].mean() / st[:, 0].mean())
                     summary[f"width/{a}/growth_max_over_min"] = g
                     growth = max(growth, g)
-        runs = _runs(series, f"deep/{a}")
+        runs = seed_runs(series, f"deep/{a}")
         if runs:
             st = np.asarray([r["stable_rank"] for r in runs], dtype=float)
             summary[f"deep/{a}/max_st"] = float(st.max())
@@ -437,7 +413,7 @@ def init_analyze(cfg: InitStableRankConfig, series: dict) -> tuple[dict, list[Cl
             if a in spiked:
                 deep_worst = max(deep_worst, float(st.max()) / bounds[a])
     for mlp in cfg.gpt_mlps:
-        runs = _runs(series, f"gpt/{mlp}")
+        runs = seed_runs(series, f"gpt/{mlp}")
         if runs:
             for key in ("st_attn_input", "st_mlp_input", "st_mlp_post", "token_indicator"):
                 summary[f"gpt/{mlp}/max_{key}"] = float(max(max(r[key]) for r in runs))
@@ -490,7 +466,7 @@ def init_plot(cfg: InitStableRankConfig, series: dict, summary: dict, folder) ->
     for ax, sweep, xkey, title in ((axes[0], "width", "width", f"m = d = width, n = {cfg.samples_per_width:g} width"),
                                    (axes[1], "samples", "samples", f"m = d = {cfg.sample_width}, n samples")):  # fmt: skip
         for k, a in enumerate(cfg.activations):
-            runs = _runs(series, f"{sweep}/{a}")
+            runs = seed_runs(series, f"{sweep}/{a}")
             if not runs:
                 continue
             xs = np.asarray(runs[0][xkey], dtype=float)
@@ -508,7 +484,7 @@ def init_plot(cfg: InitStableRankConfig, series: dict, summary: dict, folder) ->
         ax.set_title(title, fontsize=10)
     axes[0].legend(fontsize=7, ncol=2)
     fig.suptitle("post-activation stable rank at Gaussian init (dotted: B = E[s^2]/E[s]^2)", fontsize=11)
-    files.append(_save(fig, folder, "one_layer.png"))
+    files.append(save(fig, folder, "one_layer.png"))
 
     fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.2))
     for k, a in enumerate(cfg.activations):
@@ -523,7 +499,7 @@ def init_plot(cfg: InitStableRankConfig, series: dict, summary: dict, folder) ->
     ax = axes[1]
     token = []
     for j, mlp in enumerate(cfg.gpt_mlps):
-        runs = _runs(series, f"gpt/{mlp}")
+        runs = seed_runs(series, f"gpt/{mlp}")
         if not runs:
             continue
         layers = np.asarray(runs[0]["layer"]) + 0.06 * (j - (len(cfg.gpt_mlps) - 1) / 2)
@@ -541,7 +517,7 @@ def init_plot(cfg: InitStableRankConfig, series: dict, summary: dict, folder) ->
     ax.set_title(f"tiny GPT at init ({cfg.gpt_n_layer}x{cfg.gpt_n_embd}), one batch of "
                  f"{cfg.gpt_batch}x{cfg.gpt_context} tokens", fontsize=10)  # fmt: skip
     ax.legend(fontsize=6, ncol=2)
-    files.append(_save(fig, folder, "deep_and_transformer.png"))
+    files.append(save(fig, folder, "deep_and_transformer.png"))
     return files
 
 
@@ -687,14 +663,14 @@ def _at(run: dict, metric: str, step: int) -> float:
 
 def _gap_ratio(num: list[dict], den: list[dict], step: int) -> float:
     """Geometric mean over seeds of ``gap_num(step) / gap_den(step)`` (gaps floored at 1e-300)."""
-    return _geomean([_pos(_at(a, "objective_gap", step)) / _pos(_at(b, "objective_gap", step))
+    return geomean([_pos(_at(a, "objective_gap", step)) / _pos(_at(b, "objective_gap", step))
                      for a, b in zip(num, den)])  # fmt: skip
 
 
 def rf_analyze(cfg: RandomFeaturesConfig, series: dict) -> tuple[dict, list[Claim]]:
     summary: dict[str, float] = {}
     for act in cfg.activations:
-        gd, spec, data = _runs(series, f"{act}/gd"), _runs(series, f"{act}/specgd"), _runs(series, f"{act}/data")
+        gd, spec, data = seed_runs(series, f"{act}/gd"), seed_runs(series, f"{act}/specgd"), seed_runs(series, f"{act}/data")
         if not (gd and spec and data):
             continue
         last = cfg.steps(act) - 1
@@ -702,8 +678,8 @@ def rf_analyze(cfg: RandomFeaturesConfig, series: dict) -> tuple[dict, list[Clai
         st = [d["stable_rank_A"][0] for d in data]
         summary[f"{act}/stable_rank_A"] = float(np.mean(st))
         summary[f"{act}/f_star_max"] = float(max(d["f_star"][0] for d in data))
-        summary[f"{act}/gd_final_gap"] = _geomean([_at(r, "objective_gap", last) for r in gd])
-        summary[f"{act}/specgd_final_gap"] = _geomean([_at(r, "objective_gap", last) for r in spec])
+        summary[f"{act}/gd_final_gap"] = geomean([_at(r, "objective_gap", last) for r in gd])
+        summary[f"{act}/specgd_final_gap"] = geomean([_at(r, "objective_gap", last) for r in spec])
         summary[f"{act}/gd_over_specgd_final"] = _gap_ratio(gd, spec, last)
         summary[f"{act}/gd_over_specgd_final_min_seed"] = min(
             _pos(_at(a, "objective_gap", last)) / _pos(_at(b, "objective_gap", last)) for a, b in zip(gd, spec))
@@ -714,14 +690,14 @@ def rf_analyze(cfg: RandomFeaturesConfig, series: dict) -> tuple[dict, list[Clai
             [np.mean(np.asarray(r["nuclear_rank"], dtype=float) >= s) for r, s in zip(gd, st)]))
         summary[f"{act}/gd_nr_peak"] = float(np.mean([_fmax(r["nuclear_rank"]) for r in gd]))
         summary[f"{act}/gd_nr_init"] = float(np.mean([r["nuclear_rank"][0] for r in gd]))
-        peak = _runs(series, f"{act}/specgd_from_peak")
+        peak = seed_runs(series, f"{act}/specgd_from_peak")
         if peak:
             summary[f"{act}/peak_step"] = float(np.mean([r["start"][0] for r in peak]))
             summary[f"{act}/gd_over_specgd_from_peak_final"] = _gap_ratio(gd, peak, last)
-        methods = {k.rsplit("/seed", 1)[0] for k in series if k.startswith(f"{act}/specgd_from_")}
+        methods = {key_of(k) for k in series if k.startswith(f"{act}/specgd_from_")}
         restarts = sorted(methods - {f"{act}/specgd_from_peak"})
         if restarts:
-            beating = sum(_gap_ratio(gd, _runs(series, m), last) > 1 for m in restarts)
+            beating = sum(_gap_ratio(gd, seed_runs(series, m), last) > 1 for m in restarts)
             summary[f"{act}/restarts_beating_gd_at_end"] = float(beating)
             summary[f"{act}/restarts"] = float(len(restarts))
     claims = []
@@ -751,19 +727,18 @@ def rf_analyze(cfg: RandomFeaturesConfig, series: dict) -> tuple[dict, list[Clai
 
 
 def rf_plot(cfg: RandomFeaturesConfig, series: dict, summary: dict, folder) -> list[str]:
-    acts = [a for a in cfg.activations if _runs(series, f"{a}/gd")]
+    acts = [a for a in cfg.activations if seed_runs(series, f"{a}/gd")]
     fig, axes = plt.subplots(len(acts), 2, figsize=(11.5, 3.8 * len(acts)), squeeze=False)
     for row, act in zip(axes, acts):
         ax = row[0]
-        restarts = sorted({k.rsplit("/seed", 1)[0] for k in series if k.startswith(f"{act}/specgd_from_")})
+        restarts = sorted({key_of(k) for k in series if k.startswith(f"{act}/specgd_from_")})
         for m in restarts:
-            r = _runs(series, m)[0]
+            r = seed_runs(series, m)[0]
             peak = m.endswith("peak")
             ax.plot(r["step"], np.maximum(r["objective_gap"], 1e-300), color="C2" if peak else "0.6",
                     lw=1.4 if peak else 0.8, label="SpecGD from nr peak" if peak else None)  # fmt: skip
         for m, color, label in (("gd", "C0", "GD"), ("specgd", "C3", "SpecGD")):
-            cur = by_method({k: v for k, v in series.items() if k.rsplit("/seed", 1)[0] == f"{act}/{m}"}, "objective_gap")
-            xs, ys = cur[f"{act}/{m}"]
+            xs, ys = curve(series, f"{act}/{m}", "objective_gap")
             ys = np.maximum(ys, 1e-300)
             ax.plot(xs, np.exp(np.log(ys).mean(0)), color=color, label=label)
             if ys.shape[0] > 1:
@@ -777,8 +752,7 @@ def rf_plot(cfg: RandomFeaturesConfig, series: dict, summary: dict, folder) -> l
         ax.legend(fontsize=7)
         ax = row[1]
         for m, color, label in (("gd", "C0", "nr(grad) along GD"), ("specgd", "C3", "nr(grad) along SpecGD")):
-            cur = by_method({k: v for k, v in series.items() if k.rsplit("/seed", 1)[0] == f"{act}/{m}"}, "nuclear_rank")
-            xs, ys = cur[f"{act}/{m}"]
+            xs, ys = curve(series, f"{act}/{m}", "nuclear_rank")
             ax.plot(xs, ys.mean(0), color=color, label=label)
             if ys.shape[0] > 1:
                 ax.fill_between(xs, ys.min(0), ys.max(0), color=color, alpha=0.2, lw=0)
@@ -789,7 +763,7 @@ def rf_plot(cfg: RandomFeaturesConfig, series: dict, summary: dict, folder) -> l
         ax.legend(fontsize=7)
     fig.suptitle(f"random features: W {cfg.dim}x{cfg.dim}, V {cfg.dim}x{cfg.feature_dim}, n = {cfg.samples} "
                  "(mean over seeds, min-max band)", fontsize=11)  # fmt: skip
-    return [_save(fig, folder, "random_features.png")]
+    return [save(fig, folder, "random_features.png")]
 
 
 register(Experiment(
@@ -901,21 +875,21 @@ def sparse_run_seed(cfg: SparseRegressionConfig, seed: int, ctx) -> dict:
 
 
 def sparse_analyze(cfg: SparseRegressionConfig, series: dict) -> tuple[dict, list[Claim]]:
-    gd, spec = _runs(series, "gd"), _runs(series, "specgd")
+    gd, spec = seed_runs(series, "gd"), seed_runs(series, "specgd")
     summary: dict[str, float] = {}
     if not (gd and spec):
         return summary, []
     early = min(cfg.early_step, cfg.steps)
     for name, runs in (("gd", gd), ("specgd", spec)):
-        summary[f"{name}/final_loss"] = _geomean([_pos(_at(r, "loss", cfg.steps)) for r in runs])
-        summary[f"{name}/loss_at_early_step"] = _geomean([_pos(_at(r, "loss", early)) for r in runs])
+        summary[f"{name}/final_loss"] = geomean([_pos(_at(r, "loss", cfg.steps)) for r in runs])
+        summary[f"{name}/loss_at_early_step"] = geomean([_pos(_at(r, "loss", early)) for r in runs])
         summary[f"{name}/diverged_runs"] = float(sum(not math.isfinite(_at(r, "loss", cfg.steps)) for r in runs))
         for l in (1, 2, 3):
             summary[f"{name}/max_st_A{l}"] = _fmax(v for r in runs for v in r[f"st_A{l}"])
         summary[f"{name}/max_hidden_st"] = _fmax(summary[f"{name}/max_st_A{l}"] for l in (1, 2, 3))
-    summary["early_loss_ratio_gd_over_specgd"] = _geomean(
+    summary["early_loss_ratio_gd_over_specgd"] = geomean(
         [_pos(_at(a, "loss", early)) / _pos(_at(b, "loss", early)) for a, b in zip(gd, spec)])
-    summary["final_loss_ratio_gd_over_specgd"] = _geomean(
+    summary["final_loss_ratio_gd_over_specgd"] = geomean(
         [_pos(_at(a, "loss", cfg.steps)) / _pos(_at(b, "loss", cfg.steps)) for a, b in zip(gd, spec)])
     # the layerwise condition nr(G_l) >= st(A_{l-1}) for the spectral layers, along GD
     init_ratios, fractions = [], []
@@ -950,15 +924,15 @@ def sparse_plot(cfg: SparseRegressionConfig, series: dict, summary: dict, folder
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     colors = {"gd": "C0", "specgd": "C3"}
     for m in ("gd", "specgd"):
-        cur = by_method({k: v for k, v in series.items() if k.rsplit("/seed", 1)[0] == m}, "loss").get(m)
+        cur = curve(series, m, "loss")
         if cur is None:
             continue
         xs, ys = cur
         axes[0].plot(xs, np.exp(np.log(np.maximum(ys, 1e-300)).mean(0)), color=colors[m],
                      label=f"{m} (lr {cfg.specgd_lr if m == 'specgd' else cfg.gd_lr:g})")  # fmt: skip
         for l, ls in ((1, "-"), (2, "--"), (3, ":")):
-            st = by_method({k: v for k, v in series.items() if k.rsplit("/seed", 1)[0] == m}, f"st_A{l}", x="diag_step")[m]
-            nr = by_method({k: v for k, v in series.items() if k.rsplit("/seed", 1)[0] == m}, f"nr_G{l}", x="diag_step")[m]
+            st = curve(series, m, f"st_A{l}", x="diag_step")
+            nr = curve(series, m, f"nr_G{l}", x="diag_step")
             axes[1].plot(st[0], st[1].mean(0), color=colors[m], ls=ls, label=f"{m}: A{l}")
             axes[2].plot(nr[0], nr[1].mean(0), color=colors[m], ls=ls, label=f"{m}: W{l}")
     axes[0].axvline(min(cfg.early_step, cfg.steps), color="gray", ls=":", lw=1)
@@ -972,7 +946,7 @@ def sparse_plot(cfg: SparseRegressionConfig, series: dict, summary: dict, folder
         ax.legend(fontsize=7, ncol=2)
     fig.suptitle(f"y = x1 x2 x3, x in R^{cfg.input_dim}, n = {cfg.samples}, {cfg.input_dim}-{cfg.hidden}-{cfg.hidden}-"
                  f"{cfg.hidden}-1 ReLU^2 net (mean over seeds)", fontsize=11)  # fmt: skip
-    return [_save(fig, folder, "sparse_regression.png")]
+    return [save(fig, folder, "sparse_regression.png")]
 
 
 register(Experiment(
@@ -1052,7 +1026,7 @@ def nr_analyze(cfg: NuclearRankGrowthConfig, series: dict) -> tuple[dict, list[C
     summary: dict[str, float] = {}
     ks, nr0, nr1 = [], [], []
     for k in cfg.dims:
-        runs = _runs(series, f"k{k}")
+        runs = seed_runs(series, f"k{k}")
         if not runs:
             continue
         for r in runs:
@@ -1088,7 +1062,7 @@ def nr_analyze(cfg: NuclearRankGrowthConfig, series: dict) -> tuple[dict, list[C
 def nr_plot(cfg: NuclearRankGrowthConfig, series: dict, summary: dict, folder) -> list[str]:
     fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.2))
     for j, k in enumerate(cfg.dims):
-        cur = by_method({key: v for key, v in series.items() if key.rsplit("/seed", 1)[0] == f"k{k}"}, "nuclear_rank").get(f"k{k}")
+        cur = curve(series, f"k{k}", "nuclear_rank")
         if cur is None:
             continue
         xs, ys = cur
@@ -1112,7 +1086,7 @@ def nr_plot(cfg: NuclearRankGrowthConfig, series: dict, summary: dict, folder) -
     axes[1].set_xlabel("feature dimension k (d = k/2, n = 2k)")
     axes[1].set_ylabel("nr(grad)")
     axes[1].legend(fontsize=8)
-    return [_save(fig, folder, "nuclear_rank_growth.png")]
+    return [save(fig, folder, "nuclear_rank_growth.png")]
 
 
 register(Experiment(
@@ -1167,7 +1141,7 @@ def _add_blocks(mon: SpectralMonitor, model: GPT, cfg: LMSpectraConfig) -> None:
 
 
 def lm_run_seed(cfg: LMSpectraConfig, seed: int, ctx) -> dict:
-    corpus = CharCorpus.default() if cfg.corpus is None else CharCorpus.from_path(cfg.corpus)
+    corpus = load_corpus(cfg.corpus)
     torch.manual_seed(seed)
     model = GPT(GPTConfig(vocab_size=corpus.vocab_size, context=cfg.context, n_layer=cfg.n_layer, n_head=cfg.n_head,
                           n_embd=cfg.n_embd, mlp=cfg.mlp, tied=cfg.tied)).to(ctx.device)  # fmt: skip
@@ -1199,18 +1173,18 @@ def _kind(block: str) -> str:
 
 
 def _blocks(series: dict) -> list[str]:
-    return sorted({k.rsplit("/seed", 1)[0][len("block/"):] for k in series if k.startswith("block/")})
+    return sorted({key_of(k)[len("block/"):] for k in series if k.startswith("block/")})
 
 
 def lm_analyze(cfg: LMSpectraConfig, series: dict) -> tuple[dict, list[Claim]]:
     summary: dict[str, float] = {"tied": float(cfg.tied)}
-    train = _runs(series, "training")
+    train = seed_runs(series, "training")
     if train:
         summary["final_val_loss"] = float(np.mean([r["val_loss"][-1] for r in train]))
         summary["initial_val_loss"] = float(np.mean([r["val_loss"][0] for r in train]))
     post, normed, ratios = [], [], []
     for b in _blocks(series):
-        runs = _runs(series, f"block/{b}")
+        runs = seed_runs(series, f"block/{b}")
         kind = _kind(b)
         st = np.concatenate([np.asarray(r["st_A"], dtype=float) for r in runs])
         nr = np.concatenate([np.asarray(r["nr_G"], dtype=float) for r in runs])
@@ -1265,8 +1239,8 @@ def lm_plot(cfg: LMSpectraConfig, series: dict, summary: dict, folder) -> list[s
         kind = _kind(b)
         if b.endswith("in_up"):
             continue
-        cur = by_method({k: v for k, v in series.items() if k.rsplit("/seed", 1)[0] == f"block/{b}"}, "st_A")[f"block/{b}"]
-        nrc = by_method({k: v for k, v in series.items() if k.rsplit("/seed", 1)[0] == f"block/{b}"}, "nr_G")[f"block/{b}"]
+        cur = curve(series, f"block/{b}", "st_A")
+        nrc = curve(series, f"block/{b}", "nr_G")
         color, ls = styles.get(kind, ("0.5", "-"))
         if kind in act_label:
             axes[0].plot(cur[0], cur[1].mean(0), color=color, ls=ls, lw=1,
@@ -1283,7 +1257,7 @@ def lm_plot(cfg: LMSpectraConfig, series: dict, summary: dict, folder) -> list[s
     for ax in axes[:2]:
         ax.set_xlabel("step")
         ax.legend(fontsize=7)
-    train = by_method({k: v for k, v in series.items() if k.rsplit("/seed", 1)[0] == "training"}, "val_loss").get("training")
+    train = curve(series, "training", "val_loss")
     if train is not None:
         axes[2].plot(train[0], train[1].mean(0), color="C0")
         axes[2].set_xlabel("step")
@@ -1291,7 +1265,7 @@ def lm_plot(cfg: LMSpectraConfig, series: dict, summary: dict, folder) -> list[s
         axes[2].set_title(f"{cfg.optimizer}, lr {cfg.lr:g} (AdamW {cfg.adamw_lr:g})", fontsize=10)
     fig.suptitle(f"tiny GPT {cfg.n_layer}x{cfg.n_embd} on characters: st(A) and nr(G) along training (mean over seeds)",
                  fontsize=11)  # fmt: skip
-    return [_save(fig, folder, "lm_spectra.png")]
+    return [save(fig, folder, "lm_spectra.png")]
 
 
 register(Experiment(

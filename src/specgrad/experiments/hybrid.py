@@ -33,13 +33,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data import CharCorpus
 from ..models import GPT, GPTConfig
 from ..optim import Hybrid
 from .davis_drusvyatskiy import RandomFeaturesConfig, SparseRegressionConfig, random_feature_problem, sparse_problem
-from .plots import by_method, save
+from .plots import save
 from .registry import Claim, Experiment, register
-from .training import lm_optimizer, train_lm
+from .series import by_method, seed_runs
+from .training import lm_optimizer, load_corpus, train_lm
 
 TASKS = ("relu-features", "swiglu-features", "sparse-regression", "char-lm")
 METHODS = ("euclidean", "spectral", "hybrid")
@@ -157,13 +157,9 @@ def _sparse(cfg: HybridConfig, method: str, lr: float, seed: int, advance) -> tu
     return _full_batch(opt, lambda: 0.5 * (net(x) - y).square().mean(), cfg.sr_steps, advance)
 
 
-def _corpus(cfg: HybridConfig) -> CharCorpus:
-    return CharCorpus.default() if cfg.corpus is None else CharCorpus.from_path(cfg.corpus)
-
-
 def _char_lm(cfg: HybridConfig, method: str, lr: float, adamw_lr: float, iters: int, seed: int,
              ctx) -> tuple[dict, dict]:  # fmt: skip
-    corpus = _corpus(cfg)
+    corpus = load_corpus(cfg.corpus)
     torch.manual_seed(seed)
     conf = GPTConfig(vocab_size=corpus.vocab_size, context=cfg.lm_context, n_layer=cfg.lm_layers,
                      n_head=cfg.lm_heads, n_embd=cfg.lm_width)  # fmt: skip
@@ -239,7 +235,7 @@ def _finals(series: dict, task: str) -> dict[str, np.ndarray]:
     """Final loss per seed of each method (paired by seed: same data and init)."""
     out = {}
     for method in METHODS:
-        runs = [v for k, v in sorted(series.items()) if k.startswith(f"{task}/{method}/seed")]
+        runs = seed_runs(series, f"{task}/{method}")
         if runs:
             out[method] = np.array([_final(r) for r in runs])
     return out

@@ -54,6 +54,7 @@ from ..theory import imbalanced as th
 from .classification import per_class_accuracy, per_class_loss
 from .plots import save
 from .registry import Claim, Experiment, register
+from .series import finite_mean, seed_runs
 
 LINEAR_METHODS = ("gd", "ngd", "specgd")
 CE_METHODS = ("gd", "ngd", "sign", "specgd", "muon", "adam")
@@ -232,14 +233,6 @@ def gmm_run_seed(cfg: GMMConfig, seed: int, ctx) -> dict:
     return out
 
 
-def _runs(series: dict, key: str) -> list[dict]:
-    return [v for k, v in sorted(series.items()) if k.rsplit("/seed", 1)[0] == key]
-
-
-def _mean(values) -> float:
-    values = [v for v in values if v is not None and math.isfinite(v)]
-    return float(np.mean(values)) if values else math.nan
-
 
 def _diag(run: dict, k: int) -> np.ndarray:
     return np.stack([np.asarray(run[f"w{c}"], dtype=float) for c in range(k)], 1)
@@ -266,12 +259,12 @@ def gmm_analyze(cfg: GMMConfig, series: dict) -> tuple[dict, list[Claim]]:
     claims: list[Claim] = []
     # (a) closed forms against the simulated population trajectories
     errs = {"gd": [], "gd_flow": [], "specgd": [], "specgd_ramp_spread": []}
-    for run in _runs(series, "linear/gd"):
+    for run in seed_runs(series, "linear/gd"):
         W = _diag(run, k)
         errs["gd"].append(float(np.abs(W - th.gd_diagonal(mix, cfg.lin_gd_lr, steps)).max()))
         gap = np.abs(W - th.gd_diagonal(mix, cfg.lin_gd_lr, steps, discrete=False))
         errs["gd_flow"].append(float((gap / th.gd_flow_gap_bound(mix, cfg.lin_gd_lr)).max()))
-    for run in _runs(series, "linear/specgd"):
+    for run in seed_runs(series, "linear/specgd"):
         W = _diag(run, k)
         errs["specgd"].append(float(np.abs(W - th.specgd_diagonal(mix, cfg.lin_specgd_lr, steps)).max()))
         ramp = int(np.floor(float(mix.target.min()) / cfg.lin_specgd_lr))  # every class still below target
@@ -282,7 +275,7 @@ def gmm_analyze(cfg: GMMConfig, series: dict) -> tuple[dict, list[Claim]]:
     summary["lin/specgd_ramp_max_spread"] = max(errs["specgd_ramp_spread"])
     for c in range(k):
         summary[f"lin/target_w{c}"] = float(mix.target[c])
-    pop = {m: _runs(series, f"linear/{m}")[0] for m in LINEAR_METHODS}
+    pop = {m: seed_runs(series, f"linear/{m}")[0] for m in LINEAR_METHODS}
     bal = {m: np.asarray(r["bal_acc"], dtype=float) for m, r in pop.items()}
     summary["lin/optimum_bal_acc"] = float(th.population_class_accuracy(mix.target, mix).mean())
     for m in LINEAR_METHODS:
@@ -294,7 +287,7 @@ def gmm_analyze(cfg: GMMConfig, series: dict) -> tuple[dict, list[Claim]]:
     summary["lin/specgd_minus_gd_bal_acc_min_during_ramp"] = float((bal["specgd"][early] - bal["gd"][early]).min())
     summary["lin/specgd_minus_ngd_bal_acc_min_during_ramp"] = float((bal["specgd"][early] - bal["ngd"][early]).min())
     for m in LINEAR_METHODS:
-        runs = _runs(series, f"linear-sample/{m}")
+        runs = seed_runs(series, f"linear-sample/{m}")
         if runs:
             Wp = _diag(pop[m], k)
             summary[f"lin-sample/{m}/max_abs_diag_diff_vs_population"] = float(
@@ -318,29 +311,29 @@ def gmm_analyze(cfg: GMMConfig, series: dict) -> tuple[dict, list[Claim]]:
 
     # (b) cross-entropy
     for m in cfg.methods:
-        runs = _runs(series, f"ce/{m}")
+        runs = seed_runs(series, f"ce/{m}")
         if not runs:
             continue
         es = [early_stopped(r) for r in runs]
         summary[f"ce/{m}/lr"] = float(runs[0]["lr"][0])
         grid = cfg.lr_grid(m)
         summary[f"ce/{m}/lr_at_grid_edge"] = float(runs[0]["lr"][0] in (min(grid), max(grid)))
-        summary[f"ce/{m}/early_stopped_bal_acc"] = _mean([b for _, b in es])
-        summary[f"ce/{m}/early_stop_step"] = _mean([s for s, _ in es])
-        summary[f"ce/{m}/oracle_bal_acc"] = _mean([float(np.nanmax(_values(r, "bal_acc"))) for r in runs])
-        summary[f"ce/{m}/oracle_worst_acc"] = _mean([float(np.nanmax(_values(r, "worst_acc"))) for r in runs])
-        summary[f"ce/{m}/final_bal_acc"] = _mean([_values(r, "bal_acc")[-1] for r in runs])
-        summary[f"ce/{m}/final_worst_acc"] = _mean([_values(r, "worst_acc")[-1] for r in runs])
-        summary[f"ce/{m}/final_minority_loss"] = _mean([_values(r, "minority_loss")[-1] for r in runs])
-        summary[f"ce/{m}/min_minority_loss"] = _mean([float(np.nanmin(_values(r, "minority_loss"))) for r in runs])
-        summary[f"ce/{m}/early_stopped_minority_acc"] = _mean(
+        summary[f"ce/{m}/early_stopped_bal_acc"] = finite_mean([b for _, b in es])
+        summary[f"ce/{m}/early_stop_step"] = finite_mean([s for s, _ in es])
+        summary[f"ce/{m}/oracle_bal_acc"] = finite_mean([float(np.nanmax(_values(r, "bal_acc"))) for r in runs])
+        summary[f"ce/{m}/oracle_worst_acc"] = finite_mean([float(np.nanmax(_values(r, "worst_acc"))) for r in runs])
+        summary[f"ce/{m}/final_bal_acc"] = finite_mean([_values(r, "bal_acc")[-1] for r in runs])
+        summary[f"ce/{m}/final_worst_acc"] = finite_mean([_values(r, "worst_acc")[-1] for r in runs])
+        summary[f"ce/{m}/final_minority_loss"] = finite_mean([_values(r, "minority_loss")[-1] for r in runs])
+        summary[f"ce/{m}/min_minority_loss"] = finite_mean([float(np.nanmin(_values(r, "minority_loss"))) for r in runs])
+        summary[f"ce/{m}/early_stopped_minority_acc"] = finite_mean(
             [_values(r, "minority_acc")[int(s)] for r, (s, _) in zip(runs, es)])  # fmt: skip
-        summary[f"ce/{m}/early_stopped_worst_acc"] = _mean(
+        summary[f"ce/{m}/early_stopped_worst_acc"] = finite_mean(
             [_values(r, "worst_acc")[int(s)] for r, (s, _) in zip(runs, es)])  # fmt: skip
-    ref = _runs(series, "ce-reference/balanced-bayes")
+    ref = seed_runs(series, "ce-reference/balanced-bayes")
     if ref:
-        summary["ce/balanced_bayes_bal_acc"] = _mean([r["bal_acc"][0] for r in ref])
-        summary["ce/balanced_bayes_worst_acc"] = _mean([r["worst_acc"][0] for r in ref])
+        summary["ce/balanced_bayes_bal_acc"] = finite_mean([r["bal_acc"][0] for r in ref])
+        summary["ce/balanced_bayes_worst_acc"] = finite_mean([r["worst_acc"][0] for r in ref])
     summary["ce/lrs_at_grid_edge"] = sum(v for k_, v in summary.items() if k_.endswith("/lr_at_grid_edge"))
     eu = [m for m in EUCLIDEAN if f"ce/{m}/oracle_bal_acc" in summary]
     if "specgd" in cfg.methods and eu:
@@ -373,13 +366,13 @@ def gmm_plot(cfg: GMMConfig, series: dict, summary: dict, folder) -> list[str]:
     closed = {"gd": th.gd_diagonal(mix, cfg.lin_gd_lr, steps, discrete=False),
               "specgd": th.specgd_diagonal(mix, cfg.lin_specgd_lr, steps, discrete=False)}  # fmt: skip
     for ax, m in zip(axes[:3], LINEAR_METHODS):
-        run = _runs(series, f"linear/{m}")[0]
+        run = seed_runs(series, f"linear/{m}")[0]
         W = _diag(run, k)
         for c in range(k):
             ax.plot(steps, W[:, c], color=f"C{c}", label=f"class {c} (p={float(mix.priors[c]):.2g})")
             if m in closed:
                 ax.plot(steps, closed[m][:, c], color="k", ls=":", lw=1)
-            sample = _runs(series, f"linear-sample/{m}")
+            sample = seed_runs(series, f"linear-sample/{m}")
             if sample:
                 ax.plot(steps, _diag(sample[0], k)[:, c], color=f"C{c}", ls="--", lw=0.8, alpha=0.7)
             ax.axhline(float(mix.target[c]), color=f"C{c}", ls="-", lw=0.5, alpha=0.4)
@@ -388,10 +381,10 @@ def gmm_plot(cfg: GMMConfig, series: dict, summary: dict, folder) -> list[str]:
         ax.legend(fontsize=7, loc="lower right")
     axes[0].set_ylabel("W[c, c]  (dashed: sample gradient)")
     for m in LINEAR_METHODS:
-        run = _runs(series, f"linear/{m}")[0]
+        run = seed_runs(series, f"linear/{m}")[0]
         axes[3].plot(steps, run["bal_acc"], color=COLORS[m], label=m)
     axes[3].axhline(summary["lin/optimum_bal_acc"], color="gray", ls=":", lw=1, label="population optimum")
-    low = min(min(_runs(series, f"linear/{m}")[0]["bal_acc"][1:]) for m in LINEAR_METHODS)
+    low = min(min(seed_runs(series, f"linear/{m}")[0]["bal_acc"][1:]) for m in LINEAR_METHODS)
     axes[3].set_ylim(low - 0.01, summary["lin/specgd/max_bal_acc"] + 0.01)  # step 0 (W = 0) is chance, 1/k
     axes[3].set_xlabel("step")
     axes[3].set_ylabel("population balanced accuracy")
@@ -403,7 +396,7 @@ def gmm_plot(cfg: GMMConfig, series: dict, summary: dict, folder) -> list[str]:
                                  ("test balanced accuracy", "test worst-class accuracy",
                                   "test loss of the rarest class")):  # fmt: skip
         for m in cfg.methods:
-            runs = _runs(series, f"ce/{m}")
+            runs = seed_runs(series, f"ce/{m}")
             if not runs:
                 continue
             ys = np.stack([np.asarray(r[metric], dtype=float) for r in runs])
@@ -521,7 +514,7 @@ def depth_analyze(cfg: DepthConfig, series: dict) -> tuple[dict, list[Claim]]:
         summary[f"{name}/gd_ratio_over_sqrt_prior_ratio_L1"] = (
             float(mix.s_xx.max() / mix.s_xx.min()) / math.sqrt(float(mix.priors.max() / mix.priors.min())))
         for L in cfg.depths:
-            runs = {m: _runs(series, f"{m}/{name}/L{L}") for m in th.DEEP_METHODS}
+            runs = {m: seed_runs(series, f"{m}/{name}/L{L}") for m in th.DEEP_METHODS}
             if not all(runs.values()):
                 continue
             spec, gd = runs["specgd"][0], runs["gd"][0]
@@ -595,7 +588,7 @@ def depth_plot(cfg: DepthConfig, series: dict, summary: dict, folder) -> list[st
     for j, L in enumerate(cfg.depths):
         for i, m in enumerate(th.DEEP_METHODS):
             ax = axes[i, j]
-            runs = _runs(series, f"{m}/{main}/L{L}")
+            runs = seed_runs(series, f"{m}/{main}/L{L}")
             if not runs:
                 continue
             run = runs[0]

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import math
 import re
-import time
 from dataclasses import dataclass
 from typing import Optional
 
@@ -48,8 +47,9 @@ from ..data.text import token_frequency_buckets, zipf_corpus, zipf_entropy_rate
 from ..models import GPT, GPTConfig
 from ..optim import Muon, Shampoo, SpecGD, split_params
 from .classification import balanced_accuracy, group_accuracy, per_class_accuracy, shot_groups
-from .plots import by_method, save
+from .plots import save
 from .registry import Claim, Experiment, register
+from .series import curve, finite_mean, geomean, seed_runs
 from .training import lm_optimizer, train_lm
 
 CLS_METHODS = ("sgd", "adamw", "muon", "shampoo", "specgd")
@@ -299,9 +299,6 @@ def run_seed(cfg: LongTailConfig, seed: int, ctx) -> dict:
     return out
 
 
-def _runs(series: dict, key: str) -> list[dict]:
-    return [v for k, v in sorted(series.items()) if k.rsplit("/seed", 1)[0] == key]
-
 
 def epochs_to_target(curve, target: float) -> float:
     """First epoch (index) with ``curve >= target``; ``len(curve)`` (censored) if never."""
@@ -309,17 +306,6 @@ def epochs_to_target(curve, target: float) -> float:
     hit = np.flatnonzero(np.isfinite(c) & (c >= target))
     return float(hit[0]) if hit.size else float(c.size)
 
-
-def _nanmean(values) -> float:
-    v = np.asarray([x for x in values if x is not None], dtype=float)
-    v = v[np.isfinite(v)]
-    return float(v.mean()) if v.size else math.nan
-
-
-def _geomean(values) -> float:
-    v = np.asarray(values, dtype=float)
-    v = v[np.isfinite(v) & (v > 0)]
-    return float(np.exp(np.log(v).mean())) if v.size else math.nan
 
 
 def analyze(cfg: LongTailConfig, series: dict) -> tuple[dict, list[Claim]]:
@@ -335,14 +321,14 @@ def analyze(cfg: LongTailConfig, series: dict) -> tuple[dict, list[Claim]]:
     few_gain: dict[str, list[float]] = {m: [] for m in cfg.methods}
     bal_gain: dict[str, list[float]] = {m: [] for m in cfg.methods}
     for cell in cells(cfg):
-        sgd_runs = _runs(series, f"sgd/{cell.name}")
+        sgd_runs = seed_runs(series, f"sgd/{cell.name}")
         if not sgd_runs:
             continue
         sgd_curve = np.nanmean([np.asarray(r["test_bal_acc"], dtype=float) for r in sgd_runs], 0)
         target = cfg.target_fraction * float(np.nanmax(sgd_curve))
         summary[f"{cell.name}/target"] = target
         for method in cfg.methods:
-            runs = _runs(series, f"{method}/{cell.name}")
+            runs = seed_runs(series, f"{method}/{cell.name}")
             if not runs:
                 continue
             key = f"{method}/{cell.name}"
@@ -353,9 +339,9 @@ def analyze(cfg: LongTailConfig, series: dict) -> tuple[dict, list[Claim]]:
             summary[f"{key}/epochs_to_target"] = float(np.median(hits))
             for metric in ("bal_acc", "worst_acc", "many_acc", "medium_acc", "few_acc"):
                 vals = [np.asarray(r[f"test_{metric}"], dtype=float) for r in runs]
-                summary[f"{key}/early_{metric}"] = _nanmean([v[early] for v in vals])
-                summary[f"{key}/final_{metric}"] = _nanmean([v[-1] for v in vals])
-                summary[f"{key}/best_{metric}"] = _nanmean([np.nanmax(v) if np.isfinite(v).any() else math.nan
+                summary[f"{key}/early_{metric}"] = finite_mean([v[early] for v in vals])
+                summary[f"{key}/final_{metric}"] = finite_mean([v[-1] for v in vals])
+                summary[f"{key}/best_{metric}"] = finite_mean([np.nanmax(v) if np.isfinite(v).any() else math.nan
                                                              for v in vals])  # fmt: skip
         sgd_e = summary[f"sgd/{cell.name}/epochs_to_target"]
         for method in cfg.methods:
@@ -370,15 +356,15 @@ def analyze(cfg: LongTailConfig, series: dict) -> tuple[dict, list[Claim]]:
             bal_gain[method].append(summary[f"{key}/early_bal_acc"] - summary[f"sgd/{cell.name}/early_bal_acc"])
     for method in cfg.methods:
         if speedups[method]:
-            summary[f"{method}/geomean_speedup_vs_sgd"] = _geomean(speedups[method])
+            summary[f"{method}/geomean_speedup_vs_sgd"] = geomean(speedups[method])
             summary[f"{method}/fraction_cells_earlier_than_sgd"] = float(np.mean(wins[method]))
-            summary[f"{method}/early_few_acc_gain_vs_sgd"] = _nanmean(few_gain[method])
-            summary[f"{method}/early_bal_acc_gain_vs_sgd"] = _nanmean(bal_gain[method])
+            summary[f"{method}/early_few_acc_gain_vs_sgd"] = finite_mean(few_gain[method])
+            summary[f"{method}/early_bal_acc_gain_vs_sgd"] = finite_mean(bal_gain[method])
         for depth in cfg.depths:
             vals = [summary.get(f"{method}/{c.name}/speedup_vs_sgd") for c in cells(cfg) if c.depth == depth]
             vals = [v for v in vals if v is not None]
             if vals:
-                summary[f"{method}/depth{depth}/geomean_speedup_vs_sgd"] = _geomean(vals)
+                summary[f"{method}/depth{depth}/geomean_speedup_vs_sgd"] = geomean(vals)
 
     claims: list[Claim] = []
     if "sgd" not in cfg.methods:
@@ -415,8 +401,7 @@ def _metric_grid(cfg, series, summary, metric: str, ylabel: str, folder, name: s
     fig, axes = _grid(len(cs))
     for ax, cell in zip(axes, cs):
         for method in cfg.methods:
-            cur = by_method({k: v for k, v in series.items() if k.rsplit("/seed", 1)[0] == f"{method}/{cell.name}"},
-                            metric, x="epoch").get(f"{method}/{cell.name}")  # fmt: skip
+            cur = curve(series, f"{method}/{cell.name}", metric, x="epoch")
             if cur is None:
                 continue
             xs, ys = cur
@@ -457,8 +442,8 @@ def plot(cfg: LongTailConfig, series: dict, summary: dict, folder) -> list[str]:
     axes[0].legend(fontsize=7)
     groups = ("many_acc", "medium_acc", "few_acc")
     for j, method in enumerate(cfg.methods):
-        vals = [_nanmean([summary.get(f"{method}/{c.name}/early_{g}") for c in cs]) for g in groups]
-        finals = [_nanmean([summary.get(f"{method}/{c.name}/final_{g}") for c in cs]) for g in groups]
+        vals = [finite_mean([summary.get(f"{method}/{c.name}/early_{g}") for c in cs]) for g in groups]
+        finals = [finite_mean([summary.get(f"{method}/{c.name}/final_{g}") for c in cs]) for g in groups]
         axes[1].bar(np.arange(3) + j * width, vals, width, color=COLORS.get(method), label=method)
         axes[1].scatter(np.arange(3) + j * width, finals, color="k", marker="_", s=60, zorder=3)
     axes[1].set_xticks(np.arange(3) + 0.4 - width / 2, ["many-shot", "medium", "few-shot"])
@@ -702,7 +687,7 @@ def _early_index(steps, cfg: LongTailTokensConfig) -> int:
 
 def _stack(runs: list[dict], metric: str, n: int) -> np.ndarray:
     """``(seeds, n)`` floats of ``metric``, cut to the ``n`` evaluations every seed has (a
-    diverged run stops early), as :func:`~specgrad.experiments.plots.by_method` does."""
+    diverged run stops early), as :func:`~specgrad.experiments.series.by_method` does."""
     return np.asarray([r[metric][:n] for r in runs], dtype=float)
 
 
@@ -712,8 +697,7 @@ def token_analyze(cfg: LongTailTokensConfig, series: dict) -> tuple[dict, list[C
     at most the highest of the methods' early validation losses."""
     rate = zipf_entropy_rate(cfg.vocab_size, cfg.exponent, n_clusters=cfg.n_clusters, coherence=cfg.coherence)
     summary: dict[str, float] = {"entropy_rate": rate}
-    curves = {m: by_method({k: v for k, v in series.items() if k.startswith(f"{m}/seed")}, "val_loss").get(m)
-              for m in cfg.methods}  # fmt: skip
+    curves = {m: curve(series, m, "val_loss") for m in cfg.methods}
     curves = {m: c for m, c in curves.items() if c is not None}
     if not curves:
         return summary, []
@@ -723,7 +707,7 @@ def token_analyze(cfg: LongTailTokensConfig, series: dict) -> tuple[dict, list[C
     matched = max(float(np.nanmean(c[1][:, early])) for c in curves.values())
     summary["matched_val_loss"] = matched
     for m, (xs, ys) in curves.items():
-        runs = _runs(series, m)
+        runs = seed_runs(series, m)
         summary[f"{m}/lr"] = float(runs[0]["lr"][0])
         summary[f"{m}/early_val_loss"] = float(np.nanmean(ys[:, early]))
         summary[f"{m}/final_val_loss"] = float(np.nanmean(ys[:, -1]))
@@ -783,9 +767,8 @@ def token_plot(cfg: LongTailTokensConfig, series: dict, summary: dict, folder) -
     cmap = plt.get_cmap("viridis")
     top = 0.0
     for ax, m in zip(axes, methods):
-        sub = {k: v for k, v in series.items() if k.startswith(f"{m}/seed")}
         for b in range(cfg.n_buckets):
-            cur = by_method(sub, f"bucket{b}_loss").get(m)
+            cur = curve(series, m, f"bucket{b}_loss")
             if cur is None or not np.isfinite(cur[1]).any():
                 continue
             with np.errstate(all="ignore"):
@@ -802,8 +785,7 @@ def token_plot(cfg: LongTailTokensConfig, series: dict, summary: dict, folder) -
     for ax, metric, label in ((axes[-2], "excess_spread", "spread of bucket losses above Bayes\n(max - min, nats)"),
                               (axes[-1], "loss_rel_spread", "(max - min) / mean of bucket losses")):
         for m in methods:
-            sub = {k: v for k, v in series.items() if k.startswith(f"{m}/seed")}
-            cur = by_method(sub, metric).get(m)
+            cur = curve(series, m, metric)
             if cur is not None:
                 ax.plot(cur[0], np.nanmean(cur[1], 0), color=TOKEN_COLORS.get(m), label=m)
                 if cur[1].shape[0] > 1:

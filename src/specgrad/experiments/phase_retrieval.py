@@ -36,8 +36,9 @@ from ..theory.phase_retrieval import (
     spiked_problem,
     train,
 )
-from .plots import by_method, save
+from .plots import save
 from .registry import Claim, Experiment, register
+from .series import curve, finite_mean, geomean, seed_runs
 
 METHODS = ("gd", "specgd", "muon")
 COLORS = {"gd": "C0", "specgd": "C3", "muon": "C2"}
@@ -201,20 +202,6 @@ def run_seed(cfg: PhaseRetrievalConfig, seed: int, ctx) -> dict:
     return out
 
 
-def _runs(series: dict, key: str) -> list[dict]:
-    """Every seed of ``"<method>/<condition>"``."""
-    return [v for k, v in sorted(series.items()) if k.rsplit("/seed", 1)[0] == key]
-
-
-def _mean(values) -> float:
-    values = [v for v in values if v is not None and math.isfinite(v)]
-    return float(np.mean(values)) if values else math.nan
-
-
-def _geomean(values) -> float:
-    values = [v for v in values if v is not None and math.isfinite(v) and v > 0]
-    return float(np.exp(np.mean(np.log(values)))) if values else math.nan
-
 
 def _spearman(x, y) -> float:
     rx, ry = np.argsort(np.argsort(x)).astype(float), np.argsort(np.argsort(y)).astype(float)
@@ -232,19 +219,19 @@ def _run_summary(cfg: PhaseRetrievalConfig, cond: Condition, method: str, runs: 
     """One ``method/condition`` over its seeds: steps to alignment as the median (runs that
     never stay aligned are censored at ``steps + 1``, so their mean is not a step count; the
     mean is kept as ``steps_to_align_mean``), ratios as geometric means, the rest as means."""
-    last = {m: _mean([float(np.asarray(r[m], dtype=float)[-1]) for r in runs])
+    last = {m: finite_mean([float(np.asarray(r[m], dtype=float)[-1]) for r in runs])
             for m in ("alignment", "loss", "b", "c")}  # fmt: skip
     lr = float(runs[0]["lr"][0])
     out = {
         "lr": lr,
         "lr_at_grid_top": float(lr >= max(cfg.lr_grid(method, cond.m)) * (1 - 1e-12)),
         "steps_to_align": _median([steps_to_stable(r["alignment"], cfg.target) for r in runs]),
-        "steps_to_align_mean": _mean([steps_to_stable(r["alignment"], cfg.target) for r in runs]),
+        "steps_to_align_mean": finite_mean([steps_to_stable(r["alignment"], cfg.target) for r in runs]),
         "first_hit_align": _median([steps_to_first(r["alignment"], cfg.target) for r in runs]),
-        "spike_amplification": _geomean([spike_amplification(r["a"], r["b"]) for r in runs]),
-        "peak_spike_to_signal": _geomean([peak_spike_to_signal(r["a"], r["b"]) for r in runs]),
-        "peak_bulk": _mean([float(np.nanmax(np.asarray(r["c"], dtype=float))) for r in runs]),
-        "min_alignment": _mean([float(np.nanmin(np.asarray(r["alignment"], dtype=float))) for r in runs]),
+        "spike_amplification": geomean([spike_amplification(r["a"], r["b"]) for r in runs]),
+        "peak_spike_to_signal": geomean([peak_spike_to_signal(r["a"], r["b"]) for r in runs]),
+        "peak_bulk": finite_mean([float(np.nanmax(np.asarray(r["c"], dtype=float))) for r in runs]),
+        "min_alignment": finite_mean([float(np.nanmin(np.asarray(r["alignment"], dtype=float))) for r in runs]),
         "final_alignment": last["alignment"], "final_loss": last["loss"],
         "final_spike": last["b"], "final_bulk": last["c"],
     }  # fmt: skip
@@ -253,7 +240,7 @@ def _run_summary(cfg: PhaseRetrievalConfig, cond: Condition, method: str, runs: 
         meas = [early_growth(r["a"], r["b"], cfg.early_steps) for r in runs]
         for part in ("signal", "spike", "ratio"):
             out[f"early_{part}_growth_predicted"] = pred[part]
-            out[f"early_{part}_growth_measured"] = _mean([g[part] for g in meas])
+            out[f"early_{part}_growth_measured"] = finite_mean([g[part] for g in meas])
         out["early_ratio_growth_rel_error"] = max(abs(g["ratio"] / pred["ratio"] - 1) for g in meas)
         out["lr_over_stability_limit"] = lr / gd_stability_limit(make_problem(cfg, cond), cond.m)
     return out
@@ -265,7 +252,7 @@ def analyze(cfg: PhaseRetrievalConfig, series: dict) -> tuple[dict, list[Claim]]
     for cond in conds:
         for method in cfg.methods:
             key = f"{method}/{cond.name}"
-            runs = _runs(series, key)
+            runs = seed_runs(series, key)
             if runs:
                 for name, value in _run_summary(cfg, cond, method, runs).items():
                     summary[f"{key}/{name}"] = value
@@ -314,10 +301,6 @@ def analyze(cfg: PhaseRetrievalConfig, series: dict) -> tuple[dict, list[Claim]]
     return summary, claims
 
 
-def _curves(series: dict, key: str, metric: str):
-    """``(steps, values (seeds, len))`` of one ``method/condition``, or ``None``."""
-    return by_method({k: v for k, v in series.items() if k.rsplit("/seed", 1)[0] == key}, metric).get(key)
-
 
 def _band(ax, xs, ys, color, label, ls="-"):
     with warnings.catch_warnings():  # steps where every seed diverged are all-NaN: leave them blank
@@ -341,7 +324,7 @@ def plot(cfg: PhaseRetrievalConfig, series: dict, summary: dict, folder) -> list
     xmax = _xmax(cfg, summary, [top])
     for ax, method in zip(axes, ("specgd", "gd")):
         for metric, color, label in (("a", "C3", "a_k signal"), ("b", "C1", "b_k spike"), ("c", "C7", "c_k bulk")):
-            cur = _curves(series, f"{method}/{top}", metric)
+            cur = curve(series, f"{method}/{top}", metric)
             if cur is not None:
                 _band(ax, cur[0][: xmax + 1], cur[1][:, : xmax + 1], color, label)
         lr = summary.get(f"{method}/{top}/lr", math.nan)
@@ -368,7 +351,7 @@ def plot(cfg: PhaseRetrievalConfig, series: dict, summary: dict, folder) -> list
         for method in cfg.methods:
             xs, mid, lo, hi = [], [], [], []
             for x, name in points:
-                vals = [steps_to_stable(r["alignment"], cfg.target) for r in _runs(series, f"{method}/{name}")]
+                vals = [steps_to_stable(r["alignment"], cfg.target) for r in seed_runs(series, f"{method}/{name}")]
                 if vals:
                     xs.append(x)
                     mid.append(np.median(vals))
@@ -403,7 +386,7 @@ def plot(cfg: PhaseRetrievalConfig, series: dict, summary: dict, folder) -> list
     for ax, name in zip(np.atleast_1d(axes), panels):
         xmax = _xmax(cfg, summary, [name])
         for method in cfg.methods:
-            cur = _curves(series, f"{method}/{name}", "alignment")
+            cur = curve(series, f"{method}/{name}", "alignment")
             if cur is not None:
                 _band(ax, cur[0][: xmax + 1], cur[1][:, : xmax + 1], COLORS.get(method), method)
         ax.axhline(cfg.target, color="gray", ls=":", lw=1)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-from collections import defaultdict
 from pathlib import Path
 
 import matplotlib
@@ -12,20 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-
-def by_method(series: dict, metric: str, x: str = "step") -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """``{"<method>/seed<k>": {...}}`` -> ``{method: (x, values (seeds, len))}``, truncated to
-    the shortest seed so that runs stopped early still stack."""
-    groups = defaultdict(list)
-    for key, metrics in series.items():
-        method = re.sub(r"/seed\d+$", "", key)
-        if metric in metrics:
-            groups[method].append((np.asarray(metrics[x], dtype=float), np.asarray(metrics[metric], dtype=float)))
-    out = {}
-    for method, runs in groups.items():
-        n = min(len(v) for _, v in runs)
-        out[method] = (runs[0][0][:n], np.stack([v[:n] for _, v in runs]))
-    return out
+from .series import by_method  # noqa: E402
 
 
 def band_plot(ax, series: dict, metric: str, x: str = "step", methods=None, log: bool = False) -> None:
@@ -45,7 +30,16 @@ def band_plot(ax, series: dict, metric: str, x: str = "step", methods=None, log:
 
 
 def save(fig, folder: Path, name: str) -> str:
+    """Write ``fig`` as ``folder/name`` (a PNG) and close it; a busy figure is redrawn with
+    an adaptive 256-color palette, which keeps it well under 200 KB."""
     fig.tight_layout()
-    fig.savefig(Path(folder) / name, dpi=110)
+    path = Path(folder) / name
+    fig.savefig(path, dpi=110)
     plt.close(fig)
+    if path.stat().st_size > 120_000:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            small = im.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT)
+        small.save(path, optimize=True)
     return name

@@ -15,6 +15,12 @@ from ..optim import Muon, SpecGD, split_params
 LM_METHODS = ("adamw", "muon", "specgd")
 
 
+def load_corpus(path: Optional[str]) -> CharCorpus:
+    """The text file at ``path``, or the embedded standard-library corpus when ``None``
+    (the ``corpus`` setting of every language-model experiment)."""
+    return CharCorpus.default() if path is None else CharCorpus.from_path(path)
+
+
 def warmup_cosine(step: int, total: int, warmup: int, floor: float = 0.1) -> float:
     """LR multiplier: linear warmup over ``warmup`` steps, then cosine decay to ``floor``
     at ``total`` (nanoGPT's schedule, ``min_lr = lr / 10``)."""
