@@ -1,20 +1,24 @@
 """One optimizer step on the parameter set of a GPT, timed against baselines of the same run.
 
 For a GPT of ``L`` layers and width ``d`` (q, k, v, o: ``d x d``; MLP in ``4d x d`` and out
-``d x 4d``; token and position embeddings; norms), it times ``step()`` of our ``Muon`` with
-each orthogonalizer, ``torch.optim.Muon`` (bfloat16 Newton-Schulz, per matrix) and
-``torch.optim.AdamW``, plus the Muon of ``pytorch-optimizer`` and ``heavyball`` when they are
-installed (``pip install -e .[bench]``). Gradients are fixed random tensors with a decaying
-spectrum (singular values ``~ 1/sqrt(i)``, like momentum gradients), so every optimizer
-sees the same input. Times are medians over repeats; ratios are to ``torch.optim.Muon``
-measured in the same run, because the machine is shared and noisy.
+``d x 4d``; token and position embeddings; norms), it times ``step()`` on the hidden
+matrices of our ``Muon`` with each orthogonalizer and with :data:`specgrad.optim.FAST`,
+``torch.optim.Muon`` (bfloat16 Newton-Schulz, per matrix) and ``torch.optim.AdamW``, plus
+the Muon of ``pytorch-optimizer`` and ``heavyball`` when they are installed
+(``pip install -e .[bench]``); then the whole parameter set: our ``Muon`` with its AdamW
+rule against ``torch.optim.Muon`` plus ``torch.optim.AdamW``. Gradients are fixed random
+tensors with a decaying spectrum (singular values ``~ 1/sqrt(i)``, like momentum
+gradients), so every optimizer sees the same input. Times are medians over interleaved
+rounds; ratios are to ``torch.optim.Muon`` measured in the same run, because the machine
+is shared and noisy.
 
-The ``orth err`` column is the orthogonality error of the orthogonalizer on the hidden
-matrices of that run, ``median over matrices of max_i |sigma_i - 1|`` restricted to singular
-values above ``1e-3 sigma_max`` (below that no 5-step method promises anything).
+The ``orth err`` columns are the orthogonality error of each row's orthogonalizer,
+``median over matrices of max_i |sigma_i - 1|`` restricted to singular values above
+``1e-3 sigma_max`` (below that no 5-step method promises anything): on the benchmark's
+gradients (``1/sqrt(i)``) and on a steeper spectrum (``1/i``, down to ``1/width``).
 
     python benchmarks/optimizer_step.py            # 6x384 and 12x768
-    python benchmarks/optimizer_step.py --quick    # 6x384 only, fewer repeats
+    python benchmarks/optimizer_step.py --quick    # 6x384 only, fewer rounds
 """
 
 from __future__ import annotations
@@ -28,8 +32,16 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from specgrad.linalg import orthogonalize
-from specgrad.optim import Muon
+from specgrad.optim import FAST, Muon
+from specgrad.optim.transforms import orthogonalize_many
+
+
+def spectrum_grad(m: int, n: int, power: float, g: torch.Generator) -> torch.Tensor:
+    """An ``m x n`` matrix with random singular vectors and singular values ``i^-power``."""
+    k = min(m, n)
+    U = torch.linalg.qr(torch.randn(m, k, generator=g))[0]
+    V = torch.linalg.qr(torch.randn(n, k, generator=g))[0]
+    return (U * torch.arange(1, k + 1).float().pow(-power)) @ V.T
 
 
 def gpt_params(layers: int, width: int, vocab: int = 8192, context: int = 1024, seed: int = 0):
@@ -38,14 +50,7 @@ def gpt_params(layers: int, width: int, vocab: int = 8192, context: int = 1024, 
 
     def param(*shape):
         p = torch.nn.Parameter(torch.randn(*shape, generator=g) * 0.02)
-        if len(shape) == 2:
-            m, n = shape
-            k = min(m, n)
-            U = torch.linalg.qr(torch.randn(m, k, generator=g))[0]
-            V = torch.linalg.qr(torch.randn(n, k, generator=g))[0]
-            p.grad = (U * torch.arange(1, k + 1).float().rsqrt()) @ V.T
-        else:
-            p.grad = torch.randn(*shape, generator=g)
+        p.grad = spectrum_grad(*shape, 0.5, g) if len(shape) == 2 else torch.randn(*shape, generator=g)
         return p
 
     hidden, other = [], [param(vocab, width), param(context, width)]
@@ -57,14 +62,17 @@ def gpt_params(layers: int, width: int, vocab: int = 8192, context: int = 1024, 
     return hidden, other
 
 
-def median_time(step: Callable[[], None], repeats: int) -> float:
-    step()  # warm-up: state allocation, coefficient tables
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+def median_times(steps: dict[str, Callable[[], None]], rounds: int) -> dict[str, float]:
+    """Median seconds of each step, the steps interleaved round by round (so drifts of a
+    shared machine hit every row alike); one warm-up round (state, buffers) first."""
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    for r in range(rounds + 1):
+        for k, step in steps.items():
+            t = time.perf_counter()
+            step()
+            if r:
+                times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def orth_error(orth: Callable[[torch.Tensor], torch.Tensor], grads) -> float:
@@ -96,63 +104,78 @@ def peers():
     return found
 
 
-def run(layers: int, width: int, repeats: int, console: Console) -> None:
+MUON_ROWS = {
+    "newton_schulz (bfloat16)": dict(ns_dtype=torch.bfloat16),
+    "newton_schulz (float32)": dict(ns_dtype=torch.float32),
+    "polar_express (bfloat16)": dict(orthogonalizer="polar_express", ns_dtype=torch.bfloat16),
+    "FAST": FAST,
+    "svd": dict(orthogonalizer="svd"),
+}
+JORDAN = (3.4445, -4.7750, 2.0315)
+
+
+def run(layers: int, width: int, rounds: int, console: Console) -> None:
     hidden, other = gpt_params(layers, width)
     n_hidden = sum(p.numel() for p in hidden)
-    jordan = (3.4445, -4.7750, 2.0315)
-    ns_bf16 = lambda G: orthogonalize(G, "newton_schulz", 5, dtype=torch.bfloat16)  # noqa: E731
-    sample = [p.grad for p in hidden[:6]]
-    rows = [
-        ("torch.optim.Muon (bf16)", lambda: torch.optim.Muon(hidden, lr=0.02, ns_coefficients=jordan), ns_bf16),
-        ("torch.optim.AdamW", lambda: torch.optim.AdamW(hidden + other, lr=1e-3), None),
-    ]
-    for name, method, dtype in (
-        ("newton_schulz", "newton_schulz", torch.bfloat16),
-        ("newton_schulz", "newton_schulz", torch.float32),
-        ("polar_express", "polar_express", torch.bfloat16),
-        ("polar_express", "polar_express", torch.float32),
-        ("svd", "svd", None),
-    ):
-        label = f"specgrad Muon {name}" + (f" ({str(dtype)[6:]})" if dtype else "")
-        rows.append((
-            label,
-            lambda m=method, d=dtype: Muon(hidden + other, lr=0.02, orthogonalizer=m, ns_dtype=d),
-            lambda G, m=method, d=dtype: orthogonalize(G, m, 5, dtype=d),
-        ))
+    g = torch.Generator().manual_seed(1)
+    samples = {  # a square, an MLP-in and an MLP-out matrix per spectrum
+        "1/sqrt(i)": [p.grad for p in hidden[3:6]],
+        "1/i": [spectrum_grad(*p.shape, 1.0, g) for p in hidden[3:6]],
+    }
+
+    def orth_of(settings: dict):
+        group = {**Muon(hidden[:1]).defaults, **settings}
+        return lambda G: orthogonalize_many([G], group)[0]
+
+    rows: dict[str, tuple] = {
+        "torch.optim.Muon (bf16)": (lambda: torch.optim.Muon(hidden, lr=0.02, ns_coefficients=JORDAN),
+                                    orth_of(MUON_ROWS["newton_schulz (bfloat16)"])),
+        "torch.optim.AdamW": (lambda: torch.optim.AdamW(hidden, lr=1e-3), None),
+    }
+    for name, settings in MUON_ROWS.items():
+        rows[f"specgrad Muon {name}"] = (lambda s=settings: Muon(hidden, lr=0.02, **s), orth_of(settings))
     for label, make in peers().items():
-        rows.append((label, lambda make=make: make(hidden), None))
+        rows[label] = (lambda make=make: make(hidden), None)
 
-    results = []
-    for label, make, orth in rows:
+    steps, errors, failed = {}, {}, {}
+    for label, (make, orth) in rows.items():
         try:
-            opt = make()
+            steps[label] = make().step
         except Exception as e:  # noqa: BLE001 - a peer that cannot build is reported, not fatal
-            results.append((label, None, f"failed: {type(e).__name__}"))
+            failed[label] = f"failed: {type(e).__name__}"
             continue
-        seconds = median_time(opt.step, repeats)
-        err = f"{orth_error(orth, sample):.3f}" if orth else "-"
-        results.append((label, seconds, err))
+        errors[label] = [f"{orth_error(orth, grads):.3f}" if orth else "-" for grads in samples.values()]
+    # the whole parameter set: one optimizer of ours against torch's two
+    ours_all = Muon(hidden + other, lr=0.02, **FAST)
+    torch_muon, torch_adamw = torch.optim.Muon(hidden, lr=0.02, ns_coefficients=JORDAN), torch.optim.AdamW(other, lr=1e-3)
+    steps["all params: specgrad Muon FAST (+ its AdamW rule)"] = ours_all.step
+    steps["all params: torch.optim.Muon + torch.optim.AdamW"] = lambda: (torch_muon.step(), torch_adamw.step())
+    seconds = median_times(steps, rounds)
 
-    base = next(s for label, s, _ in results if label.startswith("torch.optim.Muon"))
-    table = Table(title=f"optimizer step, GPT {layers} layers x width {width} ({n_hidden / 1e6:.1f}M hidden-matrix params), {torch.get_num_threads()} threads")
-    for col in ("optimizer", "ms / step", "x torch Muon", "orth err"):
+    base = seconds["torch.optim.Muon (bf16)"]
+    table = Table(title=f"optimizer step, GPT {layers} layers x width {width} ({n_hidden / 1e6:.1f}M hidden-matrix params), "
+                        f"{torch.get_num_threads()} threads")  # fmt: skip
+    for col in ("optimizer", "ms / step", "x torch Muon", *(f"orth err {k}" for k in samples)):
         table.add_column(col, justify="left" if col == "optimizer" else "right")
-    for label, s, err in results:
-        if s is None:
-            table.add_row(label, "-", "-", err)
+    for label in rows:
+        if label in failed:
+            table.add_row(label, "-", "-", failed[label], "")
         else:
-            table.add_row(label, f"{1e3 * s:.1f}", f"{s / base:.2f}", err)
+            table.add_row(label, f"{1e3 * seconds[label]:.1f}", f"{seconds[label] / base:.2f}", *errors[label])
+    full_base = seconds["all params: torch.optim.Muon + torch.optim.AdamW"]
+    for label in [k for k in steps if k.startswith("all params")]:
+        table.add_row(label, f"{1e3 * seconds[label]:.1f}", f"{seconds[label] / full_base:.2f} (of torch pair)", "", "")
     console.print(table)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="6x384 only, 3 repeats")
+    parser.add_argument("--quick", action="store_true", help="6x384 only, 3 rounds")
     args = parser.parse_args()
-    console = Console()
+    console = Console(width=150)
     sizes = [(6, 384)] if args.quick else [(6, 384), (12, 768)]
     for layers, width in sizes:
-        run(layers, width, 3 if args.quick else 5, console)
+        run(layers, width, 3 if args.quick else 7, console)
 
 
 if __name__ == "__main__":

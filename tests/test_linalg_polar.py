@@ -612,10 +612,12 @@ def test_stack_normalized_and_many_equal_the_stacked_path(src, dst):
     mats = [torch.randn(6, 9, generator=g).to(src), torch.randn(9, 6, generator=g).to(src).mT,
             torch.zeros(6, 9, dtype=src)]  # fmt: skip
     stacked = torch.stack(mats)
-    assert torch.equal(stack_normalized(mats, 1.01, dst), normalize_spectrum(stacked, 1.01, dst))
+    # equal up to the summation order of float32 norms (a transposed view sums by columns)
+    close = dict(rtol=2e-6, atol=0) if (dst or src) != torch.bfloat16 else dict(rtol=2**-7, atol=0)
+    torch.testing.assert_close(stack_normalized(mats, 1.01, dst), normalize_spectrum(stacked, 1.01, dst), **close)
     sched = as_schedule(JORDAN)
     many = quintic_iteration_many(mats, sched, 5, dtype=dst)
     assert many.dtype == src
-    assert torch.equal(many, quintic_iteration(stacked, sched, 5, dtype=dst))
+    torch.testing.assert_close(many, quintic_iteration(stacked, sched, 5, dtype=dst), **close)
     with pytest.raises(ValueError, match="wide"):
         quintic_iteration_many([m.mT for m in mats], sched, 5)

@@ -9,6 +9,7 @@ from torch import nn
 
 from specgrad.linalg import polar_svd
 from specgrad.optim import (
+    FAST,
     Muon,
     NonFiniteGradError,
     NormalizedGD,
@@ -206,6 +207,7 @@ def test_every_optimizer_decreases_the_loss(make):
     "make",
     [
         lambda ps: Muon(ps, lr=0.02, weight_decay=0.1),
+        lambda ps: Muon(ps, lr=0.02, **FAST),
         lambda ps: SpecGD(ps, lr=0.01, momentum=0.9, nesterov=True),
         lambda ps: SpectralDescent(ps, f=torch.sqrt, lr=0.01, momentum=0.5),
         lambda ps: Shampoo(ps, lr=0.01, precondition_frequency=4),
@@ -235,6 +237,33 @@ def test_state_dict_round_trip_is_bit_exact(make):
         opt2.step()
     for a, b in zip(resumed.parameters(), expected):
         assert torch.equal(a.detach(), b)
+
+
+def test_fast_settings_train_and_are_validated():
+    model = mlp(bias=True)
+    X, Y = data()
+    loss0 = float(nn.functional.mse_loss(model(X), Y).detach())
+    train(model, Muon(model.parameters(), lr=0.02, **FAST), 30)
+    assert float(nn.functional.mse_loss(model(X), Y).detach()) < 0.9 * loss0
+    ps = list(mlp().parameters())
+    with pytest.raises(ValueError, match="ns_norm must be one of"):
+        Muon(ps, ns_norm="nuclear")
+    with pytest.raises(ValueError, match="ns_gram must be True, False or 'auto'"):
+        Muon(ps, ns_gram="sometimes")
+    with pytest.warns(RuntimeWarning, match="can diverge in half precision"):
+        Muon(ps, orthogonalizer="polar_express", ns_gram="auto", ns_dtype=torch.bfloat16)
+
+
+def test_nesterov_leaves_gradients_untouched():
+    model = mlp()
+    X, Y = data()
+    opt = Muon(model.parameters(), nesterov=True)
+    for _ in range(2):  # the second step reuses the Nesterov buffers of the first
+        opt.zero_grad()
+        nn.functional.mse_loss(model(X), Y).backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        opt.step()
+        assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads))
 
 
 def test_lr_scheduler_and_closure():

@@ -13,6 +13,8 @@ from .coefficients import (
 )
 from .polar import (
     METHODS,
+    NORMS,
+    Workspace,
     normalize_spectrum,
     orthogonality_error,
     orthogonalize,
@@ -38,6 +40,7 @@ from .spectral import matrix_view, spectral_map
 __all__ = [
     "JORDAN",
     "METHODS",
+    "NORMS",
     "NEWTON_SCHULZ",
     "GramAccumulator",
     "MatrixNorms",
@@ -62,4 +65,5 @@ __all__ = [
     "stack_normalized",
     "spectral_map",
     "stable_rank",
+    "Workspace",
 ]

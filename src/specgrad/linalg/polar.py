@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import numpy as np
@@ -24,6 +25,8 @@ def orthogonalize(
     lower: float = 1e-3,
     rtol: Optional[float] = None,
     dtype: Optional[torch.dtype] = None,
+    norm: str = "frobenius",
+    gram=False,
 ) -> Tensor:
     """Approximate the polar factor ``U V^T`` of ``G = U S V^T``.
 
@@ -43,6 +46,9 @@ def orthogonalize(
             truncated-SVD convention of SpecGD). Default ``max(m, n) * eps(dtype)``.
         dtype: precision the iteration runs in (e.g. ``torch.bfloat16`` on a GPU); default
             the input's. The result always has the input's dtype.
+        norm, gram: for the iterative methods, the normalization (``"frobenius"`` or
+            ``"schatten8"``) and whether rectangular matrices iterate on their Gram matrix
+            (``False``, ``True``, ``"auto"``); see :func:`quintic_iteration`.
 
     Returns:
         Tensor of the shape and dtype of ``G``. A zero matrix maps to a zero matrix.
@@ -63,7 +69,7 @@ def orthogonalize(
         schedule = polar_express_schedule(steps, lower)
     else:
         schedule = as_schedule(coefficients)
-    return quintic_iteration(G, schedule, steps, dtype=dtype)
+    return quintic_iteration(G, schedule, steps, dtype=dtype, norm=norm, gram=gram)
 
 
 def polar_svd(G: Tensor, rtol: Optional[float] = None) -> Tensor:
@@ -86,6 +92,9 @@ def polar_svd(G: Tensor, rtol: Optional[float] = None) -> Tensor:
 # is page-faulted in afresh on every call (~15 ms for a 1024 x 4096 float32 matrix on a 2-core
 # Zen4 VM, 2-3% of its whole 5-step iteration, against ~3 ms chunked); chunks stay in the heap.
 _NORM_CHUNK = 1 << 20
+# A float32-accumulated norm in this range has its sum of squares far inside float32's
+# normal range: no overflow, and entries small enough to underflow cannot matter.
+_FLOAT32_SAFE_NORMS = (1e-15, 1e15)
 
 
 def _frobenius_norm64(G: Tensor) -> Tensor:
@@ -108,6 +117,22 @@ def _frobenius_norm64(G: Tensor) -> Tensor:
     return sq.sqrt().reshape(*G.shape[:-2], 1, 1)
 
 
+def _frobenius_norms(mats: Sequence[Tensor], target: torch.dtype) -> Tensor:
+    """Frobenius norms of a list of matrices, ``(len,)`` float64, for scaling them into
+    ``target``. Unless that is float64, float32 and lower inputs are summed in float32 by
+    one fused ``_foreach_norm`` without temporaries (a float64 cast of every matrix is
+    page-faulted in on every optimizer step on CPU), exact to float32 rounding; norms
+    outside ``_FLOAT32_SAFE_NORMS`` are redone in float64 (one host sync)."""
+    if target == torch.float64 or mats[0].dtype == torch.float64:
+        return torch.stack([_frobenius_norm64(x).reshape(()) for x in mats])
+    norms = torch.stack(torch._foreach_norm(list(mats), 2, dtype=torch.float32)).double()
+    lo, hi = _FLOAT32_SAFE_NORMS
+    unsafe = ((norms < lo) | (norms > hi) | norms.isnan()).nonzero().flatten().tolist()
+    for i in unsafe:
+        norms[i] = _frobenius_norm64(mats[i]).reshape(())
+    return norms
+
+
 def normalize_spectrum(G: Tensor, safety: float = 1.0, dtype: Optional[torch.dtype] = None) -> Tensor:
     """``G / (safety * ||G||_F)`` per matrix, so every singular value is at most ``1/safety``.
 
@@ -116,13 +141,13 @@ def normalize_spectrum(G: Tensor, safety: float = 1.0, dtype: Optional[torch.dty
     ``dtype`` (default ``G.dtype``).
     """
     dtype = G.dtype if dtype is None else dtype
-    scale = _inverse_norm(G, safety)
+    scale = _inverse_norm(G, safety, dtype)
     if G.dtype in (torch.float64, torch.float32):
         return (G * scale).to(dtype)
     return G.to(torch.float32).mul_(scale).to(dtype)
 
 
-def _inverse_norm(G: Tensor, safety: float) -> Tensor:
+def _inverse_norm(G: Tensor, safety: float, target: torch.dtype) -> Tensor:
     """``1 / (safety ||G||_F)`` per matrix, ``(..., 1, 1)``, in the dtype ``G`` is scaled in.
 
     Float64 for float64 input, else float32 (its range holds any 1/||G||_F of a
@@ -132,34 +157,92 @@ def _inverse_norm(G: Tensor, safety: float) -> Tensor:
     subnormals is scaled up as far as float32 allows (finite, norm short of 1) instead of
     to inf. Few small ops on purpose: each costs ~5-10 us, ~0.3% of 5 steps on 256 x 256.
     """
-    norm = _frobenius_norm64(G)
+    mats = G.reshape(-1, *G.shape[-2:]).unbind(0)
+    return _inverse_norms(mats, safety, target).reshape(*G.shape[:-2], 1, 1)
+
+
+def _inverse_norms(mats: Sequence[Tensor], safety: float, target: torch.dtype) -> Tensor:
+    """:func:`_inverse_norm` of each matrix of a list, ``(len,)``."""
+    norm = _frobenius_norms(mats, target)
     if safety != 1.0:
         norm = norm * safety
-    scale_dtype = torch.float64 if G.dtype == torch.float64 else torch.float32
+    scale_dtype = torch.float64 if mats[0].dtype == torch.float64 else torch.float32
     return norm.reciprocal().clamp_max(torch.finfo(scale_dtype).max).to(scale_dtype)
 
 
-def stack_normalized(mats: Sequence[Tensor], safety: float = 1.0, dtype: Optional[torch.dtype] = None) -> Tensor:
+class Workspace:
+    """Buffers kept between calls that iterate the same shapes, such as the steps of an
+    optimizer: a fresh tensor of a few MB is page-faulted in on every call on CPU (glibc
+    hands large blocks back to the kernel), which on a VM costs ~4 us per 4 KiB page, as
+    much as the matmuls of a small model. CUDA's caching allocator makes it moot there.
+
+    A tensor returned by :meth:`get` is overwritten by the next call that asks for the same
+    name and shape, so results computed in a workspace must be used before that.
+
+    Example:
+        >>> ws = Workspace()
+        >>> ws.get("A", (2, 3), torch.float32, "cpu") is ws.get("A", (2, 3), torch.float32, "cpu")
+        True
+    """
+
+    def __init__(self):
+        self._buffers: dict[tuple, Tensor] = {}
+
+    def get(self, name: str, shape, dtype: torch.dtype, device) -> Tensor:
+        key = (name, tuple(shape), dtype, torch.device(device))
+        t = self._buffers.get(key)
+        if t is None:
+            t = self._buffers[key] = torch.empty(tuple(shape), dtype=dtype, device=device)
+        return t
+
+    def __len__(self) -> int:
+        return len(self._buffers)
+
+
+def _buffer(ws: Optional[Workspace], name: str, shape, like: Tensor, dtype: Optional[torch.dtype] = None) -> Tensor:
+    dtype = like.dtype if dtype is None else dtype
+    if ws is None:
+        return torch.empty(tuple(shape), dtype=dtype, device=like.device)
+    return ws.get(name, shape, dtype, like.device)
+
+
+def stack_normalized(mats: Sequence[Tensor], safety: float = 1.0, dtype: Optional[torch.dtype] = None, *,
+                     out: Optional[Tensor] = None) -> Tensor:  # fmt: skip
     """``torch.stack([normalize_spectrum(x, safety, dtype) for x in mats])``, written in one
-    pass per matrix straight into the stacked buffer (the same values; views such as
-    transposes are fine), instead of a stacked copy in the input dtype, a scaled copy and a
-    cast: for an optimizer step on many matrices those copies cost as much as two
-    Newton-Schulz matmuls.
+    pass per matrix straight into the stacked buffer ``out`` (allocated when None; views
+    such as transposes are fine), instead of a stacked copy in the input dtype, a scaled
+    copy and a cast: for an optimizer step on many matrices those copies cost as much as
+    two Newton-Schulz matmuls. Equal up to the summation order of float32 norms.
 
     Example:
         >>> mats = [torch.randn(3, 5), torch.randn(5, 3).mT]
-        >>> torch.equal(stack_normalized(mats, 1.01), normalize_spectrum(torch.stack(mats), 1.01))
+        >>> torch.allclose(stack_normalized(mats, 1.01), normalize_spectrum(torch.stack(mats), 1.01))
         True
     """
     first = mats[0]
-    out = torch.empty(len(mats), *first.shape, dtype=first.dtype if dtype is None else dtype, device=first.device)
+    if out is None:
+        out = torch.empty(len(mats), *first.shape, dtype=first.dtype if dtype is None else dtype, device=first.device)
+    scales = _inverse_norms(mats, safety, out.dtype)
     for k, x in enumerate(mats):
-        scale = _inverse_norm(x, safety)[0]
+        scale = scales[k]
         if x.dtype in (torch.float64, torch.float32):
             torch.mul(x, scale, out=out[k])
         else:
             out[k].copy_(x.to(torch.float32).mul_(scale))
     return out
+
+
+NORMS = ("frobenius", "schatten8")
+
+# A Gram-space run (see ``_gram_loop``) is rebuilt from the matrix after every second step:
+# half-precision rounding of ``R = X X^T`` is amplified by the steep polynomials, and left
+# alone for longer it grows spurious eigenvalues of ``R`` that diverge.
+GRAM_RESTART = 2
+# Aspect ratio ``n / m`` from which ``gram="auto"`` iterates on the Gram matrix: 5 steps
+# cost ``(10 r + 5) m^3`` multiply-adds in the matrix and ``(6 r + 11) m^3`` in the Gram
+# form with its restarts, equal at ``r = 1.5``; from 2 on the saving is clear of kernel
+# overheads.
+GRAM_AUTO_ASPECT = 2.0
 
 
 def quintic_iteration(
@@ -168,21 +251,35 @@ def quintic_iteration(
     steps: int,
     *,
     dtype: Optional[torch.dtype] = None,
+    norm: str = "frobenius",
+    gram=False,
 ) -> Tensor:
     """Run ``X <- a X + (b A + c A^2) X``, ``A = X X^T`` for ``steps`` steps on normalized ``G``.
 
     ``G`` is ``(..., m, n)``; the iteration runs on the wide orientation (``m <= n``) so
-    the Gram matrix is the smaller one, with two fused multiply-adds per step
-    (``addmm``/``baddbmm``) and preallocated ping-pong buffers: per step
-    ``4 m^2 n + 2 m^3`` flops and no temporary allocations.
+    the Gram matrix is the smaller one, with fused multiply-adds (``addmm``/``baddbmm``)
+    and preallocated buffers.
+
+    ``norm`` picks the upper bound of ``sigma_max`` that ``G`` is divided by:
+    ``"frobenius"`` (``||G||_F``, as ``torch.optim.Muon``) or ``"schatten8"``
+    (``(sum sigma^8)^(1/8) = ||(G G^T)^2||_F^(1/4)``, read off the ``A^2`` the first step
+    computes anyway, so free). The Schatten-8 norm sits much closer to ``sigma_max``
+    (within ``r^(1/8)`` for rank ``r``, against ``r^(1/2)``), so small singular values start
+    larger and fewer steps reach the same accuracy.
+
+    ``gram``: iterate on the ``m x m`` Gram matrix ``R = X X^T`` and apply the accumulated
+    ``m x m`` polynomial to ``X`` only at restarts and at the end (Gram Newton-Schulz;
+    Amsel, Chen & Dao, 2026), restarting from the matrix every second step for stability
+    in half precision. It saves ~20-30% of the flops on a 4:1 matrix and none on a square
+    one. ``"auto"`` uses it when ``n >= 2 m``, ``True`` always, ``False`` (default) never.
+    In half precision it amplifies rounding more than the matrix form; keep it to
+    schedules with a margin (Jordan's, or Polar Express with ``safety >= 1.03``).
 
     A tall ``G`` is normalized in its own layout and then copied once into a contiguous wide
-    buffer, so its result is exactly the transpose of the wide computation. Iterating on the
-    tall layout directly (``A = X^T X``, ``X <- a X + X P``) saves that copy (a few percent
-    on a 3072 x 768 matrix) but moves the result by rounding (1e-6 in float32 on 24 x 10
-    with Polar Express) between the two orientations of one matrix.
+    buffer, so its result is exactly the transpose of the wide computation.
     """
     check_positive_int(steps, "steps")
+    _check_norm(norm)
     if G.numel() == 0:
         return torch.zeros_like(G)
     out_dtype = G.dtype
@@ -190,47 +287,139 @@ def quintic_iteration(
     X = G.mT if tall else G
     batch_shape = X.shape[:-2]
     X = normalize_spectrum(X.reshape(-1, *X.shape[-2:]), schedule.normalization_safety, dtype)
-    X = _quintic_loop(X, schedule.steps(steps))
+    X = _iterate(X.contiguous(), schedule, steps, norm, gram, None)
     X = X.reshape(*batch_shape, *X.shape[-2:])
     return (X.mT if tall else X).to(out_dtype)
 
 
 def quintic_iteration_many(mats: Sequence[Tensor], schedule: QuinticSchedule, steps: int, *,
-                           dtype: Optional[torch.dtype] = None) -> Tensor:  # fmt: skip
+                           dtype: Optional[torch.dtype] = None, norm: str = "frobenius", gram=False,
+                           workspace: Optional[Workspace] = None) -> Tensor:  # fmt: skip
     """:func:`quintic_iteration` of equal-shape wide matrices (``m <= n``; views welcome),
     returned stacked ``(len(mats), m, n)`` in their dtype; the batch is built normalized
-    by :func:`stack_normalized`, so the inputs are read once."""
+    by :func:`stack_normalized`, so the inputs are read once. With a ``workspace`` every
+    buffer, the result included, is reused from (and left in) it."""
     check_positive_int(steps, "steps")
+    _check_norm(norm)
     m, n = mats[0].shape
     if m > n:
         raise ValueError(f"matrices must be wide (m <= n), got {m} x {n}; pass their transposes")
-    X = stack_normalized(mats, schedule.normalization_safety, dtype)
-    return _quintic_loop(X, schedule.steps(steps)).to(mats[0].dtype)
+    like = mats[0]
+    work = like.dtype if dtype is None else dtype
+    X = stack_normalized(mats, schedule.normalization_safety, dtype,
+                         out=_buffer(workspace, "X", (len(mats), m, n), like, work))  # fmt: skip
+    X = _iterate(X, schedule, steps, norm, gram, workspace)
+    return X if X.dtype == like.dtype else _buffer(workspace, "out", X.shape, like).copy_(X)
 
 
-def _quintic_loop(X: Tensor, triples) -> Tensor:
-    """In-place-buffered quintic steps on a ``(B, m, n)`` batch with ``m <= n``.
+def _check_norm(norm: str) -> None:
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+
+
+def use_gram(gram, m: int, n: int) -> bool:
+    """Whether ``gram`` (``True``, ``False`` or ``"auto"``) iterates an ``m x n`` matrix
+    (``m <= n``) in Gram form."""
+    if gram == "auto":
+        return n >= GRAM_AUTO_ASPECT * m
+    if isinstance(gram, bool):
+        return gram
+    raise ValueError(f"gram must be True, False or 'auto', got {gram!r}")
+
+
+def _iterate(X: Tensor, schedule: QuinticSchedule, steps: int, norm: str, gram, ws: Optional[Workspace]) -> Tensor:
+    """Quintic steps on a normalized contiguous ``(B, m, n)`` batch with ``m <= n``; the
+    result may be ``X`` itself or a workspace buffer.
 
     ``B == 1`` uses the 2-D kernels (``mm``/``addmm``), which skip the batched dispatch;
     a batch uses ``bmm``/``baddbmm`` (on CPU as fast as a loop of ``mm`` per matrix).
     """
     B, m, n = X.shape
-    if B == 1:
-        X = X[0]
-        mm, addmm = torch.mm, torch.addmm
-        A = X.new_empty(m, m)
-    else:
-        mm, addmm = torch.bmm, torch.baddbmm
-        A = X.new_empty(B, m, m)
-    X = X.contiguous()  # a copy only for a tall input, which arrives transposed
-    P = torch.empty_like(A)
-    Y = torch.empty_like(X)
-    for a, b, c in triples:
+    loop = _gram_loop if use_gram(gram, m, n) else _matrix_loop
+    safety = schedule.normalization_safety if norm == "schatten8" else None
+    return loop(X[0] if B == 1 else X, schedule.steps(steps), safety, ws).reshape(B, m, n)
+
+
+def _kernels(X: Tensor):
+    """``(mm, accumulate_)`` for 2-D or batched 3-D operands."""
+    if X.ndim == 2:
+        return torch.mm, Tensor.addmm_
+    return torch.bmm, Tensor.baddbmm_
+
+
+def _rescale_schatten8(X: Tensor, A: Tensor, A2: Tensor, safety: float) -> None:
+    """Scale ``X`` in place by ``s = 1 / (safety ||A^2||_F^(1/4))`` and ``A = X X^T``,
+    ``A2 = A^2`` to match: then ``sigma_max(X) <= 1 / safety``, as after ``G / ||G||_F``."""
+    # ||A^2||_F^(1/4) = (sum sigma^8)^(1/8) lies in [sigma_max, ||X||_F] and ||X||_F <= 1, so
+    # s >= 1; the upper clamp (1/sigma_max <= sqrt(m) for a Frobenius-normalized X) keeps a
+    # zero matrix finite.
+    norm = torch.linalg.vector_norm(A2, dim=(-2, -1), keepdim=True, dtype=working_dtype(A2.dtype))
+    s = (norm.pow(0.25) * safety).reciprocal().clamp(1.0, math.sqrt(A.shape[-1]) * safety)
+    X.mul_(s.to(X.dtype))
+    A.mul_(s.square().to(A.dtype))
+    A2.mul_(s.pow(4).to(A2.dtype))
+
+
+def _matrix_loop(X: Tensor, triples, safety: Optional[float], ws: Optional[Workspace]) -> Tensor:
+    """Matrix form: per step ``4 m^2 n + 2 m^3`` flops, no allocations beyond ``ws``."""
+    mm, accumulate_ = _kernels(X)
+    gram_shape = (*X.shape[:-1], X.shape[-2])
+    A, P = _buffer(ws, "A", gram_shape, X), _buffer(ws, "P", gram_shape, X)
+    Y = _buffer(ws, "Y", X.shape, X)
+    for k, (a, b, c) in enumerate(triples):
         mm(X, X.mT, out=A)
-        addmm(A, A, A, beta=b, alpha=c, out=P)
-        addmm(X, P, X, beta=a, out=Y)
+        if k == 0 and safety is not None:
+            _rescale_schatten8(X, A, mm(A, A, out=P), safety)
+            P.mul_(c).add_(A, alpha=b)
+        else:
+            # copy, then accumulate in place: baddbmm(..., out=) computes into a fresh tensor
+            accumulate_(P.copy_(A), A, A, beta=b, alpha=c)
+        # a X stays outside P: a half-precision diagonal a + P_ii would scale each row of X
+        # by its own rounding error, a coherent error ~sqrt(m) times larger than rounding Y
+        accumulate_(Y.copy_(X), P, X, beta=a)
         X, Y = Y, X
-    return X.reshape(B, m, n)
+    return X
+
+
+def _gram_loop(X: Tensor, triples, safety: Optional[float], ws: Optional[Workspace]) -> Tensor:
+    """Gram form: with ``R = X X^T`` each step is ``P = a I + N``, ``N = b R + c R^2``,
+    ``Q <- P Q``, ``R <- P R P`` (``m x m`` products only), and ``X <- Q X`` at each
+    restart and at the end. ``Q = alpha I + Qt`` keeps its identity part as a scalar, for
+    the same reason as ``a X`` in :func:`_matrix_loop`. ``X`` is overwritten."""
+    mm, accumulate_ = _kernels(X)
+    gram_shape = (*X.shape[:-1], X.shape[-2])
+    R, N, T = (_buffer(ws, name, gram_shape, X) for name in ("A", "P", "T"))
+    Qs = [_buffer(ws, "Q", gram_shape, X), _buffer(ws, "Q2", gram_shape, X)]
+    Y = _buffer(ws, "Y", X.shape, X)
+
+    def times_q(X, Y, alpha, Qt):  # Y <- (alpha I + Qt) X
+        accumulate_(Y.copy_(X), Qt, X, beta=alpha)
+        return Y, X
+
+    mm(X, X.mT, out=R)
+    alpha, Qt = 1.0, None
+    for k, (a, b, c) in enumerate(triples):
+        mm(R, R, out=N)
+        if k == 0 and safety is not None:
+            _rescale_schatten8(X, R, N, safety)
+        N.mul_(c).add_(R, alpha=b)
+        # (a I + N)(alpha I + Qt) = a alpha I + (a Qt + alpha N + N Qt)
+        if Qt is None:
+            Qt = torch.mul(N, alpha, out=Qs[0])
+        else:
+            nxt = Qs[1] if Qt is Qs[0] else Qs[0]
+            Qt = accumulate_(torch.mul(N, alpha, out=nxt).add_(Qt, alpha=a), N, Qt)
+        alpha *= a
+        if k == len(triples) - 1:
+            break
+        if (k + 1) % GRAM_RESTART == 0:
+            X, Y = times_q(X, Y, alpha, Qt)
+            mm(X, X.mT, out=R)
+            alpha, Qt = 1.0, None
+        else:
+            N.diagonal(dim1=-2, dim2=-1).add_(a)  # N is P now
+            mm(mm(N, R, out=T), N, out=R)
+    return times_q(X, Y, alpha, Qt)[0]
 
 
 def singular_value_range(X: Tensor) -> tuple[float, float]:

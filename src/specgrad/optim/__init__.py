@@ -8,7 +8,7 @@ AdamW rule, and :func:`split_params` decides the rest per layer.
 from .chain import ChainOptimizer, NonFiniteGradError
 from .euclidean import NormalizedGD, SignDescent
 from .hybrid import Hybrid
-from .muon import Muon
+from .muon import FAST, Muon
 from .routing import ParamRouting, split_params
 from .shampoo import Shampoo
 from .specgd import SpecGD, SpectralDescent
@@ -16,6 +16,7 @@ from .transforms import SHAPE_SCALINGS, shape_scale
 
 __all__ = [
     "ChainOptimizer",
+    "FAST",
     "Hybrid",
     "Muon",
     "NonFiniteGradError",

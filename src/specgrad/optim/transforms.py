@@ -15,14 +15,16 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
+from torch.utils.weak import WeakIdKeyDictionary
 
 import torch.distributed as dist
 
 from ..linalg import as_schedule, matrix_view, polar_express_schedule, polar_svd, quintic_iteration_many
+from ..linalg.polar import Workspace
 from ..linalg.spectral import spectral_map
 from .distributed import DTensor, assign_owners, exchange_replicated, exchange_sharded, is_sharded, orth_cost
 
@@ -67,17 +69,28 @@ class Momentum(Transform):
     matches the heavy-ball form ``buf <- mu buf + g`` up to the constant ``1/(1 - mu)``.
     """
 
+    def __init__(self):
+        # Nesterov outputs, reused from step to step: fresh ones are page-faulted in on every
+        # step on CPU (see specgrad.linalg.Workspace)
+        self._nesterov = WeakIdKeyDictionary()
+
     def __call__(self, u):
         mu = u.group["momentum"]
         if mu == 0:
             return
         nesterov = u.group.get("nesterov", False)
-        for i, (g, st) in enumerate(zip(u.updates, u.states)):
+        for i, (p, g, st) in enumerate(zip(u.params, u.updates, u.states)):
             buf = st.get("momentum_buffer")
             if buf is None:
                 buf = st["momentum_buffer"] = torch.zeros_like(g, memory_format=torch.preserve_format)
             buf.lerp_(g, 1 - mu)
-            u.updates[i] = g.lerp(buf, mu) if nesterov else buf
+            if nesterov:
+                out = self._nesterov.get(p)
+                if out is None or out.shape != g.shape or out.dtype != g.dtype or out.device != g.device:
+                    out = self._nesterov[p] = torch.empty_like(g)
+                u.updates[i] = torch.lerp(g, buf, mu, out=out)
+            else:
+                u.updates[i] = buf
 
 
 class AsMatrix(Transform):
@@ -87,9 +100,10 @@ class AsMatrix(Transform):
         u.updates = [matrix_view(g) for g in u.updates]
 
 
-def orthogonalize_many(mats: list[Tensor], group: dict) -> list[Tensor]:
+def orthogonalize_many(mats: list[Tensor], group: dict, workspace: Optional[Workspace] = None) -> list[Tensor]:
     """Orthogonalize a list of matrices with the group's settings, batching equal shapes
-    (tall matrices are transposed so they batch with wide ones)."""
+    (tall matrices are transposed so they batch with wide ones). With a ``workspace`` the
+    results are views of its buffers, valid until its next use."""
     method = group["orthogonalizer"]
     by_shape: dict[tuple, list[int]] = defaultdict(list)
     for i, x in enumerate(mats):
@@ -107,7 +121,9 @@ def orthogonalize_many(mats: list[Tensor], group: dict) -> list[Tensor]:
                 if method == "polar_express"
                 else as_schedule(group["ns_coefficients"])
             )
-            O = quintic_iteration_many(wide, sched, group["ns_steps"], dtype=group.get("ns_dtype"))
+            O = quintic_iteration_many(wide, sched, group["ns_steps"], dtype=group.get("ns_dtype"),
+                                       norm=group.get("ns_norm", "frobenius"), gram=group.get("ns_gram", False),
+                                       workspace=workspace)  # fmt: skip
         for k, (i, t) in enumerate(zip(idx, tall)):
             out[i] = O[k].mT if t else O[k]
     return out
@@ -168,12 +184,16 @@ class Orthogonalize(SpectralMap):
     """Replace each matrix update by its (approximate) polar factor, batching same shapes.
 
     Reads ``orthogonalizer`` (``"newton_schulz"``, ``"polar_express"``, ``"svd"``),
-    ``ns_steps``, ``ns_coefficients`` and ``ns_dtype`` (precision of the iteration; ``None``
-    keeps the update's).
+    ``ns_steps``, ``ns_coefficients``, ``ns_dtype`` (precision of the iteration; ``None``
+    keeps the update's) and, when present, ``ns_norm`` and ``ns_gram`` (see
+    :func:`~specgrad.linalg.quintic_iteration`).
     """
 
+    def __init__(self):
+        self.workspace = Workspace()  # the batches' buffers, reused from step to step
+
     def compute(self, mats, group):
-        return orthogonalize_many(mats, group)
+        return orthogonalize_many(mats, group, self.workspace)
 
     def cost(self, m, n, group):
         return orth_cost(group["orthogonalizer"], m, n, group["ns_steps"])
@@ -261,13 +281,17 @@ class Adam(Transform):
     def __call__(self, u):
         beta1, beta2 = u.group["betas"]
         eps = u.group["eps"]
-        for i, (g, st) in enumerate(zip(u.updates, u.states)):
-            t = float(st["step"])
-            st["exp_avg"].lerp_(g, 1 - beta1)
-            st["exp_avg_sq"].mul_(beta2).addcmul_(g, g, value=1 - beta2)
-            denom = (st["exp_avg_sq"] / (1 - beta2**t)).sqrt_().add_(eps)
-            u.updates[i] = st["exp_avg"] / denom
-            u.scales[i] /= 1 - beta1**t
+        exp_avg = [st["exp_avg"] for st in u.states]
+        exp_avg_sq = [st["exp_avg_sq"] for st in u.states]
+        t = [float(st["step"]) for st in u.states]
+        torch._foreach_lerp_(exp_avg, u.updates, 1 - beta1)
+        torch._foreach_mul_(exp_avg_sq, beta2)
+        torch._foreach_addcmul_(exp_avg_sq, u.updates, u.updates, value=1 - beta2)
+        denom = torch._foreach_div(exp_avg_sq, [1 - beta2**ti for ti in t])
+        torch._foreach_sqrt_(denom)
+        torch._foreach_add_(denom, eps)
+        u.updates = torch._foreach_div(exp_avg, denom)
+        u.scales = [s / (1 - beta1**ti) for s, ti in zip(u.scales, t)]
 
 
 class DecoupledWeightDecay(Transform):
