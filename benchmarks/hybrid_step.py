@@ -3,9 +3,9 @@
 Three copies of one GPT (the repository's ``specgrad.models.GPT``) train on the same batches,
 one with each optimizer; steps are interleaved (Muon, Hybrid, AdamW, Muon, ...) so drift and
 other jobs on the machine hit all alike. Hybrid measures ``nr`` and ``st`` every ``every``
-steps (its default, 10): activation Grams in forward hooks, and on those steps the polar
-factor of every block (Euclidean ones included) to get ``||M||_* = <M, polar(M)>``; its
-Adam moments follow every block all the time so a switch starts warm. Reported, as medians
+steps (its default, 10): activation Grams in forward hooks, and on those steps ``||M||_*``
+of every block (Euclidean ones included) from its singular values; its Adam moments
+follow every block all the time so a switch starts warm. Reported, as medians
 over rounds of ``every`` steps:
 
 * the whole step (forward, backward, ``step()``) of each, and Hybrid over Muon (goal <= 1.15x);

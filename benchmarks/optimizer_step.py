@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from typing import Callable
 
 import torch
 from rich.console import Console
 from rich.table import Table
 
+from orthogonalize import time_interleaved
+from specgrad.linalg import JORDAN
 from specgrad.optim import FAST, Muon
 from specgrad.optim.transforms import orthogonalize_many
 
@@ -63,15 +64,11 @@ def gpt_params(layers: int, width: int, vocab: int = 8192, context: int = 1024, 
 
 
 def median_times(steps: dict[str, Callable[[], None]], rounds: int) -> dict[str, float]:
-    """Median seconds of each step, the steps interleaved round by round (so drifts of a
-    shared machine hit every row alike); one warm-up round (state, buffers) first."""
-    times: dict[str, list[float]] = {k: [] for k in steps}
-    for r in range(rounds + 1):
-        for k, step in steps.items():
-            t = time.perf_counter()
-            step()
-            if r:
-                times[k].append(time.perf_counter() - t)
+    """Median seconds of each step over interleaved rounds (so drifts of a shared machine
+    hit every row alike), after one warm-up call each (state, buffers)."""
+    for step in steps.values():
+        step()
+    times = time_interleaved(steps, rounds, sync=lambda: None, cap_s=float("inf"))
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -111,7 +108,6 @@ MUON_ROWS = {
     "FAST": FAST,
     "svd": dict(orthogonalizer="svd"),
 }
-JORDAN = (3.4445, -4.7750, 2.0315)
 
 
 def run(layers: int, width: int, rounds: int, console: Console) -> None:

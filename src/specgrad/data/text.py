@@ -58,6 +58,16 @@ def _stdlib_text(max_chars: int) -> tuple[str, str]:
     return text, f"stdlib {stdlib} (Python {version}, {len(text)} chars)"
 
 
+def _windows(data: Tensor, batch_size: int, context: int,
+             generator: Optional[torch.Generator]) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """``batch_size`` windows of ``data`` at start offsets uniform on
+    ``[0, len(data) - context - 1]``: ``x, y`` each ``(batch_size, context)``, ``y`` the next
+    tokens of ``x`` (``CharCorpus.get_batch`` without its checks)."""
+    start = torch.randint(len(data) - context, (batch_size, 1), generator=generator)
+    windows = data[start + torch.arange(context + 1)]
+    return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
+
+
 class CharCorpus:
     """A text as a token stream, split into ``train`` and ``val`` LongTensors.
 
@@ -199,9 +209,7 @@ class CharCorpus:
             raise ValueError(
                 f"{split} split has {len(data)} tokens, fewer than context + 1 = {context + 1}"
             )
-        start = torch.randint(len(data) - context, (batch_size, 1), generator=generator)
-        windows = data[start + torch.arange(context + 1)]
-        return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
+        return _windows(data, batch_size, context, generator)
 
     def __len__(self) -> int:
         return len(self.train) + len(self.val)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..linalg import matrix_view
-from .stats import ActivationGram, SketchedActivation, TokenCounts, make_accumulator, top_eigenpairs
+from .stats import ActivationGram, make_accumulator, top_eigenpairs
 
 ActivationFn = Callable[[nn.Module, tuple, Any], Tensor]
 
@@ -305,25 +305,23 @@ class SpectralMonitor:
 
     def _sum_across_ranks(self) -> None:
         """Sum every tap's statistics over the ranks (one ``all_reduce``); a tap that saw no
-        rows on some rank joins with zeros, so the ranks agree on what is reduced."""
+        rows on some rank joins with zeros, so the ranks agree on what is reduced (one that
+        no rank saw ends with no rows and records nothing)."""
         taps = list(self._taps.values())
-        device = next((t.stats for t in taps if t.stats is not None), None)
-        device = _state(device)[0].device if device is not None else self._blocks[0].param().device
-        seen = torch.tensor([float(t.stats is not None) for t in taps], dtype=torch.float64, device=device)
-        dist.all_reduce(seen, group=self.group)
-        live = [t for t, n in zip(taps, seen.tolist()) if n > 0]
-        for t in live:
+        fed = next((t.stats for t in taps if t.stats is not None), None)
+        device = fed.state()[0].device if fed is not None else self._blocks[0].param().device
+        for t in taps:
             if t.stats is None:
                 t.stats = make_accumulator(t.kind, t.dim, self.max_dim, device=device)
-        parts = [x for t in live for x in _state(t.stats)]
-        rows = torch.tensor([float(t.stats.rows) for t in live], dtype=torch.float64, device=device)
+        parts = [x for t in taps for x in t.stats.state()]
+        rows = torch.tensor([float(t.stats.rows) for t in taps], dtype=torch.float64, device=device)
         flat = torch.cat([x.reshape(-1).to(device) for x in parts] + [rows])
         dist.all_reduce(flat, group=self.group)
         offset = 0
         for x in parts:
             x.copy_(flat[offset : offset + x.numel()].view_as(x))
             offset += x.numel()
-        for t, n in zip(live, flat[offset:].tolist()):
+        for t, n in zip(taps, flat[offset:].tolist()):
             t.stats.rows = int(n)
 
     def _collect(self) -> list[dict]:
@@ -336,23 +334,21 @@ class SpectralMonitor:
                 todo.append((b, stats, G))
         # ||A||_op^2 of every exact Gram of this step in one batched call; a tap is computed
         # once however many blocks (parts of a fused weight) it feeds
-        taps = list({id(stats): stats for _, stats, _ in todo}.values())
-        grams = [s for s in taps if isinstance(s, ActivationGram)]
+        taps = list({id(b.tap): b.tap for b, _, _ in todo}.values())
+        grams = [t for t in taps if isinstance(t.stats, ActivationGram)]
         # Lanczos for all but tiny Grams, started from each tap's top eigenvector of its last
         # sampled step, to a residual of 1e-4: ||A||_op^2 within 1e-4 relative whatever the
         # spectral gap (residual^2 / gap, about 1e-8, with the dominant top of activations)
-        tap_of = {id(b.tap.stats): b.tap for b, _, _ in todo}
-        pairs = top_eigenpairs([s.gram for s in grams], [tap_of[id(s)].top_vector for s in grams],
-                               tol=1e-4, direct_below=32)  # fmt: skip
+        pairs = top_eigenpairs([t.stats.gram for t in grams], [t.top_vector for t in grams], tol=1e-4, direct_below=32)
         op_sq = {}
-        for s, (value, vector) in zip(grams, pairs):
-            op_sq[id(s)] = value
-            tap_of[id(s)].top_vector = vector
-        norms = {id(s): (s.frobenius_sq(), op_sq[id(s)] if id(s) in op_sq else s.operator_sq()) for s in taps}
+        for t, (value, vector) in zip(grams, pairs):
+            op_sq[id(t)], t.top_vector = value, vector
+        norms = {id(t): (t.stats.frobenius_sq(), op_sq[id(t)] if id(t) in op_sq else t.stats.operator_sq())
+                 for t in taps}  # fmt: skip
         rows = []
         for b, stats, G in todo:
             g_fro, g_nuc = gradient_norms(G) if self.gradients else (math.nan, math.nan)
-            a_fro_sq, a_op_sq = norms[id(stats)]
+            a_fro_sq, a_op_sq = norms[id(b.tap)]
             st = a_fro_sq / a_op_sq if a_op_sq > 0 else 0.0
             nr = (g_nuc / g_fro) ** 2 if g_fro > 0 else (math.nan if math.isnan(g_fro) else 0.0)
             ratio = nr / st if st > 0 else math.nan
@@ -384,15 +380,6 @@ class SpectralMonitor:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _state(stats) -> list[Tensor]:
-    """The tensors that add up when two accumulators of the same block are merged."""
-    if isinstance(stats, SketchedActivation):
-        return [stats.sketch, stats._fro_sq]
-    if isinstance(stats, TokenCounts):
-        return [stats.counts]
-    return [stats.gram]
 
 
 COLUMNS = ["step", "block", "kind", "shape", "rows", "st_A", "nr_G", "ratio", "verdict",

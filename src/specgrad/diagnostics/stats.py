@@ -127,28 +127,9 @@ def _lanczos_top(S: Tensor, starts: list[Optional[Tensor]], max_steps: int,
 
 
 class ActivationGram(GramAccumulator):
-    """The monitor's exact activation statistic: a float64 Gram ``A^T A``, fed cheaply.
-
-    A float32 (or half-precision) chunk's Gram is computed in float32 (half precisions are
-    upcast first) and only then added to the float64 accumulator, which halves the cost of
-    the dominant ``2 n d^2`` product against computing it in float64 (float32 activations
-    carry float32 rounding anyway); float64 chunks go straight to a float64 ``addmm_``, so
-    a float64 model gets exactly :class:`~specgrad.linalg.GramAccumulator`'s Gram.
-    ``||A||_op^2`` comes from :func:`top_eigenvalues` (the monitor batches the blocks of
-    one step into one call).
-    """
-
-    def update(self, chunk: Tensor) -> "ActivationGram":
-        if chunk.ndim < 1 or chunk.shape[-1] != self.dim:
-            raise ValueError(f"chunk must have last dim {self.dim}, got shape {tuple(chunk.shape)}")
-        X = chunk.detach().reshape(-1, self.dim).to(self.gram.device)
-        if X.dtype == torch.float64:
-            self.gram.addmm_(X.mT, X)
-        else:
-            X = X.to(torch.float32)
-            self.gram += X.mT @ X
-        self.rows += X.shape[0]
-        return self
+    """The monitor's exact activation statistic: :class:`~specgrad.linalg.GramAccumulator`
+    with ``||A||_op^2`` from :func:`top_eigenvalues` (the monitor batches the blocks of one
+    step into one call)."""
 
     def operator_sq(self) -> float:
         return top_eigenvalues([self.gram])[0]
@@ -195,6 +176,10 @@ class SketchedActivation:
         self.rows += other.rows
         return self
 
+    def state(self) -> list[Tensor]:
+        """The tensors that add up under :meth:`merge` (what a sum over ranks reduces)."""
+        return [self.sketch, self._fro_sq]
+
     def frobenius_sq(self) -> float:
         return float(self._fro_sq)
 
@@ -231,6 +216,10 @@ class TokenCounts:
         self.counts += torch.bincount(flat, minlength=self.counts.numel()).to(torch.float64)
         self.rows += flat.numel()
         return self
+
+    def state(self) -> list[Tensor]:
+        """The tensors that add up under :meth:`merge` (what a sum over ranks reduces)."""
+        return [self.counts]
 
     def merge(self, other: "TokenCounts") -> "TokenCounts":
         self.counts += other.counts

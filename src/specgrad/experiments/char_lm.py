@@ -19,7 +19,7 @@ from ..models import GPT, GPTConfig
 from .plots import band_plot, save
 from .registry import Claim, Experiment, register
 from .series import by_method
-from .training import LM_METHODS, lm_optimizer, load_corpus, train_lm
+from .training import LM_METHODS, final_or_inf, lm_optimizer, load_corpus, sweep_lowest, train_lm
 
 
 @dataclass
@@ -56,7 +56,7 @@ def _train(cfg, corpus, method, lr, adamw_lr, iters, seed, ctx):
     model = _model(cfg, corpus, seed, ctx.device)
     opt = lm_optimizer(method, model, lr, adamw_lr)
     return train_lm(model, corpus, opt, iters=iters, batch_size=cfg.batch_size, context=cfg.context,
-                    warmup=min(cfg.warmup, iters // 10), eval_every=min(cfg.eval_every, iters),
+                    warmup=min(cfg.warmup, iters // 10), eval_every=cfg.eval_every,
                     eval_batches=cfg.eval_batches, seed=seed, advance=ctx.advance)  # fmt: skip
 
 
@@ -67,14 +67,12 @@ def tune(cfg: CharLMConfig, ctx) -> dict:
     corpus = load_corpus(cfg.corpus)
     methods = ["adamw"] + [m for m in cfg.methods if m != "adamw"]
     ctx.steps(sum(len(cfg.lrs(m)) for m in methods) * cfg.sweep_iters, "lr sweep")
-    sweep, best = {}, {}
-    for method in methods:
-        sweep[method] = {}
-        for lr in cfg.lrs(method):
-            out = _train(cfg, corpus, method, lr, best.get("adamw", lr), cfg.sweep_iters, 0, ctx)
-            final = out["val_loss"][-1]
-            sweep[method][str(lr)] = final if math.isfinite(final) else math.inf
-        best[method] = float(min(sweep[method], key=lambda k: sweep[method][k]))
+
+    def final(method, lr, best):
+        out = _train(cfg, corpus, method, lr, best.get("adamw", lr), cfg.sweep_iters, 0, ctx)
+        return final_or_inf(out["val_loss"])
+
+    sweep, best = sweep_lowest({m: cfg.lrs(m) for m in methods}, final)
     return {"sweep_val_loss": sweep, "best_lr": best}
 
 
@@ -127,10 +125,10 @@ def plot(cfg: CharLMConfig, series: dict, summary: dict, folder) -> list[str]:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     band_plot(axes[0], series, "val_loss")
     band_plot(axes[1], series, "val_loss", x="seconds")
+    lo = min(np.nanmin(v[1]) for v in by_method(series, "val_loss").values())
     for ax in axes:
         if "adamw_final_val_loss" in summary:
             ax.axhline(summary["adamw_final_val_loss"], color="gray", ls=":", lw=1)
-        lo = min(np.nanmin(v[1]) for v in by_method(series, "val_loss").values())
         ax.set_ylim(lo * 0.97, lo * 1.6)
     axes[0].set_title("validation loss (mean over seeds, min-max band)")
     axes[1].set_title("validation loss against training seconds")

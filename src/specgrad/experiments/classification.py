@@ -1,6 +1,6 @@
 """Per-class metrics for imbalanced classification.
 
-Every function takes integer labels ``y`` of shape ``(N,)`` and either predictions of the same
+The metrics take integer labels ``y`` of shape ``(N,)`` and either predictions of the same
 shape or logits of shape ``(N, k)``; classes that do not occur in ``y`` are ``nan`` in the
 per-class results and left out of the averages (as in scikit-learn's
 ``balanced_accuracy_score``).
@@ -69,7 +69,12 @@ def worst_class_accuracy(pred: Tensor, y: Tensor, n_classes: int | None = None) 
 def group_accuracy(pred: Tensor, y: Tensor, groups: Sequence[Sequence[int]],
                    n_classes: int | None = None) -> list[float]:  # fmt: skip
     """Balanced accuracy within each group of classes (e.g. many/medium/few-shot)."""
-    acc = per_class_accuracy(pred, y, n_classes)
+    return group_means(per_class_accuracy(pred, y, n_classes), groups)
+
+
+def group_means(acc: Tensor, groups: Sequence[Sequence[int]]) -> list[float]:
+    """Mean of per-class values ``acc`` (e.g. :func:`per_class_accuracy`) within each group of
+    classes, leaving out ``nan`` (absent classes); ``nan`` for an empty group."""
     return [float(acc[list(g)].nanmean()) if len(g) else math.nan for g in groups]
 
 

@@ -47,7 +47,7 @@ from .char_lm import first_reach
 from .plots import band_plot, save
 from .registry import Claim, Experiment, register
 from .series import by_method
-from .training import lm_optimizer, load_corpus, train_lm
+from .training import final_or_inf, lm_optimizer, load_corpus, sweep_lowest, train_lm
 
 METHODS = ("adamw", "muon", "icm")
 STUDY_ALPHA = (0.2, 0.5)
@@ -125,7 +125,7 @@ def _train(cfg, corpus, method, lr, adamw_lr, iters, seed, ctx, H=None):
     model = make_model(cfg, corpus, seed, ctx.device)
     opt = _optimizer(method, model, lr, adamw_lr, H, cfg)
     out = train_lm(model, corpus, opt, iters=iters, batch_size=cfg.batch_size, context=cfg.context,
-                   warmup=min(cfg.warmup, iters // 10), eval_every=min(cfg.eval_every, iters),
+                   warmup=min(cfg.warmup, iters // 10), eval_every=cfg.eval_every,
                    eval_batches=cfg.eval_batches, seed=seed, advance=ctx.advance)  # fmt: skip
     if hasattr(opt, "icm_log") and opt.icm_log["raw_step"]:
         out["icm_homogenization_mean"] = [float(np.mean(opt.icm_log["homogenization"]))]
@@ -260,14 +260,12 @@ def tune(cfg: CurvatureProfileConfig, ctx) -> dict:
     if not all(math.isfinite(v) for v in H_params.values()):
         raise RuntimeError(f"could not fit H to the measured profile: {H_params}")
     H = curvature_from(H_params)
-    sweep, best = {}, {}
-    for method in methods:
-        sweep[method] = {}
-        for lr in cfg.lrs(method):
-            _, out = _train(cfg, corpus, method, lr, best.get("adamw", lr), cfg.sweep_iters, 0, ctx, H)
-            final = out["val_loss"][-1]
-            sweep[method][str(lr)] = final if math.isfinite(final) else math.inf
-        best[method] = float(min(sweep[method], key=lambda k: sweep[method][k]))
+
+    def final(method, lr, best):
+        _, out = _train(cfg, corpus, method, lr, best.get("adamw", lr), cfg.sweep_iters, 0, ctx, H)
+        return final_or_inf(out["val_loss"])
+
+    sweep, best = sweep_lowest({m: cfg.lrs(m) for m in methods}, final)
     return {"H": H_params, "H_fit_muon_model": fits["muon"], "sweep_val_loss": sweep, "best_lr": best,
             "rule": "best final validation loss after sweep_iters steps on seed 0"}  # fmt: skip
 

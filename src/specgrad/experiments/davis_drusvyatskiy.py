@@ -39,7 +39,7 @@ from torch import Tensor
 from ..data import CharCorpus
 from ..diagnostics import SpectralMonitor
 from ..models import GPT, GPTConfig
-from .plots import save
+from .plots import mean_band, save
 from .registry import Claim, Experiment, register
 from .series import curve, geomean, key_of, seed_runs
 from .training import lm_optimizer, load_corpus, train_lm
@@ -372,15 +372,6 @@ def init_run_seed(cfg: InitStableRankConfig, seed: int, ctx) -> dict:
     return out
 
 
-def _mean_curve(series: dict, method: str, metric: str) -> Optional[tuple[np.ndarray, int]]:
-    """``(values (seeds, n), n)`` of ``method``'s ``metric``, truncated to the shortest seed."""
-    runs = seed_runs(series, method)
-    if not runs:
-        return None
-    n = min(len(r[metric]) for r in runs)
-    return np.asarray([r[metric][:n] for r in runs], dtype=float), n
-
-
 def init_analyze(cfg: InitStableRankConfig, series: dict) -> tuple[dict, list[Claim]]:
     leaky = (cfg.leaky_q, cfg.leaky_p)
     bounds = {a: spike_bound(a, leaky) for a in cfg.activations}
@@ -466,14 +457,10 @@ def init_plot(cfg: InitStableRankConfig, series: dict, summary: dict, folder) ->
     for ax, sweep, xkey, title in ((axes[0], "width", "width", f"m = d = width, n = {cfg.samples_per_width:g} width"),
                                    (axes[1], "samples", "samples", f"m = d = {cfg.sample_width}, n samples")):  # fmt: skip
         for k, a in enumerate(cfg.activations):
-            runs = seed_runs(series, f"{sweep}/{a}")
-            if not runs:
+            cur = curve(series, f"{sweep}/{a}", "stable_rank", x=xkey)
+            if cur is None:
                 continue
-            xs = np.asarray(runs[0][xkey], dtype=float)
-            st = np.asarray([r["stable_rank"] for r in runs], dtype=float)
-            ax.plot(xs, st.mean(0), "o-", color=f"C{k}", ms=3, label=a)
-            if st.shape[0] > 1:
-                ax.fill_between(xs, st.min(0), st.max(0), color=f"C{k}", alpha=0.2, lw=0)
+            mean_band(ax, *cur, f"C{k}", a, marker="o", ms=3)
             b = spike_bound(a, leaky)
             if math.isfinite(b):
                 ax.axhline(b, color=f"C{k}", ls=":", lw=1)
@@ -488,9 +475,9 @@ def init_plot(cfg: InitStableRankConfig, series: dict, summary: dict, folder) ->
 
     fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.2))
     for k, a in enumerate(cfg.activations):
-        cur = _mean_curve(series, f"deep/{a}", "stable_rank")
+        cur = curve(series, f"deep/{a}", "stable_rank", x="layer")
         if cur is not None:
-            axes[0].plot(range(1, cur[1] + 1), cur[0].mean(0), "o-", color=f"C{k}", ms=3, label=a)
+            axes[0].plot(cur[0], cur[1].mean(0), "o-", color=f"C{k}", ms=3, label=a)
     axes[0].set_yscale("log")
     axes[0].set_xlabel("layer")
     axes[0].set_ylabel("st(A_l)")
@@ -661,10 +648,14 @@ def _at(run: dict, metric: str, step: int) -> float:
     return math.nan if v is None else float(v)
 
 
+def _paired_ratios(num: list[dict], den: list[dict], metric: str, step: int) -> list[float]:
+    """Per seed, ``metric`` of ``num`` over ``metric`` of ``den`` at ``step``, through :func:`_pos`."""
+    return [_pos(_at(a, metric, step)) / _pos(_at(b, metric, step)) for a, b in zip(num, den)]
+
+
 def _gap_ratio(num: list[dict], den: list[dict], step: int) -> float:
     """Geometric mean over seeds of ``gap_num(step) / gap_den(step)`` (gaps floored at 1e-300)."""
-    return geomean([_pos(_at(a, "objective_gap", step)) / _pos(_at(b, "objective_gap", step))
-                     for a, b in zip(num, den)])  # fmt: skip
+    return geomean(_paired_ratios(num, den, "objective_gap", step))
 
 
 def rf_analyze(cfg: RandomFeaturesConfig, series: dict) -> tuple[dict, list[Claim]]:
@@ -681,8 +672,7 @@ def rf_analyze(cfg: RandomFeaturesConfig, series: dict) -> tuple[dict, list[Clai
         summary[f"{act}/gd_final_gap"] = geomean([_at(r, "objective_gap", last) for r in gd])
         summary[f"{act}/specgd_final_gap"] = geomean([_at(r, "objective_gap", last) for r in spec])
         summary[f"{act}/gd_over_specgd_final"] = _gap_ratio(gd, spec, last)
-        summary[f"{act}/gd_over_specgd_final_min_seed"] = min(
-            _pos(_at(a, "objective_gap", last)) / _pos(_at(b, "objective_gap", last)) for a, b in zip(gd, spec))
+        summary[f"{act}/gd_over_specgd_final_min_seed"] = min(_paired_ratios(gd, spec, "objective_gap", last))
         summary[f"{act}/gd_over_specgd_mid"] = _gap_ratio(gd, spec, mid)
         ratios = [float(np.nanmin(np.asarray(r["nuclear_rank"], dtype=float))) / s for r, s in zip(gd, st)]
         summary[f"{act}/gd_min_nr_over_st"] = float(min(ratios))
@@ -739,10 +729,7 @@ def rf_plot(cfg: RandomFeaturesConfig, series: dict, summary: dict, folder) -> l
                     lw=1.4 if peak else 0.8, label="SpecGD from nr peak" if peak else None)  # fmt: skip
         for m, color, label in (("gd", "C0", "GD"), ("specgd", "C3", "SpecGD")):
             xs, ys = curve(series, f"{act}/{m}", "objective_gap")
-            ys = np.maximum(ys, 1e-300)
-            ax.plot(xs, np.exp(np.log(ys).mean(0)), color=color, label=label)
-            if ys.shape[0] > 1:
-                ax.fill_between(xs, ys.min(0), ys.max(0), color=color, alpha=0.2, lw=0)
+            mean_band(ax, xs, np.maximum(ys, 1e-300), color, label, center=lambda y, axis: np.exp(np.log(y).mean(axis)))
         ax.plot([], [], color="0.6", lw=0.8, label=f"SpecGD restarts (every {cfg.restart_every})")
         ax.set_yscale("log")
         ax.set_xlabel("step")
@@ -752,10 +739,7 @@ def rf_plot(cfg: RandomFeaturesConfig, series: dict, summary: dict, folder) -> l
         ax.legend(fontsize=7)
         ax = row[1]
         for m, color, label in (("gd", "C0", "nr(grad) along GD"), ("specgd", "C3", "nr(grad) along SpecGD")):
-            xs, ys = curve(series, f"{act}/{m}", "nuclear_rank")
-            ax.plot(xs, ys.mean(0), color=color, label=label)
-            if ys.shape[0] > 1:
-                ax.fill_between(xs, ys.min(0), ys.max(0), color=color, alpha=0.2, lw=0)
+            mean_band(ax, *curve(series, f"{act}/{m}", "nuclear_rank"), color, label)
         ax.axhline(summary.get(f"{act}/stable_rank_A", math.nan), color="k", ls="--", lw=1, label="st(A)")
         ax.set_xlabel("step")
         ax.set_ylabel("nuclear rank")
@@ -887,19 +871,16 @@ def sparse_analyze(cfg: SparseRegressionConfig, series: dict) -> tuple[dict, lis
         for l in (1, 2, 3):
             summary[f"{name}/max_st_A{l}"] = _fmax(v for r in runs for v in r[f"st_A{l}"])
         summary[f"{name}/max_hidden_st"] = _fmax(summary[f"{name}/max_st_A{l}"] for l in (1, 2, 3))
-    summary["early_loss_ratio_gd_over_specgd"] = geomean(
-        [_pos(_at(a, "loss", early)) / _pos(_at(b, "loss", early)) for a, b in zip(gd, spec)])
-    summary["final_loss_ratio_gd_over_specgd"] = geomean(
-        [_pos(_at(a, "loss", cfg.steps)) / _pos(_at(b, "loss", cfg.steps)) for a, b in zip(gd, spec)])
+    summary["early_loss_ratio_gd_over_specgd"] = geomean(_paired_ratios(gd, spec, "loss", early))
+    summary["final_loss_ratio_gd_over_specgd"] = geomean(_paired_ratios(gd, spec, "loss", cfg.steps))
     # the layerwise condition nr(G_l) >= st(A_{l-1}) for the spectral layers, along GD
-    init_ratios, fractions = [], []
+    init_ratios = []
     for l in cfg.spectral_layers:
         if 2 <= l <= 3:
-            for r in gd:
+            for r in gd:  # the per-layer entries keep the last seed's
                 nr, st = np.asarray(r[f"nr_G{l}"], dtype=float), np.asarray(r[f"st_A{l - 1}"], dtype=float)
                 init_ratios.append(float(nr[0] / st[0]))
-                fractions.append(float(np.mean(nr >= st)))
-                summary[f"gd/nr_G{l}_over_st_A{l - 1}_init"] = float(nr[0] / st[0])
+                summary[f"gd/nr_G{l}_over_st_A{l - 1}_init"] = init_ratios[-1]
                 summary[f"gd/frac_steps_nr_G{l}_above_st_A{l - 1}"] = float(np.mean(nr >= st))
     summary["max_hidden_st"] = _fmax([summary["gd/max_hidden_st"], summary["specgd/max_hidden_st"]])
     claims = [
@@ -1065,10 +1046,7 @@ def nr_plot(cfg: NuclearRankGrowthConfig, series: dict, summary: dict, folder) -
         cur = curve(series, f"k{k}", "nuclear_rank")
         if cur is None:
             continue
-        xs, ys = cur
-        axes[0].plot(xs + 1, ys.mean(0), color=f"C{j}", label=f"k = {k}")
-        if ys.shape[0] > 1:
-            axes[0].fill_between(xs + 1, ys.min(0), ys.max(0), color=f"C{j}", alpha=0.2, lw=0)
+        mean_band(axes[0], cur[0] + 1, cur[1], f"C{j}", f"k = {k}")
     axes[0].set_xscale("log")
     axes[0].set_xlabel("GD step + 1")
     axes[0].set_ylabel("nr(grad)")
@@ -1151,7 +1129,7 @@ def lm_run_seed(cfg: LMSpectraConfig, seed: int, ctx) -> dict:
     ctx.steps(cfg.iters, "training")
     try:
         train = train_lm(model, corpus, opt, iters=cfg.iters, batch_size=cfg.batch_size, context=cfg.context,
-                         warmup=min(cfg.warmup, max(1, cfg.iters // 10)), eval_every=min(cfg.eval_every, cfg.iters),
+                         warmup=min(cfg.warmup, max(1, cfg.iters // 10)), eval_every=cfg.eval_every,
                          eval_batches=cfg.eval_batches, seed=seed, advance=ctx.advance,
                          on_step=lambda step: mon.step())  # fmt: skip
         frame = mon.frame()

@@ -36,10 +36,10 @@ from torch import nn
 from ..models import GPT, GPTConfig
 from ..optim import Hybrid
 from .davis_drusvyatskiy import RandomFeaturesConfig, SparseRegressionConfig, random_feature_problem, sparse_problem
-from .plots import save
+from .plots import mean_band, save
 from .registry import Claim, Experiment, register
 from .series import by_method, seed_runs
-from .training import lm_optimizer, load_corpus, train_lm
+from .training import final_or_inf, lm_optimizer, load_corpus, sweep_lowest, train_lm
 
 TASKS = ("relu-features", "swiglu-features", "sparse-regression", "char-lm")
 METHODS = ("euclidean", "spectral", "hybrid")
@@ -171,7 +171,7 @@ def _char_lm(cfg: HybridConfig, method: str, lr: float, adamw_lr: float, iters: 
     else:
         opt = lm_optimizer("adamw" if method == "euclidean" else "muon", model, lr, adamw_lr)
     out = train_lm(model, corpus, opt, iters=iters, batch_size=cfg.lm_batch, context=cfg.lm_context,
-                   warmup=min(cfg.lm_warmup, iters // 10), eval_every=min(cfg.lm_eval_every, iters),
+                   warmup=min(cfg.lm_warmup, iters // 10), eval_every=cfg.lm_eval_every,
                    eval_batches=cfg.lm_eval_batches, seed=seed, advance=ctx.advance)  # fmt: skip
     out = {"step": out["step"], "loss": out["val_loss"], "seconds": out["seconds"]}
     if method == "hybrid":
@@ -199,16 +199,14 @@ def tune(cfg: HybridConfig, ctx) -> dict:
         return cfg.lm_sweep_iters if task == "char-lm" else cfg.steps(task)
 
     ctx.steps(sum(len(cfg.lrs(t, m)) * cost(t) for t in cfg.tasks for m in METHODS), "lr sweep")
-    sweep, best = {}, {}
-    for task in cfg.tasks:
-        for method in METHODS:
-            key = f"{task}/{method}"
-            sweep[key] = {}
-            for lr in cfg.lrs(task, method):
-                adamw_lr = best.get(f"{task}/euclidean", lr)
-                run, _ = _run(cfg, task, method, lr, cfg.tune_seed, ctx, adamw_lr, cfg.lm_sweep_iters)
-                sweep[key][str(lr)] = _final(run)
-            best[key] = float(min(sweep[key], key=lambda k: sweep[key][k]))
+
+    def final(key, lr, best):
+        task, method = key.rsplit("/", 1)
+        adamw_lr = best.get(f"{task}/euclidean", lr)
+        run, _ = _run(cfg, task, method, lr, cfg.tune_seed, ctx, adamw_lr, cfg.lm_sweep_iters)
+        return final_or_inf(run["loss"])
+
+    sweep, best = sweep_lowest({f"{t}/{m}": cfg.lrs(t, m) for t in cfg.tasks for m in METHODS}, final)
     return {"sweep_final_loss": sweep, "best_lr": best}
 
 
@@ -225,19 +223,14 @@ def run_seed(cfg: HybridConfig, seed: int, ctx) -> dict:
     return out
 
 
-def _final(run: dict) -> float:
-    """The last loss of a run; a diverged run (NaN, or ``null`` once saved) counts as ``inf``."""
-    last = run["loss"][-1]
-    return float(last) if last is not None and math.isfinite(last) else math.inf
-
-
 def _finals(series: dict, task: str) -> dict[str, np.ndarray]:
-    """Final loss per seed of each method (paired by seed: same data and init)."""
+    """Final loss per seed of each method, ``inf`` if diverged (paired by seed: same data and
+    init)."""
     out = {}
     for method in METHODS:
         runs = seed_runs(series, f"{task}/{method}")
         if runs:
-            out[method] = np.array([_final(r) for r in runs])
+            out[method] = np.array([final_or_inf(r["loss"]) for r in runs])
     return out
 
 
@@ -296,9 +289,7 @@ def plot(cfg: HybridConfig, series: dict, summary: dict, folder) -> list[str]:
         curves = by_method({k: v for k, v in series.items() if k.startswith(f"{task}/") and "decisions" not in k}, "loss")
         for name, (xs, ys) in sorted(curves.items()):
             method = name.split("/", 1)[1]
-            ax.plot(xs, np.nanmean(ys, 0), color=COLORS[method], label=method)
-            if ys.shape[0] > 1:
-                ax.fill_between(xs, np.nanmin(ys, 0), np.nanmax(ys, 0), color=COLORS[method], alpha=0.2)
+            mean_band(ax, xs, ys, COLORS[method], method)
         if task != "char-lm":
             ax.set_yscale("log")
         ax.set_title(task)

@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from ..optim import Muon, NormalizedGD, SignDescent, SpecGD
 from ..theory import imbalanced as th
 from .classification import per_class_accuracy, per_class_loss
-from .plots import save
+from .plots import mean_band, save
 from .registry import Claim, Experiment, register
 from .series import finite_mean, seed_runs
 
@@ -259,6 +259,7 @@ def gmm_analyze(cfg: GMMConfig, series: dict) -> tuple[dict, list[Claim]]:
     claims: list[Claim] = []
     # (a) closed forms against the simulated population trajectories
     errs = {"gd": [], "gd_flow": [], "specgd": [], "specgd_ramp_spread": []}
+    ramp = int(np.floor(float(mix.target.min()) / cfg.lin_specgd_lr))  # every class still below target
     for run in seed_runs(series, "linear/gd"):
         W = _diag(run, k)
         errs["gd"].append(float(np.abs(W - th.gd_diagonal(mix, cfg.lin_gd_lr, steps)).max()))
@@ -267,7 +268,6 @@ def gmm_analyze(cfg: GMMConfig, series: dict) -> tuple[dict, list[Claim]]:
     for run in seed_runs(series, "linear/specgd"):
         W = _diag(run, k)
         errs["specgd"].append(float(np.abs(W - th.specgd_diagonal(mix, cfg.lin_specgd_lr, steps)).max()))
-        ramp = int(np.floor(float(mix.target.min()) / cfg.lin_specgd_lr))  # every class still below target
         errs["specgd_ramp_spread"].append(float(np.ptp(W[: ramp + 1], axis=1).max()))
     summary["lin/gd_closed_form_max_error"] = max(errs["gd"])
     summary["lin/gd_flow_gap_over_bound"] = max(errs["gd_flow"])
@@ -283,7 +283,7 @@ def gmm_analyze(cfg: GMMConfig, series: dict) -> tuple[dict, list[Claim]]:
         summary[f"lin/{m}/final_bal_acc"] = float(bal[m][-1])
         W = _diag(pop[m], k)
         summary[f"lin/{m}/early_ratio_major_minor"] = float(W[1, 0] / W[1, -1])  # after one step
-    early = slice(1, int(np.floor(float(mix.target.min()) / cfg.lin_specgd_lr)) + 1)
+    early = slice(1, ramp + 1)
     summary["lin/specgd_minus_gd_bal_acc_min_during_ramp"] = float((bal["specgd"][early] - bal["gd"][early]).min())
     summary["lin/specgd_minus_ngd_bal_acc_min_during_ramp"] = float((bal["specgd"][early] - bal["ngd"][early]).min())
     for m in LINEAR_METHODS:
@@ -400,10 +400,7 @@ def gmm_plot(cfg: GMMConfig, series: dict, summary: dict, folder) -> list[str]:
             if not runs:
                 continue
             ys = np.stack([np.asarray(r[metric], dtype=float) for r in runs])
-            xs = np.arange(ys.shape[1])
-            ax.plot(xs, np.nanmean(ys, 0), color=COLORS[m], label=f"{m} (lr={runs[0]['lr'][0]:g})")
-            if ys.shape[0] > 1:
-                ax.fill_between(xs, np.nanmin(ys, 0), np.nanmax(ys, 0), color=COLORS[m], alpha=0.15, lw=0)
+            mean_band(ax, np.arange(ys.shape[1]), ys, COLORS[m], f"{m} (lr={runs[0]['lr'][0]:g})", alpha=0.15)
         ax.set_xlabel("step")
         ax.set_ylabel(label)
         if metric == "minority_loss":

@@ -43,14 +43,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data.longtail import LongTailData, digits, make_long_tail, mnist1d
-from ..data.text import token_frequency_buckets, zipf_corpus, zipf_entropy_rate
+from ..data.text import _windows, _zipf_parts, token_frequency_buckets, zipf_corpus, zipf_entropy_rate
 from ..models import GPT, GPTConfig
 from ..optim import Muon, Shampoo, SpecGD, split_params
-from .classification import balanced_accuracy, group_accuracy, per_class_accuracy, shot_groups
-from .plots import save
+from .classification import group_means, per_class_accuracy, shot_groups
+from .plots import mean_band, save
 from .registry import Claim, Experiment, register
-from .series import curve, finite_mean, geomean, seed_runs
-from .training import lm_optimizer, train_lm
+from .series import curve, finite_mean, first_at_least, geomean, seed_runs
+from .training import final_or_inf, lm_optimizer, sweep_lowest, train_lm
 
 CLS_METHODS = ("sgd", "adamw", "muon", "shampoo", "specgd")
 SPECTRAL = ("muon", "shampoo", "specgd")
@@ -193,8 +193,8 @@ def make_optimizer(method: str, model: nn.Module, lr: float, adamw_lr: float, ro
 def _scores(model: nn.Module, x: Tensor, y: Tensor, groups, n_classes: int) -> dict[str, float]:
     logits = model(x)
     acc = per_class_accuracy(logits, y, n_classes)
-    many, medium, few = group_accuracy(logits, y, groups, n_classes)
-    return {"bal_acc": balanced_accuracy(logits, y, n_classes), "worst_acc": float(acc.min()),
+    many, medium, few = group_means(acc, groups)
+    return {"bal_acc": float(acc.nanmean()), "worst_acc": float(acc.min()),
             "many_acc": many, "medium_acc": medium, "few_acc": few,
             "loss": float(F.cross_entropy(logits, y)), "class_acc": acc.tolist()}  # fmt: skip
 
@@ -299,13 +299,7 @@ def run_seed(cfg: LongTailConfig, seed: int, ctx) -> dict:
     return out
 
 
-
-def epochs_to_target(curve, target: float) -> float:
-    """First epoch (index) with ``curve >= target``; ``len(curve)`` (censored) if never."""
-    c = np.asarray(curve, dtype=float)
-    hit = np.flatnonzero(np.isfinite(c) & (c >= target))
-    return float(hit[0]) if hit.size else float(c.size)
-
+epochs_to_target = first_at_least  # first epoch with accuracy >= target (len(curve) if never)
 
 
 def analyze(cfg: LongTailConfig, series: dict) -> tuple[dict, list[Claim]]:
@@ -387,13 +381,14 @@ def analyze(cfg: LongTailConfig, series: dict) -> tuple[dict, list[Claim]]:
     return summary, claims
 
 
-def _grid(n: int):
-    cols = min(n, 4)
+def _grid(n: int, cols: int = 4, size: tuple[float, float] = (3.4, 2.8), sharex: bool = True):
+    """A figure of ``n`` panels, at most ``cols`` to a row, each ``size`` inches; its axes."""
+    cols = min(n, cols)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.8 * rows), sharex=True, squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(size[0] * cols, size[1] * rows), sharex=sharex, squeeze=False)
     for ax in axes.flat[n:]:
         ax.set_visible(False)
-    return fig, list(axes.flat)
+    return fig, list(axes.flat)[:n]
 
 
 def _metric_grid(cfg, series, summary, metric: str, ylabel: str, folder, name: str, target: bool = False) -> str:
@@ -404,11 +399,7 @@ def _metric_grid(cfg, series, summary, metric: str, ylabel: str, folder, name: s
             cur = curve(series, f"{method}/{cell.name}", metric, x="epoch")
             if cur is None:
                 continue
-            xs, ys = cur
-            with np.errstate(all="ignore"):
-                ax.plot(xs, np.nanmean(ys, 0), color=COLORS.get(method), label=method, lw=1.3)
-                if ys.shape[0] > 1:
-                    ax.fill_between(xs, np.nanmin(ys, 0), np.nanmax(ys, 0), color=COLORS.get(method), alpha=0.15, lw=0)
+            mean_band(ax, *cur, COLORS.get(method), method, alpha=0.15, lw=1.3)
         if target and f"{cell.name}/target" in summary:
             ax.axhline(summary[f"{cell.name}/target"], color="gray", ls=":", lw=1)
         ax.set_title(cell.name, fontsize=9)
@@ -522,10 +513,7 @@ class TokenStream:
 
     def get_batch(self, split: str, batch_size: int, context: int,
                   generator: Optional[torch.Generator] = None) -> tuple[Tensor, Tensor]:  # fmt: skip
-        data = self.train if split == "train" else self.val
-        start = torch.randint(len(data) - context, (batch_size, 1), generator=generator)
-        windows = data[start + torch.arange(context + 1)]
-        return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
+        return _windows(self.train if split == "train" else self.val, batch_size, context, generator)
 
 
 def zipf_stream(cfg: LongTailTokensConfig) -> TokenStream:
@@ -548,10 +536,7 @@ def zipf_conditional_nll(prev: Tensor, nxt: Tensor, vocab_size: int, exponent: f
         >>> bool(nll[0] < nll[1])  # 0 and 1 sit in different clusters
         True
     """
-    p = torch.arange(1, vocab_size + 1, dtype=torch.float64).pow(-float(exponent))
-    p /= p.sum()
-    cluster = torch.arange(vocab_size) % n_clusters
-    p_cluster = torch.zeros(n_clusters, dtype=torch.float64).index_add_(0, cluster, p)
+    p, cluster, p_cluster = _zipf_parts(vocab_size, exponent, n_clusters, coherence)
     same = (cluster[prev] == cluster[nxt]).double()
     q = (1 - coherence) * p[nxt] + coherence * same * p[nxt] / p_cluster[cluster[prev]]
     return -q.log()
@@ -620,15 +605,14 @@ def train_tokens(cfg: LongTailTokensConfig, stream: TokenStream, buckets: Tensor
                      n_embd=cfg.n_embd, tied=cfg.tied)  # fmt: skip
     model = GPT(conf)
     opt = _token_optimizer(method, model, lr, adamw_lr)
-    eval_every = min(cfg.eval_every, iters)
     rows: list[dict[str, Tensor]] = []
 
     def on_step(step: int) -> None:
-        if per_bucket and step % eval_every == 0:
+        if per_bucket and step % cfg.eval_every == 0:
             rows.append(bucket_losses(model, stream, buckets, cfg.n_buckets, cfg))
 
     out = train_lm(model, stream, opt, iters=iters, batch_size=cfg.batch_size, context=cfg.context,
-                   warmup=min(cfg.warmup, iters // 10), eval_every=eval_every, eval_batches=cfg.eval_batches,
+                   warmup=min(cfg.warmup, iters // 10), eval_every=cfg.eval_every, eval_batches=cfg.eval_batches,
                    seed=seed, advance=advance, on_step=on_step)  # fmt: skip
     if per_bucket:
         rows.append(bucket_losses(model, stream, buckets, cfg.n_buckets, cfg))
@@ -636,10 +620,10 @@ def train_tokens(cfg: LongTailTokensConfig, stream: TokenStream, buckets: Tensor
         for b in range(cfg.n_buckets):
             out[f"bucket{b}_loss"] = [float(r["loss"][b]) for r in rows]
             out[f"bucket{b}_excess"] = [float(r["excess"][b]) for r in rows]
-        out["loss_spread"] = [spread(r["loss"])[0] for r in rows]
-        out["loss_rel_spread"] = [spread(r["loss"])[1] for r in rows]
-        out["excess_spread"] = [spread(r["excess"])[0] for r in rows]
-        out["excess_rel_spread"] = [spread(r["excess"])[1] for r in rows]
+        for part in ("loss", "excess"):
+            spreads = [spread(r[part]) for r in rows]
+            out[f"{part}_spread"] = [s for s, _ in spreads]
+            out[f"{part}_rel_spread"] = [rel for _, rel in spreads]
         out["excess_max"] = [float(np.nanmax(r["excess"].numpy())) for r in rows]
     out["lr"] = [lr]
     return out
@@ -656,15 +640,13 @@ def token_tune(cfg: LongTailTokensConfig, ctx) -> dict:
     stream, buckets = _token_setup(cfg)
     methods = ["adamw"] + [m for m in cfg.methods if m != "adamw"]
     ctx.steps(sum(len(cfg.lrs(m)) for m in methods) * cfg.sweep_iters, "lr sweep")
-    sweep, best = {}, {}
-    for method in methods:
-        sweep[method] = {}
-        for lr in cfg.lrs(method):
-            out = train_tokens(cfg, stream, buckets, method, lr, best.get("adamw", lr), cfg.sweep_iters, 0,
-                               ctx.advance, per_bucket=False)  # fmt: skip
-            final = out["val_loss"][-1]
-            sweep[method][f"{lr:g}"] = final if math.isfinite(final) else math.inf
-        best[method] = float(min(sweep[method], key=lambda k: sweep[method][k]))
+
+    def final(method, lr, best):
+        out = train_tokens(cfg, stream, buckets, method, lr, best.get("adamw", lr), cfg.sweep_iters, 0,
+                           ctx.advance, per_bucket=False)  # fmt: skip
+        return final_or_inf(out["val_loss"])
+
+    sweep, best = sweep_lowest({m: cfg.lrs(m) for m in methods}, final, label=lambda lr: f"{lr:g}")
     return {"rule": "lowest validation loss after sweep_iters steps on seed 0", "val_loss": sweep, "best_lr": best}
 
 
@@ -758,12 +740,7 @@ def token_analyze(cfg: LongTailTokensConfig, series: dict) -> tuple[dict, list[C
 
 def token_plot(cfg: LongTailTokensConfig, series: dict, summary: dict, folder) -> list[str]:
     methods = [m for m in cfg.methods if any(k.startswith(f"{m}/seed") for k in series)]
-    n = len(methods) + 2
-    cols = min(n, 3)
-    fig, axes = plt.subplots(math.ceil(n / cols), cols, figsize=(4.2 * cols, 3.4 * math.ceil(n / cols)), squeeze=False)
-    for ax in axes.flat[n:]:
-        ax.set_visible(False)
-    axes = list(axes.flat)[:n]
+    fig, axes = _grid(len(methods) + 2, cols=3, size=(4.2, 3.4), sharex=False)
     cmap = plt.get_cmap("viridis")
     top = 0.0
     for ax, m in zip(axes, methods):
@@ -787,10 +764,7 @@ def token_plot(cfg: LongTailTokensConfig, series: dict, summary: dict, folder) -
         for m in methods:
             cur = curve(series, m, metric)
             if cur is not None:
-                ax.plot(cur[0], np.nanmean(cur[1], 0), color=TOKEN_COLORS.get(m), label=m)
-                if cur[1].shape[0] > 1:
-                    ax.fill_between(cur[0], np.nanmin(cur[1], 0), np.nanmax(cur[1], 0), color=TOKEN_COLORS.get(m),
-                                    alpha=0.2, lw=0)  # fmt: skip
+                mean_band(ax, *cur, TOKEN_COLORS.get(m), m)
         ax.axvline(summary.get("early_step", 0), color="gray", ls=":", lw=1)
         ax.set_xlabel("step")
         ax.set_ylabel(label, fontsize=8)

@@ -21,7 +21,6 @@ fewest steps on seed 0 (the tuning stage); the grids and the winners are in the 
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
@@ -36,9 +35,9 @@ from ..theory.phase_retrieval import (
     spiked_problem,
     train,
 )
-from .plots import save
+from .plots import mean_band, save
 from .registry import Claim, Experiment, register
-from .series import curve, finite_mean, geomean, seed_runs
+from .series import curve, finite_mean, first_at_least, geomean, seed_runs
 
 METHODS = ("gd", "specgd", "muon")
 COLORS = {"gd": "C0", "specgd": "C3", "muon": "C2"}
@@ -134,11 +133,7 @@ def steps_to_stable(alignment, target: float) -> float:
     return float(bad[-1] + 1) if bad.size else 0.0
 
 
-def steps_to_first(alignment, target: float) -> float:
-    """First step with ``alignment >= target`` (``len(alignment)`` if never)."""
-    al = np.asarray(alignment, dtype=float)
-    hit = np.flatnonzero(np.isfinite(al) & (al >= target))
-    return float(hit[0]) if hit.size else float(al.size)
+steps_to_first = first_at_least  # first step with alignment >= target (len(alignment) if never)
 
 
 def spike_amplification(a, b) -> float:
@@ -222,11 +217,12 @@ def _run_summary(cfg: PhaseRetrievalConfig, cond: Condition, method: str, runs: 
     last = {m: finite_mean([float(np.asarray(r[m], dtype=float)[-1]) for r in runs])
             for m in ("alignment", "loss", "b", "c")}  # fmt: skip
     lr = float(runs[0]["lr"][0])
+    stable = [steps_to_stable(r["alignment"], cfg.target) for r in runs]
     out = {
         "lr": lr,
         "lr_at_grid_top": float(lr >= max(cfg.lr_grid(method, cond.m)) * (1 - 1e-12)),
-        "steps_to_align": _median([steps_to_stable(r["alignment"], cfg.target) for r in runs]),
-        "steps_to_align_mean": finite_mean([steps_to_stable(r["alignment"], cfg.target) for r in runs]),
+        "steps_to_align": _median(stable),
+        "steps_to_align_mean": finite_mean(stable),
         "first_hit_align": _median([steps_to_first(r["alignment"], cfg.target) for r in runs]),
         "spike_amplification": geomean([spike_amplification(r["a"], r["b"]) for r in runs]),
         "peak_spike_to_signal": geomean([peak_spike_to_signal(r["a"], r["b"]) for r in runs]),
@@ -236,13 +232,14 @@ def _run_summary(cfg: PhaseRetrievalConfig, cond: Condition, method: str, runs: 
         "final_spike": last["b"], "final_bulk": last["c"],
     }  # fmt: skip
     if method == "gd" and cond.n_samples == 0:
-        pred = gd_growth_factors(make_problem(cfg, cond), lr, cond.m)
+        problem = make_problem(cfg, cond)
+        pred = gd_growth_factors(problem, lr, cond.m)
         meas = [early_growth(r["a"], r["b"], cfg.early_steps) for r in runs]
         for part in ("signal", "spike", "ratio"):
             out[f"early_{part}_growth_predicted"] = pred[part]
             out[f"early_{part}_growth_measured"] = finite_mean([g[part] for g in meas])
         out["early_ratio_growth_rel_error"] = max(abs(g["ratio"] / pred["ratio"] - 1) for g in meas)
-        out["lr_over_stability_limit"] = lr / gd_stability_limit(make_problem(cfg, cond), cond.m)
+        out["lr_over_stability_limit"] = lr / gd_stability_limit(problem, cond.m)
     return out
 
 
@@ -302,14 +299,6 @@ def analyze(cfg: PhaseRetrievalConfig, series: dict) -> tuple[dict, list[Claim]]
 
 
 
-def _band(ax, xs, ys, color, label, ls="-"):
-    with warnings.catch_warnings():  # steps where every seed diverged are all-NaN: leave them blank
-        warnings.simplefilter("ignore", RuntimeWarning)
-        ax.plot(xs, np.nanmean(ys, 0), color=color, ls=ls, label=label)
-        if ys.shape[0] > 1:
-            ax.fill_between(xs, np.nanmin(ys, 0), np.nanmax(ys, 0), color=color, alpha=0.2, lw=0)
-
-
 def _xmax(cfg, summary, names) -> int:
     steps = [summary.get(f"{m}/{n}/steps_to_align", cfg.steps) for m in cfg.methods for n in names]
     return int(min(cfg.steps, max(20, 1.6 * max(s for s in steps if math.isfinite(s)))))
@@ -326,7 +315,7 @@ def plot(cfg: PhaseRetrievalConfig, series: dict, summary: dict, folder) -> list
         for metric, color, label in (("a", "C3", "a_k signal"), ("b", "C1", "b_k spike"), ("c", "C7", "c_k bulk")):
             cur = curve(series, f"{method}/{top}", metric)
             if cur is not None:
-                _band(ax, cur[0][: xmax + 1], cur[1][:, : xmax + 1], color, label)
+                mean_band(ax, cur[0][: xmax + 1], cur[1][:, : xmax + 1], color, label)
         lr = summary.get(f"{method}/{top}/lr", math.nan)
         ax.set_title(f"{method}, lam={lams[-1]:g}, d={cfg.d}, m={cfg.m}, lr={lr:.3g}")
         ax.set_yscale("log")
@@ -388,7 +377,7 @@ def plot(cfg: PhaseRetrievalConfig, series: dict, summary: dict, folder) -> list
         for method in cfg.methods:
             cur = curve(series, f"{method}/{name}", "alignment")
             if cur is not None:
-                _band(ax, cur[0][: xmax + 1], cur[1][:, : xmax + 1], COLORS.get(method), method)
+                mean_band(ax, cur[0][: xmax + 1], cur[1][:, : xmax + 1], COLORS.get(method), method)
         ax.axhline(cfg.target, color="gray", ls=":", lw=1)
         ax.set_title(name)
         ax.set_xlabel("step")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -13,15 +14,22 @@ import numpy as np  # noqa: E402
 from .series import by_method  # noqa: E402
 
 
+def mean_band(ax, xs, ys, color, label=None, *, center=np.nanmean, alpha: float = 0.2, **line) -> None:
+    """A line of ``center(ys, 0)`` over the seeds (rows) of ``ys`` ``(seeds, len(xs))`` and a
+    band of their min-max range; steps where every seed is NaN (diverged) stay blank."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ax.plot(xs, center(ys, 0), color=color, label=label, **line)
+        if ys.shape[0] > 1:
+            ax.fill_between(xs, np.nanmin(ys, 0), np.nanmax(ys, 0), color=color, alpha=alpha, lw=0)
+
+
 def band_plot(ax, series: dict, metric: str, x: str = "step", methods=None, log: bool = False) -> None:
     """Mean over seeds with a min-max band, one line per method."""
     for k, (method, (xs, ys)) in enumerate(sorted(by_method(series, metric, x).items())):
         if methods is not None and method not in methods:
             continue
-        color = f"C{k % 10}"
-        ax.plot(xs, np.nanmean(ys, 0), color=color, label=method)
-        if ys.shape[0] > 1:
-            ax.fill_between(xs, np.nanmin(ys, 0), np.nanmax(ys, 0), color=color, alpha=0.2)
+        mean_band(ax, xs, ys, f"C{k % 10}", method)
     ax.set_xlabel(x)
     ax.set_ylabel(metric)
     if log:

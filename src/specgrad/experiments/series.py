@@ -51,6 +51,13 @@ def curve(series: dict, key: str, metric: str, x: str = "step") -> Optional[tupl
     return by_method({k: v for k, v in series.items() if key_of(k) == key}, metric, x).get(key)
 
 
+def first_at_least(values, target: float) -> float:
+    """First index with a finite ``values[i] >= target``; ``len(values)`` (censored) if none."""
+    v = np.asarray(values, dtype=float)
+    hit = np.flatnonzero(np.isfinite(v) & (v >= target))
+    return float(hit[0]) if hit.size else float(v.size)
+
+
 def finite_mean(values) -> float:
     """Mean of the finite values (NaN if none)."""
     v = np.asarray(list(values), dtype=float)

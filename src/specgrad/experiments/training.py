@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -28,6 +28,27 @@ def warmup_cosine(step: int, total: int, warmup: int, floor: float = 0.1) -> flo
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def final_or_inf(values) -> float:
+    """The last value of a series; an empty or diverged one (NaN, or ``null`` once saved)
+    counts as ``inf``."""
+    last = values[-1] if len(values) else None
+    return float(last) if last is not None and math.isfinite(last) else math.inf
+
+
+def sweep_lowest(grids: dict[str, Sequence[float]], final: Callable[[str, float, dict], float],
+                 label: Callable[[float], str] = str) -> tuple[dict, dict]:  # fmt: skip
+    """A learning-rate sweep: ``final(key, lr, best)`` for every lr of every key's grid, in
+    order. Returns ``(sweep, best)``: ``sweep[key][label(lr)]`` the finals and ``best[key]``
+    the lr of the lowest one (the first on ties, as a float of its label). ``best`` fills in
+    as the sweep goes, so a key's runs can read the winners of the keys before it (AdamW's
+    lr, which drives the AdamW rule of the spectral methods)."""
+    sweep, best = {}, {}
+    for key, lrs in grids.items():
+        sweep[key] = {label(lr): final(key, lr, best) for lr in lrs}
+        best[key] = float(min(sweep[key], key=sweep[key].get))
+    return sweep, best
 
 
 def lm_optimizer(method: str, model: nn.Module, lr: float, adamw_lr: float, weight_decay: float = 0.1):

@@ -42,6 +42,12 @@ def check_positive_int(value, name: str) -> int:
     return value
 
 
+def check_nonnegative_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    return value
+
+
 def working_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype exact factorizations run in: half precisions are upcast to float32."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype

@@ -117,13 +117,15 @@ def _frobenius_norm64(G: Tensor) -> Tensor:
     return sq.sqrt().reshape(*G.shape[:-2], 1, 1)
 
 
-def _frobenius_norms(mats: Sequence[Tensor], target: torch.dtype) -> Tensor:
-    """Frobenius norms of a list of matrices, ``(len,)`` float64, for scaling them into
-    ``target``. Unless that is float64, float32 and lower inputs are summed in float32 by
-    one fused ``_foreach_norm`` without temporaries (a float64 cast of every matrix is
-    page-faulted in on every optimizer step on CPU), exact to float32 rounding; norms
-    outside ``_FLOAT32_SAFE_NORMS`` are redone in float64 (one host sync)."""
+def _frobenius_norms(mats, target: torch.dtype) -> Tensor:
+    """Frobenius norms of a list (or a ``(B, m, n)`` batch) of matrices, ``(len,)`` float64,
+    for scaling them into ``target``. Unless that is float64, float32 and lower inputs are
+    summed in float32 by one fused ``_foreach_norm`` without temporaries (a float64 cast of
+    every matrix is page-faulted in on every optimizer step on CPU), exact to float32
+    rounding; norms outside ``_FLOAT32_SAFE_NORMS`` are redone in float64 (one host sync)."""
     if target == torch.float64 or mats[0].dtype == torch.float64:
+        if isinstance(mats, Tensor):
+            return _frobenius_norm64(mats).flatten()
         return torch.stack([_frobenius_norm64(x).reshape(()) for x in mats])
     norms = torch.stack(torch._foreach_norm(list(mats), 2, dtype=torch.float32)).double()
     lo, hi = _FLOAT32_SAFE_NORMS
@@ -136,7 +138,8 @@ def _frobenius_norms(mats: Sequence[Tensor], target: torch.dtype) -> Tensor:
 def normalize_spectrum(G: Tensor, safety: float = 1.0, dtype: Optional[torch.dtype] = None) -> Tensor:
     """``G / (safety * ||G||_F)`` per matrix, so every singular value is at most ``1/safety``.
 
-    The norm is accumulated in float64, so entries as large as 1e150 or as small as 1e-150
+    The norm is accumulated in float64 (in float32 where that cannot overflow or underflow
+    and ``dtype`` is not float64), so entries as large as 1e150 or as small as 1e-150
     neither overflow nor underflow; a zero matrix stays zero. Returns a new tensor in
     ``dtype`` (default ``G.dtype``).
     """
@@ -157,12 +160,11 @@ def _inverse_norm(G: Tensor, safety: float, target: torch.dtype) -> Tensor:
     subnormals is scaled up as far as float32 allows (finite, norm short of 1) instead of
     to inf. Few small ops on purpose: each costs ~5-10 us, ~0.3% of 5 steps on 256 x 256.
     """
-    mats = G.reshape(-1, *G.shape[-2:]).unbind(0)
-    return _inverse_norms(mats, safety, target).reshape(*G.shape[:-2], 1, 1)
+    return _inverse_norms(G.reshape(-1, *G.shape[-2:]), safety, target).reshape(*G.shape[:-2], 1, 1)
 
 
-def _inverse_norms(mats: Sequence[Tensor], safety: float, target: torch.dtype) -> Tensor:
-    """:func:`_inverse_norm` of each matrix of a list, ``(len,)``."""
+def _inverse_norms(mats, safety: float, target: torch.dtype) -> Tensor:
+    """:func:`_inverse_norm` of each matrix of a list or batch, ``(len,)``."""
     norm = _frobenius_norms(mats, target)
     if safety != 1.0:
         norm = norm * safety
@@ -279,7 +281,7 @@ def quintic_iteration(
     buffer, so its result is exactly the transpose of the wide computation.
     """
     check_positive_int(steps, "steps")
-    _check_norm(norm)
+    check_norm(norm)
     if G.numel() == 0:
         return torch.zeros_like(G)
     out_dtype = G.dtype
@@ -300,7 +302,7 @@ def quintic_iteration_many(mats: Sequence[Tensor], schedule: QuinticSchedule, st
     by :func:`stack_normalized`, so the inputs are read once. With a ``workspace`` every
     buffer, the result included, is reused from (and left in) it."""
     check_positive_int(steps, "steps")
-    _check_norm(norm)
+    check_norm(norm)
     m, n = mats[0].shape
     if m > n:
         raise ValueError(f"matrices must be wide (m <= n), got {m} x {n}; pass their transposes")
@@ -312,19 +314,23 @@ def quintic_iteration_many(mats: Sequence[Tensor], schedule: QuinticSchedule, st
     return X if X.dtype == like.dtype else _buffer(workspace, "out", X.shape, like).copy_(X)
 
 
-def _check_norm(norm: str) -> None:
+def check_norm(norm, name: str = "norm") -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``norm`` is one of :data:`NORMS`."""
     if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        raise ValueError(f"{name} must be one of {NORMS}, got {norm!r}")
+
+
+def check_gram(gram, name: str = "gram") -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``gram`` is ``True``, ``False`` or ``"auto"``."""
+    if not (isinstance(gram, bool) or gram == "auto"):
+        raise ValueError(f"{name} must be True, False or 'auto', got {gram!r}")
 
 
 def use_gram(gram, m: int, n: int) -> bool:
     """Whether ``gram`` (``True``, ``False`` or ``"auto"``) iterates an ``m x n`` matrix
     (``m <= n``) in Gram form."""
-    if gram == "auto":
-        return n >= GRAM_AUTO_ASPECT * m
-    if isinstance(gram, bool):
-        return gram
-    raise ValueError(f"gram must be True, False or 'auto', got {gram!r}")
+    check_gram(gram)
+    return n >= GRAM_AUTO_ASPECT * m if gram == "auto" else gram
 
 
 def _iterate(X: Tensor, schedule: QuinticSchedule, steps: int, norm: str, gram, ws: Optional[Workspace]) -> Tensor:

@@ -156,7 +156,6 @@ class GramAccumulator:
         self.dim = check_positive_int(dim, "dim")
         self.gram = torch.zeros(dim, dim, dtype=torch.float64, device=device)
         self.rows = 0
-        self._chunk_gram: Optional[Tensor] = None
 
     def update(self, chunk: Tensor) -> "GramAccumulator":
         """Add rows ``chunk`` of shape ``(rows, dim)`` (or ``(..., dim)``, flattened)."""
@@ -166,14 +165,16 @@ class GramAccumulator:
         if X.dtype == torch.float64:
             self.gram.addmm_(X.mT, X)
         else:
-            # Lower precisions multiply in float32 (exact to float32 rounding of each entry;
-            # a float64 product costs ~3x, and on CPU the float64 copy of a large chunk is
-            # page-faulted in afresh on every call); the sum over chunks stays float64.
-            if self._chunk_gram is None:
-                self._chunk_gram = torch.empty(self.dim, self.dim, dtype=torch.float32, device=self.gram.device)
-            self.gram += torch.mm(X.mT.to(torch.float32), X.to(torch.float32), out=self._chunk_gram)
+            # float32 activations carry float32 rounding anyway, and a float64 product of
+            # the dominant 2 n d^2 flops costs ~3x; the sum over chunks stays float64
+            X = X.to(torch.float32)
+            self.gram += X.mT @ X
         self.rows += X.shape[0]
         return self
+
+    def state(self) -> list[Tensor]:
+        """The tensors that add up under :meth:`merge` (what a sum over ranks reduces)."""
+        return [self.gram]
 
     def merge(self, other: "GramAccumulator") -> "GramAccumulator":
         """Add another accumulator's rows (e.g. from another micro-batch or rank)."""

@@ -170,5 +170,5 @@ def check_grads_agree(has_grad: list[bool], nonfinite: list[bool], group=None,
     flags = torch.tensor([[float(h), float(b)] for h, b in zip(has_grad, nonfinite)] or [[0.0, 0.0]],
                          dtype=torch.float64, device=device)  # fmt: skip
     dist.all_reduce(flags, group=group)
-    split = [k for k in range(len(has_grad)) if 0 < flags[k, 0] < world]
-    return split, {k for k in range(len(has_grad)) if flags[k, 1] > 0}
+    rows = flags.tolist()[: len(has_grad)]  # one transfer to the host, not one per flag
+    return [k for k, (h, _) in enumerate(rows) if 0 < h < world], {k for k, (_, b) in enumerate(rows) if b > 0}

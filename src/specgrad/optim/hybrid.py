@@ -17,9 +17,10 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from ..linalg import matrix_norms
-from .chain import ChainOptimizer, _check_range, validate_common
-from .muon import validate_orthogonalizer
+from ..linalg import Workspace, matrix_norms
+from ..linalg._checks import check_positive_int
+from .chain import ChainOptimizer, _check_range
+from .muon import validate_orthogonalizer, validate_spectral
 from .routing import split_params
 from .transforms import (
     Adam,
@@ -56,6 +57,7 @@ class HybridStep(Transform):
     def __init__(self, owner: "Hybrid"):
         self.owner = owner
         self.adam = Adam()
+        self.workspace = Workspace()  # the polar factors' buffers, reused from step to step
 
     def init(self, p, state, group):
         self.adam.init(p, state, group)
@@ -70,11 +72,11 @@ class HybridStep(Transform):
         decrease = g["decision"] == "decrease"
         # polar(M) where it is used: spectral blocks, and every block of the decrease rule
         need = [i for i, st in enumerate(u.states) if decrease or bool(st["spectral"])]
-        polar = dict(zip(need, orthogonalize_many([u.updates[i] for i in need], g)))
+        polar = dict(zip(need, orthogonalize_many([u.updates[i] for i in need], g, self.workspace)))
         exact = g["orthogonalizer"] == "svd"
         acts = owner._activations
         new_updates = []
-        adam_needed = [i for i, st in enumerate(u.states) if g["euclidean"] == "adamw"]
+        adam_needed = list(range(len(u.states))) if g["euclidean"] == "adamw" else []
         if adam_needed:  # Adam moments follow the raw gradient whichever rule is active
             sub = type(u)(g, [u.params[i] for i in adam_needed], [u.states[i] for i in adam_needed],
                           [u.params[i].grad.reshape(u.updates[i].shape) for i in adam_needed])  # fmt: skip
@@ -84,14 +86,16 @@ class HybridStep(Transform):
         for i, (M, st, p) in enumerate(zip(u.updates, u.states, u.params)):
             m, n = M.shape
             O = polar.get(i)
-            fro = float(M.norm())
+            # norms (host syncs) only where read: measurements, the decrease rule, SGD's scale
+            fro = float(M.norm()) if sampled or decrease or g["euclidean"] == "sgd" else math.nan
             if not (sampled or decrease):
-                nuc = math.nan
-            elif exact and O is not None:
-                nuc = float((M * O).sum())  # <M, polar(M)> = ||M||_*
-            else:  # an approximate polar factor would bias <M, O> low: the singular values
-                nuc = float(matrix_norms(M).nuclear)
-            nr = (nuc / fro) ** 2 if fro > 0 else 0.0
+                nuc = nr = math.nan
+            else:
+                if exact and O is not None:
+                    nuc = float((M * O).sum())  # <M, polar(M)> = ||M||_*
+                else:  # an approximate polar factor would bias <M, O> low: the singular values
+                    nuc = float(matrix_norms(M).nuclear)
+                nr = (nuc / fro) ** 2 if fro > 0 else 0.0
             a = acts.get(p)
             if decrease:
                 step = self._majorization(p, M, O, nr, nuc, a, g, st)
@@ -205,8 +209,7 @@ class Hybrid(ChainOptimizer):
     ):
         from ..diagnostics import SpectralMonitor
 
-        if isinstance(every, bool) or not isinstance(every, int) or every <= 0:
-            raise ValueError(f"every must be a positive integer, got {every!r}")
+        check_positive_int(every, "every")
         routing = split_params(model, overrides)
         named = dict(model.named_parameters())
         self._names = {named[n]: n for n in routing.names("spectral")}
@@ -231,7 +234,7 @@ class Hybrid(ChainOptimizer):
         return [Momentum(), AsMatrix(), HybridStep(self), DecoupledWeightDecay(), ApplyLR()]
 
     def validate(self, group):
-        validate_common(group)
+        validate_spectral(group)
         validate_orthogonalizer(group)
         if group["euclidean"] not in EUCLIDEAN:
             raise ValueError(f"euclidean must be one of {EUCLIDEAN}, got {group['euclidean']!r}")
@@ -278,15 +281,15 @@ class Hybrid(ChainOptimizer):
         elif not spectral and ema > h:
             spectral = True
         st["spectral"].fill_(float(spectral))
-        self._log_rows.append(dict(step=self._t, block=self._names.get(p, "?"), nr=nr, st=st_a,
-                                   ratio=math.exp(log_ratio), smoothed_ratio=math.exp(ema),
-                                   choice="spectral" if spectral else "euclidean"))  # fmt: skip
+        self._append_row(p, nr, st_a, math.exp(log_ratio), math.exp(ema), spectral)
 
     def _log(self, p: Tensor, nr: float, a: Optional[dict], spectral: bool) -> None:
         st_a = a["st"] if a else math.nan
-        self._log_rows.append(dict(step=self._t, block=self._names.get(p, "?"), nr=nr, st=st_a,
-                                   ratio=nr / st_a if st_a else math.nan, smoothed_ratio=math.nan,
-                                   choice="spectral" if spectral else "euclidean"))  # fmt: skip
+        self._append_row(p, nr, st_a, nr / st_a if st_a else math.nan, math.nan, spectral)
+
+    def _append_row(self, p: Tensor, nr: float, st_a: float, ratio: float, smoothed: float, spectral: bool) -> None:
+        self._log_rows.append(dict(step=self._t, block=self._names.get(p, "?"), nr=nr, st=st_a, ratio=ratio,
+                                   smoothed_ratio=smoothed, choice="spectral" if spectral else "euclidean"))  # fmt: skip
 
     def decisions(self) -> pd.DataFrame:
         """Every decision so far: ``step, block, nr, st, ratio, smoothed_ratio, choice``."""

@@ -8,7 +8,8 @@ from typing import Optional
 import torch
 
 from ..linalg import METHODS, as_schedule, polar_express_schedule
-from ..linalg.polar import NORMS
+from ..linalg._checks import check_positive_int
+from ..linalg.polar import check_gram, check_norm
 from .chain import ChainOptimizer, validate_common
 from .transforms import (
     SHAPE_SCALINGS,
@@ -24,23 +25,17 @@ from .transforms import (
 def validate_orthogonalizer(group: dict) -> None:
     if group["orthogonalizer"] not in METHODS:
         raise ValueError(f"orthogonalizer must be one of {METHODS}, got {group['orthogonalizer']!r}")
-    steps = group["ns_steps"]
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
-        raise ValueError(f"ns_steps must be a positive integer, got {steps!r}")
+    check_positive_int(group["ns_steps"], "ns_steps")
     as_schedule(group["ns_coefficients"])
     if group.get("ns_dtype") not in (None, torch.float32, torch.float64, torch.bfloat16, torch.float16):
         raise ValueError(f"ns_dtype must be None or a floating dtype, got {group['ns_dtype']!r}")
-    if group.get("ns_norm", "frobenius") not in NORMS:
-        raise ValueError(f"ns_norm must be one of {NORMS}, got {group['ns_norm']!r}")
-    if group.get("ns_gram", False) not in (True, False, "auto"):
-        raise ValueError(f"ns_gram must be True, False or 'auto', got {group['ns_gram']!r}")
-    if group.get("ns_gram", False) and group["orthogonalizer"] == "polar_express" and group.get("ns_dtype") in HALF:
+    check_norm(group.get("ns_norm", "frobenius"), "ns_norm")
+    check_gram(group.get("ns_gram", False), "ns_gram")
+    if group.get("ns_gram", False) and group["orthogonalizer"] == "polar_express" and group.get("ns_dtype") in (torch.bfloat16, torch.float16):
         warnings.warn("ns_gram with orthogonalizer='polar_express' (safety 1.01) can diverge in half precision; "
                       "pass ns_coefficients=polar_express_schedule(steps, safety=1.03) as specgrad.optim.FAST does",
                       RuntimeWarning, stacklevel=4)  # fmt: skip
 
-
-HALF = (torch.bfloat16, torch.float16)
 
 FAST = {
     "orthogonalizer": "newton_schulz",

@@ -62,6 +62,8 @@ import torch
 from scipy.optimize import brentq, minimize, minimize_scalar
 from torch import Tensor
 
+from ..linalg._checks import check_positive_int
+
 Array = np.ndarray
 
 
@@ -719,8 +721,7 @@ def fit_icm_polynomial(H: Curvature, shape: tuple[int, int] = (64, 32), degree: 
     """
     from ..linalg import spectral_map
 
-    if isinstance(degree, bool) or not isinstance(degree, int) or degree < 1:
-        raise ValueError(f"degree must be a positive integer, got {degree!r}")
+    check_positive_int(degree, "degree")
     f = icm_map(H, input_scale=input_scale)
     xs, ys = [], []
     for s in random_spectra(shape, fit, seed):

@@ -69,6 +69,7 @@ from scipy import integrate
 from torch import Tensor
 
 from ..linalg import polar_svd
+from ..linalg._checks import check_nonnegative_int, check_positive_int
 
 DTYPE = torch.float64
 LINEAR_METHODS = ("gd", "ngd", "specgd")
@@ -160,16 +161,14 @@ def harmonic_priors(k: int) -> Tensor:
 
 def sample(mix: Mixture, n: int, generator: Optional[torch.Generator] = None) -> tuple[Tensor, Tensor]:
     """``n`` draws: ``X`` ``(n, d)`` float64 and labels ``y`` ``(n,)`` int64 with ``P(y = c) = p_c``."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
+    check_positive_int(n, "n")
     y = torch.multinomial(mix.priors, n, replacement=True, generator=generator)
     return _features(mix, y, generator), y
 
 
 def sample_balanced(mix: Mixture, per_class: int, generator: Optional[torch.Generator] = None) -> tuple[Tensor, Tensor]:
     """``per_class`` draws of every class (a balanced test set): ``X`` ``(k per_class, d)``, ``y``."""
-    if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
-        raise ValueError(f"per_class must be a positive integer, got {per_class!r}")
+    check_positive_int(per_class, "per_class")
     y = torch.arange(mix.k).repeat_interleave(per_class)
     return _features(mix, y, generator), y
 
@@ -278,7 +277,7 @@ def train_linear(mix: Mixture, method: str, lr: float, steps: int, *, X: Optiona
     if method not in LINEAR_METHODS:
         raise ValueError(f"method must be one of {LINEAR_METHODS}, got {method!r}")
     _check_lr(lr)
-    _check_steps(steps)
+    check_nonnegative_int(steps, "steps")
     W = torch.zeros(mix.k, mix.d, dtype=DTYPE)
     eye = torch.zeros_like(W)
     eye[:, : mix.k] = torch.eye(mix.k, dtype=DTYPE)
@@ -312,11 +311,6 @@ def _direction(method: str, G: Tensor) -> Tensor:
 def _check_lr(lr) -> None:
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
-
-
-def _check_steps(steps) -> None:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
 
 
 def population_class_accuracy(w: Tensor | Sequence[float], mix: Mixture, nodes: int = 96) -> Tensor:
@@ -357,8 +351,7 @@ def population_class_accuracy(w: Tensor | Sequence[float], mix: Mixture, nodes: 
 def init_deep(mix: Mixture, depth: int, scale: float) -> list[Tensor]:
     """Aligned, balanced init: ``W_1 = scale [I | 0]`` ``(k, d)`` and ``W_l = scale I_k`` for
     ``l = 2..depth``; ``depth = 1`` with ``scale = 0`` is the linear model from zero."""
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
-        raise ValueError(f"depth must be a positive integer, got {depth!r}")
+    check_positive_int(depth, "depth")
     if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale >= 0):
         raise ValueError(f"scale must be a finite number >= 0, got {scale!r}")
     if depth > 1 and scale == 0:
@@ -416,7 +409,7 @@ def train_deep(
     if method not in DEEP_METHODS:
         raise ValueError(f"method must be one of {DEEP_METHODS}, got {method!r}")
     _check_lr(lr)
-    _check_steps(steps)
+    check_nonnegative_int(steps, "steps")
     layers = init_deep(mix, depth, init_scale)
     target = mix.target
     eye = torch.zeros(mix.k, mix.d, dtype=DTYPE)

@@ -63,6 +63,7 @@ import torch
 from torch import Tensor
 
 from ..linalg import orthogonalize, polar_svd
+from ..linalg._checks import check_nonnegative_int, check_positive_int
 
 METHODS = ("gd", "specgd", "muon")
 DTYPE = torch.float64
@@ -178,8 +179,7 @@ def power_law_problem(d: int, alpha: float, signal_index: int, normalization: st
 def init_student(m: int, d: int, scale: float, generator: Optional[torch.Generator] = None) -> Tensor:
     """Small random first layer: ``(m, d)`` float64 with i.i.d. ``N(0, scale^2 / d)`` entries,
     so each row has norm about ``scale``."""
-    if isinstance(m, bool) or not isinstance(m, int) or m < 1:
-        raise ValueError(f"m must be a positive integer, got {m!r}")
+    check_positive_int(m, "m")
     _check_dim(d, 1)
     if not (scale > 0 and math.isfinite(scale)):
         raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
@@ -237,8 +237,7 @@ def population_loss(W: Tensor, problem: PhaseRetrievalProblem) -> Tensor:
 
 def sample(problem: PhaseRetrievalProblem, n: int, generator: Optional[torch.Generator] = None) -> tuple[Tensor, Tensor]:
     """``n`` samples: ``X`` ``(n, d)`` with rows ``~ N(0, Sigma)`` and ``y = (X theta*)^2`` ``(n,)``."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
+    check_positive_int(n, "n")
     Z = torch.randn(n, problem.d, dtype=DTYPE, generator=generator)
     X = Z * problem.sigma_diag.sqrt() if problem.sigma_diag is not None else Z @ problem.sqrt_sigma
     return X, (X @ problem.theta).square()
@@ -373,10 +372,8 @@ def train(
     run whose ``||W||_F`` exceeds ``diverge_norm`` (or turns non-finite) is stopped and the
     remaining entries are NaN.
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 0:
-        raise ValueError(f"n_samples must be a non-negative integer, got {n_samples!r}")
+    check_nonnegative_int(steps, "steps")
+    check_nonnegative_int(n_samples, "n_samples")
     stepper = _Stepper(method, lr, momentum, nesterov, ns_steps)
     gen = torch.Generator().manual_seed(seed)
     W = init_student(m, problem.d, init_scale, gen)
