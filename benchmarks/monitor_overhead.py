@@ -1,20 +1,24 @@
-"""Training-step time of a small GPT with ``SpectralMonitor(model, every=10)`` against none.
+"""Training-step time of the char-LM experiment's GPT with ``SpectralMonitor(model, every=10)``
+against none.
 
-The model is a compact character-level GPT (pre-norm blocks of fused QKV attention and a
-4x MLP, all ``nn.Linear``; vocabulary 65, context 64). Two copies with the same weights
-train on the same batches with AdamW; one carries the monitor. Steps are interleaved one by
-one (plain, monitored, plain, ...) so that drift and other jobs on the machine hit both
-alike. Reported, as medians over rounds of ``every`` steps each:
+The model is ``specgrad.models.GPT`` at a preset of the ``char-lm`` experiment (``quick``,
+its default: 4 layers of width 128, context 64, batch 12; ``paper``: 6 x 384, context 256,
+batch 64), vocabulary 65. Two copies with the same weights train on the same batches with
+AdamW; one carries the monitor (every Linear and Embedding: fused QKV, attention and MLP
+projections, both embeddings, the tied head). Steps are interleaved one by one (plain,
+monitored, plain, ...) so that drift and other jobs on the machine hit both alike.
+Reported, as medians over rounds of ``every`` steps each:
 
 * the step time of each model and the overhead averaged over steps (goal < 5%), from
   medians: ``(sampled + (every - 1) * unsampled) / every`` against the plain step, and the
   median over rounds of the raw ratio of summed times (noisier);
 * the time of a sampled step (activation Grams in the hooks plus the records in
   ``step()``) against an unsampled one of the monitored model (goal < 2x);
-* where a sampled step's extra time goes: the forward hooks, ``gradient_norms`` and the
-  rest of ``SpectralMonitor._collect``.
+* where a sampled step's extra time goes: the hooks, ``gradient_norms_many`` and the rest
+  of ``SpectralMonitor._collect``.
 
-    python benchmarks/monitor_overhead.py                  # ~1-2 minutes on 2 CPU cores
+    python benchmarks/monitor_overhead.py                  # ~1 minute on 2 CPU cores
+    python benchmarks/monitor_overhead.py --preset paper   # ~10 minutes on 2 CPU cores
     python benchmarks/monitor_overhead.py --quick          # fewer rounds
     python benchmarks/monitor_overhead.py --device cuda
     python benchmarks/monitor_overhead.py --threads 1 --clock cpu   # on a busy machine
@@ -29,53 +33,17 @@ import time
 from contextlib import contextmanager
 
 import torch
-import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
-from torch import nn
 
 from specgrad.diagnostics import SpectralMonitor
 from specgrad.diagnostics import monitor as monitor_module
+from specgrad.experiments import char_lm  # noqa: F401  (registers "char-lm")
+from specgrad.experiments.registry import get
+from specgrad.models import GPT, GPTConfig
 
-VOCAB, CONTEXT = 65, 64
+VOCAB = 65
 clock = time.perf_counter  # --clock cpu: time.process_time, the CPU time of this process
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block: ``x + attn(ln(x))``, then ``x + mlp(ln(x))``."""
-
-    def __init__(self, width: int, heads: int):
-        super().__init__()
-        self.heads = heads
-        self.ln1, self.ln2 = nn.LayerNorm(width), nn.LayerNorm(width)
-        self.qkv = nn.Linear(width, 3 * width)
-        self.proj = nn.Linear(width, width)
-        self.fc = nn.Linear(width, 4 * width)
-        self.out = nn.Linear(4 * width, width)
-
-    def forward(self, x):
-        B, T, C = x.shape
-        q, k, v = self.qkv(self.ln1(x)).split(C, dim=-1)
-        q, k, v = (t.view(B, T, self.heads, C // self.heads).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        x = x + self.proj(y.transpose(1, 2).reshape(B, T, C))
-        return x + self.out(F.gelu(self.fc(self.ln2(x))))
-
-
-class TinyGPT(nn.Module):
-    def __init__(self, width: int = 192, layers: int = 4, heads: int = 6):
-        super().__init__()
-        self.tok = nn.Embedding(VOCAB, width)
-        self.pos = nn.Embedding(CONTEXT, width)
-        self.blocks = nn.ModuleList(Block(width, heads) for _ in range(layers))
-        self.ln = nn.LayerNorm(width)
-        self.head = nn.Linear(width, VOCAB, bias=False)
-
-    def forward(self, idx):
-        x = self.tok(idx) + self.pos(torch.arange(idx.shape[1], device=idx.device))
-        for block in self.blocks:
-            x = block(x)
-        return self.head(self.ln(x))
 
 
 def sync(device: torch.device) -> None:
@@ -112,21 +80,23 @@ class Timers:
 
 def run(args, console: Console) -> None:
     device = torch.device(args.device)
+    cfg = get("char-lm").make_config(args.preset, args.set)
     torch.manual_seed(0)
-    plain = TinyGPT(args.width, args.layers, args.heads).to(device)
+    conf = GPTConfig(vocab_size=VOCAB, context=cfg.context, n_layer=cfg.n_layer, n_head=cfg.n_head,
+                     n_embd=cfg.n_embd, mlp=cfg.mlp)  # fmt: skip
+    plain = GPT(conf).to(device)
     watched = copy.deepcopy(plain)
     opts = [torch.optim.AdamW(m.parameters(), lr=3e-4) for m in (plain, watched)]
     g = torch.Generator().manual_seed(0)
     # a fixed stream of random "character" batches (the data do not matter for timing)
-    data = torch.randint(0, VOCAB, (64, args.batch, CONTEXT + 1), generator=g).to(device)
+    data = torch.randint(0, VOCAB, (64, cfg.batch_size, cfg.context + 1), generator=g).to(device)
 
     def train_step(model, opt, i, mon=None):
         batch = data[i % len(data)]
         sync(device)
         t = clock()
         opt.zero_grad(set_to_none=True)
-        logits = model(batch[:, :-1])
-        F.cross_entropy(logits.reshape(-1, VOCAB), batch[:, 1:].reshape(-1)).backward()
+        model(batch[:, :-1], targets=batch[:, 1:])[1].backward()
         if mon is not None:
             mon.step()
         opt.step()
@@ -145,7 +115,7 @@ def run(args, console: Console) -> None:
     parts: dict[str, list[float]] = {}  # per sampled step: seconds in each wrapped function
     seen: dict[str, float] = {}
     with timers.wrap(mon, "_collect", "_collect"), \
-            timers.wrap(monitor_module, "gradient_norms", "gradient_norms"):  # fmt: skip
+            timers.wrap(monitor_module, "gradient_norms_many", "gradient_norms_many"):  # fmt: skip
         for r in range(args.rounds):
             plain_round, watched_round = 0.0, 0.0
             for j in range(args.every):
@@ -178,7 +148,8 @@ def run(args, console: Console) -> None:
     # the other jobs on the machine), and the same from raw means over whole rounds
     avg_watched = (med_sampled + (args.every - 1) * med_unsampled) / args.every
     params = sum(p.numel() for p in plain.parameters())
-    title = (f"TinyGPT {args.layers}x{args.width} ({params / 1e6:.2f}M params), batch {args.batch}x{CONTEXT}, "
+    title = (f"char-lm GPT ({args.preset}) {cfg.n_layer}x{cfg.n_embd} {cfg.mlp} ({params / 1e6:.2f}M params), "
+             f"batch {cfg.batch_size}x{cfg.context}, "
              f"{n_blocks} monitored blocks, every={args.every}, {args.rounds} rounds, "
              f"{device.type}, {torch.get_num_threads()} threads, {args.clock} clock")  # fmt: skip
     table = Table(title=title)
@@ -197,11 +168,11 @@ def run(args, console: Console) -> None:
     where.add_column("part")
     where.add_column("ms", justify="right")
     collect = statistics.median(parts["_collect"])
-    norms = statistics.median(parts["gradient_norms"])
-    rest = statistics.median(c - g for c, g in zip(parts["_collect"], parts["gradient_norms"]))
-    where.add_row("forward hooks: activation Grams (measured apart)", f"{1e3 * hook_time:.1f}")
+    norms = statistics.median(parts["gradient_norms_many"])
+    rest = statistics.median(c - g for c, g in zip(parts["_collect"], parts["gradient_norms_many"]))
+    where.add_row("hooks: activation Grams (measured apart)", f"{1e3 * hook_time:.1f}")
     where.add_row("step(): _collect", f"{1e3 * collect:.1f}")
-    where.add_row("  of which gradient_norms (nr(G))", f"{1e3 * norms:.1f}")
+    where.add_row("  of which gradient_norms_many (nr(G))", f"{1e3 * norms:.1f}")
     where.add_row("  of which the rest (st(A): top eigenvalues, records)", f"{1e3 * rest:.1f}")
     where.add_row("sampled - unsampled step (medians)", f"{1e3 * (med_sampled - med_unsampled):.1f}")
     console.print(where)
@@ -217,8 +188,7 @@ def hook_cost(model, data, device, every, options: dict, repeats: int) -> float:
         batch = data[i % len(data)]
         sync(device)
         t = clock()
-        logits = model(batch[:, :-1])
-        F.cross_entropy(logits.reshape(-1, VOCAB), batch[:, 1:].reshape(-1)).backward()
+        model(batch[:, :-1], targets=batch[:, 1:])[1].backward()
         sync(device)
         model.zero_grad(set_to_none=True)
         return clock() - t
@@ -228,7 +198,8 @@ def hook_cost(model, data, device, every, options: dict, repeats: int) -> float:
             mon._step = 0 if i % 2 == 0 else 1  # sampled, then not
             (on if i % 2 == 0 else off).append(fwd_bwd(i))
             for tap in mon._taps.values():
-                tap.stats = None
+                if tap.stats is not None:
+                    tap.stats.reset()
     finally:
         mon.close()
     return max(0.0, statistics.median(on) - statistics.median(off))
@@ -236,10 +207,9 @@ def hook_cost(model, data, device, every, options: dict, repeats: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--width", type=int, default=192)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--heads", type=int, default=6)
-    parser.add_argument("--batch", type=int, default=12)
+    parser.add_argument("--preset", default="quick", help="preset of the char-lm experiment (quick: its default)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a char-lm setting, e.g. --set batch_size=32 (repeatable)")
     parser.add_argument("--every", type=int, default=10)
     parser.add_argument("--max-dim", type=int, default=None, help="the monitor's max_dim (default: its own)")
     parser.add_argument("--rounds", type=int, default=12, help="rounds of `every` steps")
@@ -258,8 +228,10 @@ def main() -> None:
     if args.clock == "cpu":
         global clock
         clock = time.process_time
-    if args.width % args.heads:
-        raise SystemExit(f"--width {args.width} does not split into {args.heads} heads")
+    try:
+        args.set = dict(item.split("=", 1) for item in args.set)
+    except ValueError:
+        raise SystemExit(f"--set takes KEY=VALUE, got {args.set}") from None
     run(args, Console())
 
 

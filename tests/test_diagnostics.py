@@ -14,6 +14,8 @@ import weakref
 import pandas as pd
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch.nn.functional as F
 from torch import nn
 
@@ -27,8 +29,9 @@ from specgrad.diagnostics import (
     plot_history,
 )
 from specgrad.diagnostics.monitor import COLUMNS
-from specgrad.diagnostics.stats import top_eigenvalues
-from specgrad.linalg import nuclear_rank, stable_rank
+from specgrad.diagnostics import stats as stats_module
+from specgrad.diagnostics.stats import ActivationGram, gradient_norms_many, top_eigenpairs, top_eigenvalues
+from specgrad.linalg import Workspace, nuclear_rank, stable_rank
 
 D = torch.float64
 NORM_KEYS = ("st_A", "nr_G", "grad_fro", "grad_nuc", "act_fro", "act_op")
@@ -360,6 +363,116 @@ def test_sketched_micro_batches_are_sketched_independently():
     assert sketched["rows"] == exact["rows"] == 500
     assert sketched["act_fro"] == pytest.approx(exact["act_fro"], rel=1e-12)
     assert sketched["st_A"] == pytest.approx(exact["st_A"], rel=0.2)
+
+
+# -- exact statistics: kept rows, the float64 Gram, reused buffers -------------------------
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(
+    dim=st.integers(2, 40),
+    sizes=st.lists(st.integers(1, 30), min_size=1, max_size=4),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    log_scale=st.floats(-6, 6),
+    seed=st.integers(0, 2**16),
+)
+def test_kept_rows_and_the_folded_gram_agree_with_the_dense_reference(dim, sizes, dtype, log_scale, seed):
+    """Rows fed in chunks are kept while they fit in the Gram's bytes and folded past it;
+    either way ``||A||_F^2`` and ``||A||_op^2`` (Lanczos on the rows, or on the Gram) match
+    float64 SVD of the stacked rows, and after an explicit fold the Gram path agrees."""
+    g = gen(seed)
+    chunks = [(torch.randn(n, dim, generator=g, dtype=D) + torch.randn(dim, generator=g, dtype=D))
+              * 10.0**log_scale for n in sizes]  # fmt: skip
+    chunks = [c.to(dtype) for c in chunks]
+    A = torch.cat(chunks).to(D)  # the values actually fed
+    acc = ActivationGram(dim)
+    for c in chunks:
+        acc.update(c)
+    kept = len(A) <= acc.capacity(dtype)
+    assert (acc.kept is not None) == kept
+    rel = 1e-9 if dtype == D else 1e-5
+    fro_sq, op_sq = float(A.square().sum()), float(torch.linalg.matrix_norm(A, ord=2)) ** 2
+    assert acc.rows == len(A)
+    assert acc.frobenius_sq() == pytest.approx(fro_sq, rel=rel)
+    (lanczos, _), = top_eigenpairs([acc], tol=1e-12, direct_below=1)  # fmt: skip
+    assert lanczos == pytest.approx(op_sq, rel=rel)
+    gram = acc.gram  # folds kept rows for good
+    assert acc.kept is None and acc.rows == len(A)
+    assert torch.allclose(gram, A.T @ A, rtol=rel, atol=rel * fro_sq)
+    assert acc.frobenius_sq() == pytest.approx(fro_sq, rel=rel)
+    assert acc.operator_sq() == pytest.approx(op_sq, rel=rel)
+
+
+def test_a_reused_input_buffer_does_not_change_the_micro_batches_already_seen():
+    """Gradient accumulation through one static input tensor, overwritten between
+    micro-batches (as with CUDA graphs or pinned staging buffers): the monitor copies the
+    rows it keeps when backward reaches them, so the records equal the stacked batch's."""
+    g = gen(21)
+    xs = [torch.randn(12, 40, generator=g, dtype=D) * (i + 1) for i in range(3)]  # 36 <= 40 rows: kept
+    torch.manual_seed(21)
+    layer = nn.Linear(40, 5).to(D)
+    reference = one_row(monitored_step(layer, [torch.cat(xs)], _sq))
+    buf = torch.empty(12, 40, dtype=D)
+    with SpectralMonitor(layer, every=1) as mon:
+        layer.zero_grad(set_to_none=True)
+        for x in xs:
+            buf.copy_(x)
+            _sq(layer(buf)).backward()
+        buf.zero_()  # overwritten once more before step()
+        row = one_row(mon.step())
+    assert row["rows"] == 36
+    assert row["st_A"] == pytest.approx(float(stable_rank(torch.cat(xs))), rel=1e-9)
+    assert_close_rows(row, reference, rel=1e-9)
+
+
+def test_sampled_steps_reuse_their_buffers_and_start_from_zero():
+    g = gen(22)
+    batches = [torch.randn(n, 30, generator=g, dtype=D) + i for i, n in enumerate((20, 90, 25))]
+    model = nn.Sequential(nn.Linear(30, 30), nn.ReLU(), nn.Linear(30, 4)).to(D)
+    fresh = [monitored_step(model, [x], _sq) for x in batches]
+    with SpectralMonitor(model, every=1) as mon:
+        stats = []
+        for x in batches:  # kept rows, then a folded Gram, then kept rows again
+            model.zero_grad(set_to_none=True)
+            _sq(model(x)).backward()
+            stats.append([t.stats for t in mon._taps.values()])
+            rows = mon.step()
+            for r, ref in zip(rows, fresh[len(stats) - 1]):
+                assert r["rows"] == len(x)
+                assert_close_rows(r, ref, rel=1e-9)
+    assert all(a is b for a, b in zip(stats[0], stats[2]))  # the same accumulators, reset
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(
+    shapes=st.lists(st.tuples(st.integers(1, 24), st.integers(1, 24)), min_size=1, max_size=6),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    log_scale=st.floats(-8, 8),
+    rank_one=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_gradient_norms_many_match_float64_singular_values(shapes, dtype, log_scale, rank_one, seed):
+    """Mixed shapes and dtypes, batches and conversion chunks forced small: ``||G||_F`` and
+    ``||G||_*`` equal float64 SVD's of the same values. A rank-one float32 gradient keeps
+    ``nr = 1``: its Gram is float64, whose rounding stays far below the null space's."""
+    g = gen(seed)
+    mats = []
+    for m, n in shapes:
+        G = torch.randn(m, 1, generator=g, dtype=D) @ torch.randn(1, n, generator=g, dtype=D) if rank_one \
+            else torch.randn(m, n, generator=g, dtype=D)  # fmt: skip
+        mats.append((G * 10.0**log_scale).to(dtype))
+    workspace = Workspace()
+    for _ in range(2):  # the second call reuses the workspace's buffers
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(stats_module, "_BATCH_BYTES", 8 * 24 * 24 * 2)  # two Grams per batch
+            patch.setattr(stats_module, "_CHUNK_BYTES", 8 * 24 * 3)  # three rows per chunk
+            got = gradient_norms_many(mats, workspace)
+        for G, (fro, nuc) in zip(mats, got):
+            s = torch.linalg.svdvals(G.to(D))
+            assert fro == pytest.approx(float(s.square().sum().sqrt()), rel=1e-12)
+            assert nuc == pytest.approx(float(s.sum()), rel=1e-7 if rank_one else 1e-9)
+            if rank_one:
+                assert (nuc / fro) ** 2 == pytest.approx(1.0, abs=1e-6)
 
 
 # -- sampling and lifetime -----------------------------------------------------------------

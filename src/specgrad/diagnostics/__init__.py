@@ -2,8 +2,8 @@
 
 from .diagnose import diagnose
 from .loggers import CSVLogger, JSONLinesLogger, TensorBoardLogger, plot_history
-from .monitor import SpectralMonitor, conv2d_patches, first_input, gradient_norms
-from .stats import SketchedActivation, TokenCounts
+from .monitor import SpectralMonitor, conv2d_patches, first_input
+from .stats import SketchedActivation, TokenCounts, gradient_norms
 
 __all__ = [
     "CSVLogger",

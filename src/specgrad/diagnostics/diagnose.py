@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from ..linalg import matrix_view, polar_svd
 from .monitor import SpectralMonitor
+from .stats import ActivationGram
 
 
 def _loss(model: nn.Module, batch, loss_fn: Callable) -> Tensor:
@@ -67,7 +68,9 @@ def diagnose(
         loss = _loss(model, batch, loss_fn)
         loss.backward()
         blocks = {b.name: b for b in mon._blocks}
-        grams = {b.name: getattr(b.tap.stats, "gram", None) for b in mon._blocks}
+        # copies: the monitor reuses its buffers after step()
+        grams = {b.name: b.tap.stats.gram.clone() if isinstance(b.tap.stats, ActivationGram) else None
+                 for b in mon._blocks}  # fmt: skip
         mon.step()
         frame = mon.frame()
     frame = frame.drop(columns=["step"])

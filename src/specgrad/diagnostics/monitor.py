@@ -18,8 +18,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..linalg import matrix_view
-from .stats import ActivationGram, make_accumulator, top_eigenpairs
+from ..linalg import Workspace, matrix_view
+from .stats import ActivationGram, gradient_norms_many, make_accumulator, top_eigenpairs
 
 ActivationFn = Callable[[nn.Module, tuple, Any], Tensor]
 
@@ -89,14 +89,6 @@ class Block:
         return G if self.rows is None else G[self.rows]
 
 
-def gradient_norms(G: Tensor) -> tuple[float, float]:
-    """``(||G||_F, ||G||_*)`` in float64, via the eigenvalues of the smaller Gram matrix."""
-    G = G.detach().to(torch.float64)
-    gram = G @ G.mT if G.shape[0] <= G.shape[1] else G.mT @ G
-    s = torch.linalg.eigvalsh(gram).clamp_min(0).sqrt()
-    return math.sqrt(float(gram.diagonal().sum())), float(s.sum())
-
-
 class SpectralMonitor:
     """Record, per block and on every ``every``-th step, ``st(A)`` of the incoming
     activation and ``nr(G)`` of the weight's gradient.
@@ -106,9 +98,12 @@ class SpectralMonitor:
     token-indicator matrix: ``st = 1/p_max`` from token counts) of ``model``, or those named
     in ``layers``; more with :meth:`add_block` and :meth:`add_fused`.
 
-    Activation statistics stream into a float64 Gram per block (memory ``O(d_in^2)``
-    whatever the batch), or into a row sketch for blocks with ``d_in > max_dim`` (see
-    :class:`~specgrad.diagnostics.stats.SketchedActivation`). Only forward passes in training
+    Activation statistics are exact for blocks up to ``max_dim`` wide, in memory
+    ``O(d_in^2)`` whatever the batch: the rows themselves while they fit in the bytes of a
+    float64 Gram, then the Gram (see :class:`~specgrad.diagnostics.stats.ActivationGram`);
+    wider blocks stream into a row sketch (see
+    :class:`~specgrad.diagnostics.stats.SketchedActivation`). These buffers are kept from one
+    sampled step to the next, so a sampled step allocates little. Only forward passes in training
     mode with gradients enabled whose output reaches ``backward`` count, so eval and
     ``no_grad`` passes are ignored, and the micro-batches of gradient accumulation add up.
 
@@ -169,6 +164,7 @@ class SpectralMonitor:
         self._blocks: list[Block] = []
         self._step = 0
         self._sketch_seed = 0
+        self._workspace = Workspace()  # scratch shared by the blocks' products and norms
         self._open = True
         names = None if layers is None else list(layers)
         modules = dict(model.named_modules())
@@ -272,21 +268,32 @@ class SpectralMonitor:
             # and across ranks, whose sketches are summed too
             self._sketch_seed += 1
             seed = self._sketch_seed * self.world + self.rank
-            pending = make_accumulator(tap.kind, tap.dim, self.max_dim, device=act.device, seed=seed)
-            pending.update(act)
+            pending = make_accumulator(tap.kind, tap.dim, self.max_dim, device=act.device, seed=seed,
+                                       workspace=self._workspace)  # fmt: skip
+            if isinstance(pending, ActivationGram):
+                # multiplied (or copied) only once backward reaches the output: a module's
+                # input is kept alive until then anyway, and rows no bigger than a float64
+                # Gram bound the memory; other activations (unfolded patches) are multiplied now
+                small = act.numel() * act.element_size() <= 8 * tap.dim**2
+                pending.update(act, borrow=small or any(act is a for a in args))
+            else:
+                pending.update(act)
             done = []
 
             def commit(grad):
                 if not done and self._open:
                     done.append(True)
-                    if tap.stats is None:
-                        tap.stats = pending
-                    else:
-                        tap.stats.merge(pending)
+                    self._stats(tap, pending.device).merge(pending)
 
             out.register_hook(commit)
 
         return hook
+
+    def _stats(self, tap: _Tap, device) -> Any:
+        """The tap's accumulator, kept (and reset) from one sampled step to the next."""
+        if tap.stats is None or tap.stats.device != torch.device(device):
+            tap.stats = make_accumulator(tap.kind, tap.dim, self.max_dim, device=device, workspace=self._workspace)
+        return tap.stats
 
     # -- steps -------------------------------------------------------------------------------
     def step(self) -> list[dict]:
@@ -295,7 +302,8 @@ class SpectralMonitor:
             raise RuntimeError("the monitor is closed")
         rows = self._collect() if self.sampling else []
         for tap in self._taps.values():
-            tap.stats = None
+            if tap.stats is not None:
+                tap.stats.reset()
         if rows:
             self.records.extend(rows)
             for logger in self.loggers:
@@ -309,10 +317,9 @@ class SpectralMonitor:
         no rank saw ends with no rows and records nothing)."""
         taps = list(self._taps.values())
         fed = next((t.stats for t in taps if t.stats is not None), None)
-        device = fed.state()[0].device if fed is not None else self._blocks[0].param().device
+        device = fed.device if fed is not None else self._blocks[0].param().device
         for t in taps:
-            if t.stats is None:
-                t.stats = make_accumulator(t.kind, t.dim, self.max_dim, device=device)
+            self._stats(t, device)
         parts = [x for t in taps for x in t.stats.state()]
         rows = torch.tensor([float(t.stats.rows) for t in taps], dtype=torch.float64, device=device)
         flat = torch.cat([x.reshape(-1).to(device) for x in parts] + [rows])
@@ -339,15 +346,16 @@ class SpectralMonitor:
         # Lanczos for all but tiny Grams, started from each tap's top eigenvector of its last
         # sampled step, to a residual of 1e-4: ||A||_op^2 within 1e-4 relative whatever the
         # spectral gap (residual^2 / gap, about 1e-8, with the dominant top of activations)
-        pairs = top_eigenpairs([t.stats.gram for t in grams], [t.top_vector for t in grams], tol=1e-4, direct_below=32)
+        pairs = top_eigenpairs([t.stats for t in grams], [t.top_vector for t in grams], tol=1e-4, direct_below=32)
         op_sq = {}
         for t, (value, vector) in zip(grams, pairs):
             op_sq[id(t)], t.top_vector = value, vector
         norms = {id(t): (t.stats.frobenius_sq(), op_sq[id(t)] if id(t) in op_sq else t.stats.operator_sq())
                  for t in taps}  # fmt: skip
+        nan = (math.nan, math.nan)
+        g_norms = gradient_norms_many([G for _, _, G in todo], self._workspace) if self.gradients else [nan] * len(todo)
         rows = []
-        for b, stats, G in todo:
-            g_fro, g_nuc = gradient_norms(G) if self.gradients else (math.nan, math.nan)
+        for (b, stats, G), (g_fro, g_nuc) in zip(todo, g_norms):
             a_fro_sq, a_op_sq = norms[id(b.tap)]
             st = a_fro_sq / a_op_sq if a_op_sq > 0 else 0.0
             nr = (g_nuc / g_fro) ** 2 if g_fro > 0 else (math.nan if math.isnan(g_fro) else 0.0)

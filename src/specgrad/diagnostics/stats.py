@@ -2,27 +2,30 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
-from ..linalg import GramAccumulator
+from ..linalg import Workspace
+from ..linalg._checks import check_positive_int
+from ..linalg.polar import _buffer
 
 
-def top_eigenvalues(mats: Sequence[Tensor], *, max_steps: int = 64, tol: float = 1e-10,
+def top_eigenvalues(mats: Sequence[Operator], *, max_steps: int = 64, tol: float = 1e-10,
                     direct_below: int = 256) -> list[float]:  # fmt: skip
-    """``lambda_max`` of each symmetric positive semi-definite ``(d, d)`` float64 matrix.
+    """``lambda_max`` of each symmetric positive semi-definite ``(d, d)`` float64 matrix, or
+    of the ``A^T A`` of an :class:`ActivationGram` (from the rows it keeps, never formed).
 
     Matrices with ``d <= direct_below`` go to ``eigvalsh``. Larger ones run Lanczos with full
-    reorthogonalization, batched over the matrices of one size and device (one Python loop
-    for all of them), from a fixed random start (so results are reproducible); a matrix is
-    done when its top Ritz pair's residual ``||S y - theta y||`` is at most ``tol * theta``:
-    an eigenvalue then lies within ``tol`` relative of ``theta`` (within
-    ``tol^2 theta / gap`` when the top is separated by ``gap``, i.e. to rounding).
-    Activation Grams have a dominant top eigenvalue, so this takes a few dozen
-    matrix-vector products instead of a full ``O(d^3)`` eigendecomposition each; a matrix
-    not done after ``max_steps`` steps (a clustered top) goes to ``eigvalsh``.
+    reorthogonalization, all those of one size and device in one Python loop, from a fixed
+    random start (so results are reproducible); a matrix is done when its top Ritz pair's
+    residual ``||S y - theta y||`` is at most ``tol * theta``: an eigenvalue then lies
+    within ``tol`` relative of ``theta`` (within ``tol^2 theta / gap`` when the top is
+    separated by ``gap``, i.e. to rounding). Activation Grams have a dominant top
+    eigenvalue, so this takes a few dozen matrix-vector products instead of a full
+    ``O(d^3)`` eigendecomposition each; a matrix not done after ``max_steps`` steps (a
+    clustered top) goes to ``eigvalsh``.
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
@@ -34,7 +37,7 @@ def top_eigenvalues(mats: Sequence[Tensor], *, max_steps: int = 64, tol: float =
     return [value for value, _ in _top_pairs(mats, None, max_steps, tol, direct_below, vectors=False)]
 
 
-def top_eigenpairs(mats: Sequence[Tensor], starts: Optional[Sequence[Optional[Tensor]]] = None, *,
+def top_eigenpairs(mats: Sequence[Operator], starts: Optional[Sequence[Optional[Tensor]]] = None, *,
                    max_steps: int = 64, tol: float = 1e-10,
                    direct_below: int = 256) -> list[tuple[float, Tensor]]:  # fmt: skip
     """``(lambda_max, unit top eigenvector)`` of each matrix, as :func:`top_eigenvalues`.
@@ -57,82 +60,303 @@ def top_eigenpairs(mats: Sequence[Tensor], starts: Optional[Sequence[Optional[Te
 
 def _top_pairs(mats, starts, max_steps, tol, direct_below, vectors: bool) -> list[tuple[float, Optional[Tensor]]]:
     out: list[Optional[tuple[float, Optional[Tensor]]]] = [None] * len(mats)
+    ops: list[Union[Tensor, "ActivationGram"]] = []
     groups: dict[tuple, list[int]] = {}
     for i, S in enumerate(mats):
-        if S.ndim != 2 or S.shape[0] != S.shape[1]:
+        if isinstance(S, ActivationGram):
+            # kept rows are multiplied as they are, unless eigh of the small Gram is cheaper
+            S = S.gram if S.dim <= direct_below or S.kept is None else S
+            d = S.shape[0] if isinstance(S, Tensor) else S.dim
+        elif S.ndim != 2 or S.shape[0] != S.shape[1]:
             raise ValueError(f"matrix {i} must be square (d, d), got shape {tuple(S.shape)}")
-        if S.shape[0] <= direct_below:
+        else:
+            d = S.shape[0]
+        ops.append(S)
+        if d <= direct_below:
             out[i] = _eigh_top(S, vectors)
         else:
-            groups.setdefault((S.shape[0], S.device, S.dtype), []).append(i)
-    for (d, _, _), idx in groups.items():
-        per_batch = max(1, _BATCH_BYTES // (8 * d * d))  # the stacked copy stays below 64 MiB
-        for start in range(0, len(idx), per_batch):
-            part = idx[start : start + per_batch]
-            batch = mats[part[0]].unsqueeze(0) if len(part) == 1 else torch.stack([mats[i] for i in part])
-            q0 = [None if starts is None else starts[i] for i in part]
-            for i, top in zip(part, _lanczos_top(batch, q0, max_steps, tol)):
-                out[i] = _eigh_top(mats[i], vectors) if top is None else top
+            groups.setdefault((d, S.device), []).append(i)
+    for (d, device), idx in groups.items():
+        q0 = [None if starts is None else starts[i] for i in idx]
+        for i, top in zip(idx, _lanczos_top([_matvec(ops[i]) for i in idx], d, device, q0, max_steps, tol)):
+            out[i] = _eigh_top(ops[i], vectors) if top is None else top
     return out  # type: ignore[return-value]
 
 
-_BATCH_BYTES = 64 * 2**20
+def _matvec(S: Union[Tensor, "ActivationGram"]) -> Callable[[Tensor], Tensor]:
+    """``q -> S q`` for a float64 ``q``; for kept rows ``A``: ``A^T (A q)`` in ``A``'s dtype."""
+    if isinstance(S, Tensor):
+        return S.mv
+    A = S.kept
+
+    def apply(q: Tensor) -> Tensor:
+        return A.mT.mv(A.mv(q.to(A.dtype))).to(q.dtype)
+
+    return apply
 
 
-def _eigh_top(S: Tensor, vectors: bool) -> tuple[float, Optional[Tensor]]:
+def _eigh_top(S: Union[Tensor, "ActivationGram"], vectors: bool) -> tuple[float, Optional[Tensor]]:
+    S = S if isinstance(S, Tensor) else S.gram
     if not vectors:
         return float(torch.linalg.eigvalsh(S)[-1].clamp_min(0)), None
     values, basis = torch.linalg.eigh(S)
     return float(values[-1].clamp_min(0)), basis[:, -1]
 
 
-def _lanczos_top(S: Tensor, starts: list[Optional[Tensor]], max_steps: int,
-                 tol: float) -> list[Optional[tuple[float, Tensor]]]:  # fmt: skip
-    """Top Ritz pair of each of the ``B`` matrices of ``S`` ``(B, d, d)`` once its residual
-    is below ``tol`` relative, else ``None``."""
-    B, d, _ = S.shape
+def _lanczos_top(ops: list[Callable[[Tensor], Tensor]], d: int, device, starts: list[Optional[Tensor]],
+                 max_steps: int, tol: float) -> list[Optional[tuple[float, Tensor]]]:  # fmt: skip
+    """Top Ritz pair of each of the ``B`` operators ``q -> S q`` on ``R^d`` once its residual
+    is below ``tol`` relative, else ``None``. An operator is not applied after it is done."""
+    B = len(ops)
     k = min(max_steps, d)
-    fixed = torch.randn(d, dtype=S.dtype, generator=torch.Generator().manual_seed(0)).to(S.device)
-    q = torch.stack([fixed if v is None or v.shape != (d,) else v.to(S) for v in starts])
+    f64 = dict(dtype=torch.float64, device=device)
+    fixed = torch.randn(d, dtype=torch.float64, generator=torch.Generator().manual_seed(0)).to(device)
+    q = torch.stack([fixed if v is None or v.shape != (d,) else v.to(**f64) for v in starts])
     bad = ~torch.isfinite(q).all(-1) | (q.norm(dim=-1) == 0)
     q = torch.where(bad.unsqueeze(-1), fixed, q)
     q = q / q.norm(dim=-1, keepdim=True)
-    Q = S.new_zeros(B, k, d)
-    alpha, beta = S.new_zeros(B, k), S.new_zeros(B, k)
+    Q = torch.zeros(B, k, d, **f64)
+    T = torch.zeros(B, k, k, **f64)  # the tridiagonal Lanczos matrix; eigh reads its lower half
     result: list[Optional[tuple[float, Tensor]]] = [None] * B
     for j in range(k):
         Q[:, j] = q
-        w = torch.bmm(S, q.unsqueeze(-1)).squeeze(-1)
-        alpha[:, j] = (q * w).sum(-1)
+        # a finished operator continues on its own q: cheap, finite, and no longer read
+        w = torch.stack([op(q[i]) if result[i] is None else q[i] for i, op in enumerate(ops)])
+        T[:, j, j] = torch.linalg.vecdot(q, w)
         basis = Q[:, : j + 1]
         for _ in range(2):  # full reorthogonalization, twice is enough
-            w = w - torch.bmm(basis.mT, torch.bmm(basis, w.unsqueeze(-1))).squeeze(-1)
+            w -= (basis.mT @ (basis @ w.unsqueeze(-1))).squeeze(-1)
         b = w.norm(dim=-1)
-        if j % 2 == 1 or j == k - 1 or bool((b == 0).any()):
-            T = torch.diag_embed(alpha[:, : j + 1])
-            T += torch.diag_embed(beta[:, :j], 1) + torch.diag_embed(beta[:, :j], -1)
-            theta, vecs = torch.linalg.eigh(T)
-            top, residual = theta[:, -1], b * vecs[:, -1, -1].abs()
-            ok = ((top > 0) & (residual <= tol * top)).tolist()
-            for i, (done, value) in enumerate(zip(ok, top.tolist())):
-                if done and result[i] is None:
-                    y = vecs[i, :, -1] @ basis[i]
-                    result[i] = (value, y / y.norm())
-            if all(r is not None for r in result):
-                break
-        beta[:, j] = b
+        # the residual test on every step: its small eigh costs less than one more step
+        theta, vecs = torch.linalg.eigh(T[:, : j + 1, : j + 1])
+        top = theta[:, -1]
+        ok = ((top > 0) & (b * vecs[:, -1, -1].abs() <= tol * top)).tolist()
+        for i, done in enumerate(ok):
+            if done and result[i] is None:
+                y = vecs[i, :, -1] @ basis[i]
+                result[i] = (float(top[i]), y / y.norm())
+        if all(r is not None for r in result):
+            break
+        if j + 1 < k:
+            T[:, j + 1, j] = b
         # an exhausted Krylov space (b = 0) continues from q = 0, which adds nothing
         q = w / torch.where(b > 0, b, torch.ones_like(b)).unsqueeze(-1)
     return result
 
 
-class ActivationGram(GramAccumulator):
-    """The monitor's exact activation statistic: :class:`~specgrad.linalg.GramAccumulator`
-    with ``||A||_op^2`` from :func:`top_eigenvalues` (the monitor batches the blocks of one
-    step into one call)."""
+def gradient_norms(G: Tensor) -> tuple[float, float]:
+    """``(||G||_F, ||G||_*)`` of a matrix in float64, as :func:`gradient_norms_many`.
+
+    Example:
+        >>> gradient_norms(torch.eye(3))
+        (1.7320508075688772, 3.0)
+    """
+    return gradient_norms_many([G])[0]
+
+
+def gradient_norms_many(mats: Sequence[Tensor], workspace: Optional[Workspace] = None) -> list[tuple[float, float]]:
+    """``(||G||_F, ||G||_*)`` of each matrix, in float64, from the eigenvalues of its smaller
+    Gram formed in float64: a float32 Gram's rounding (``~1e-7 ||G||^2``) would show up as
+    singular values of up to ``~3e-4 ||G||`` in the null space and bias ``||G||_*`` upward.
+
+    The Grams of one size are stacked for one batched ``eigvalsh``. With ``workspace`` (a
+    :class:`~specgrad.linalg.Workspace`) the float64 copies and Grams reuse buffers from
+    call to call.
+
+    Example:
+        >>> [(round(f, 6), round(n, 6)) for f, n in gradient_norms_many([torch.ones(2, 3), torch.eye(4)])]
+        [(2.44949, 2.44949), (2.0, 4.0)]
+    """
+    out: list[tuple[float, float]] = [(0.0, 0.0)] * len(mats)
+    groups: dict[tuple, list[int]] = {}
+    for i, G in enumerate(mats):
+        if G.ndim != 2:
+            raise ValueError(f"matrix {i} must be 2-D, got shape {tuple(G.shape)}")
+        groups.setdefault((min(G.shape), G.device), []).append(i)
+    for (k, _), idx in groups.items():
+        per_batch = max(1, _BATCH_BYTES // (8 * k * k))
+        for start in range(0, len(idx), per_batch):
+            part = idx[start : start + per_batch]
+            grams = _buffer(workspace, "gradient_grams", (len(part), k, k), mats[part[0]], torch.float64)
+            for j, i in enumerate(part):
+                _gram64(mats[i].detach(), grams[j], workspace)
+            nuc = torch.linalg.eigvalsh(grams).clamp_min(0).sqrt().sum(-1)
+            fro = grams.diagonal(dim1=-2, dim2=-1).sum(-1).clamp_min(0).sqrt()
+            for i, f, n in zip(part, fro.tolist(), nuc.tolist()):
+                out[i] = (f, n)
+    return out
+
+
+_BATCH_BYTES = 64 * 2**20  # float64 Grams stacked at a time
+_CHUNK_BYTES = 4 * 2**20  # float64 rows of a gradient converted at a time
+
+
+def _gram64(G: Tensor, out: Tensor, workspace: Optional[Workspace]) -> None:
+    """``out = T^T T`` in float64 for ``T`` the taller of ``G`` and ``G^T``, converting a
+    non-float64 ``G`` a few MiB at a time (a whole float64 copy of a large gradient would
+    be as big as eight float32 copies of its Gram)."""
+    T = G if G.shape[0] >= G.shape[1] else G.mT
+    if T.dtype == torch.float64:
+        torch.matmul(T.mT, T, out=out)
+        return
+    n, k = T.shape
+    step = max(1, _CHUNK_BYTES // (8 * k))
+    buf = _buffer(workspace, "gradient_rows", (min(step, n), k), T, torch.float64)
+    out.zero_()
+    for s in range(0, n, step):
+        rows = buf[: min(step, n - s)].copy_(T[s : s + step])
+        out.addmm_(rows.mT, rows)
+
+
+class ActivationGram:
+    """``||A||_F^2`` and ``||A||_op^2`` of the rows streamed in (``A``: ``n x d``), exactly,
+    in memory ``O(d^2)``: the monitor's statistic for blocks up to ``max_dim`` wide.
+
+    While the rows fit in the bytes of the float64 Gram (``2 d`` rows of float32, ``d`` of
+    float64) they are kept as they are: Lanczos on ``v -> A^T (A v)`` costs ``4 n d`` flops
+    a step instead of the ``2 n d^2`` of forming ``A^T A`` (the wide MLP-output layer on a
+    small batch). Past that they fold into a float64 Gram with
+    :class:`~specgrad.linalg.GramAccumulator`'s arithmetic: float64 chunks multiplied in
+    float64, others in float32, summed in float64.
+
+    ``update(chunk, borrow=True)`` keeps a reference instead of a copy: for the monitor's
+    forward hooks, whose chunk is alive and unchanged until backward anyway, where
+    :meth:`merge` copies it into the accumulator that outlives the step. Buffers survive
+    :meth:`reset`, so a monitor's sampled steps reuse them instead of allocating (on CPU,
+    each fresh page costs a fault). Products go through ``workspace`` (a
+    :class:`~specgrad.linalg.Workspace`, shared by accumulators) when given.
+
+    Example:
+        >>> acc = ActivationGram(4)
+        >>> _ = acc.update(torch.ones(3, 4))  # 3 <= 8 float32 rows: kept, not multiplied
+        >>> acc.kept.shape, round(acc.frobenius_sq(), 5), round(acc.operator_sq(), 5)
+        (torch.Size([3, 4]), 12.0, 12.0)
+        >>> _ = acc.update(torch.ones(6, 4))  # 9 rows: folded into the Gram
+        >>> acc.kept is None, acc.stable_rank()
+        (True, 1.0)
+    """
+
+    def __init__(self, dim: int, *, device=None, workspace: Optional[Workspace] = None):
+        self.dim = check_positive_int(dim, "dim")
+        self.device = torch.device("cpu") if device is None else torch.device(device)
+        self.workspace = workspace
+        self.rows = 0
+        self._borrowed: list[Tensor] = []
+        self._rows_buf: Optional[Tensor] = None  # (dim, dim): kept rows, a prefix of it
+        self._n_kept = 0
+        self._gram: Optional[Tensor] = None
+        self._folded = False  # whether _gram holds this step's rows (else it is stale)
+
+    # -- streaming ---------------------------------------------------------------------------
+    def update(self, chunk: Tensor, *, borrow: bool = False) -> "ActivationGram":
+        """Add rows ``chunk`` ``(rows, dim)`` (or ``(..., dim)``, flattened)."""
+        if chunk.ndim < 1 or chunk.shape[-1] != self.dim:
+            raise ValueError(f"chunk must have last dim {self.dim}, got shape {tuple(chunk.shape)}")
+        X = chunk.detach().reshape(-1, self.dim).to(self.device)
+        X = X if X.dtype == torch.float64 else X.to(torch.float32)
+        if borrow:
+            self._borrowed.append(X)
+        elif not self._folded and self._n_kept + X.shape[0] <= self.capacity(X.dtype) and self._fits(X):
+            if self._rows_buf is None or self._rows_buf.dtype != X.dtype:
+                self._rows_buf = torch.empty(self.capacity(X.dtype), self.dim, dtype=X.dtype, device=self.device)
+            self._rows_buf[self._n_kept : self._n_kept + X.shape[0]].copy_(X)
+            self._n_kept += X.shape[0]
+        else:
+            self._fold()
+            self._add_product(X)
+        self.rows += X.shape[0]
+        return self
+
+    def capacity(self, dtype: torch.dtype) -> int:
+        """How many rows of ``dtype`` are kept: as many as fill the bytes of the float64 Gram."""
+        return 8 * self.dim // dtype.itemsize
+
+    def _fits(self, X: Tensor) -> bool:
+        return self._n_kept == 0 or self._rows_buf.dtype == X.dtype  # type: ignore[union-attr]
+
+    def _fold(self) -> None:
+        if not self._folded:
+            if self._gram is None:
+                self._gram = torch.zeros(self.dim, self.dim, dtype=torch.float64, device=self.device)
+            else:
+                self._gram.zero_()
+            self._folded = True
+        if self._n_kept:
+            self._add_product(self._rows_buf[: self._n_kept])  # type: ignore[index]
+            self._n_kept = 0
+        borrowed, self._borrowed = self._borrowed, []
+        for X in borrowed:
+            self._add_product(X)
+
+    def _add_product(self, X: Tensor) -> None:
+        if X.dtype == torch.float64:
+            self._gram.addmm_(X.mT, X)  # type: ignore[union-attr]
+            return
+        # float32 activations carry float32 rounding anyway, and a float64 product of the
+        # dominant 2 n d^2 flops costs ~3x; the sum over chunks stays float64
+        P = _buffer(self.workspace, "activation_product", (self.dim, self.dim), X)
+        self._gram += torch.mm(X.mT, X, out=P)  # type: ignore[operator]
+
+    def merge(self, other: "ActivationGram") -> "ActivationGram":
+        """Add another accumulator's rows (another micro-batch's or rank's), copying what it
+        borrowed."""
+        if other.dim != self.dim:
+            raise ValueError(f"cannot merge dim {other.dim} into dim {self.dim}")
+        pieces = ([other._rows_buf[: other._n_kept]] if other._n_kept else []) + other._borrowed  # type: ignore[index]
+        if other._folded:
+            self._fold()
+            self._gram += other._gram.to(self.device)  # type: ignore[operator, union-attr]
+            self.rows += other.rows - sum(X.shape[0] for X in pieces)
+        for X in pieces:
+            self.update(X)
+        return self
+
+    def _settle(self) -> None:
+        """Take borrowed rows in (copied or folded)."""
+        borrowed, self._borrowed = self._borrowed, []
+        self.rows -= sum(X.shape[0] for X in borrowed)
+        for X in borrowed:
+            self.update(X)
+
+    def reset(self) -> None:
+        """Forget all rows; buffers are kept for the next ones."""
+        self.rows, self._n_kept, self._borrowed, self._folded = 0, 0, [], False
+
+    # -- results -----------------------------------------------------------------------------
+    @property
+    def kept(self) -> Optional[Tensor]:
+        """The rows themselves ``(rows, dim)`` while they are kept, else ``None``."""
+        self._settle()
+        return None if self._folded or not self._n_kept else self._rows_buf[: self._n_kept]  # type: ignore[index]
+
+    @property
+    def gram(self) -> Tensor:
+        """``A^T A`` in float64 ``(dim, dim)`` (kept rows are folded in for good)."""
+        self._settle()
+        self._fold()
+        return self._gram  # type: ignore[return-value]
+
+    def state(self) -> list[Tensor]:
+        """The tensors that add up under :meth:`merge` (what a sum over ranks reduces)."""
+        return [self.gram]
+
+    def frobenius_sq(self) -> float:
+        """``||A||_F^2``: the Gram's trace plus the kept rows' squares."""
+        A = self.kept
+        kept = float(torch.linalg.vector_norm(A)) ** 2 if A is not None else 0.0  # no temporary
+        return kept + (float(self._gram.diagonal().sum()) if self._folded else 0.0)  # type: ignore[union-attr]
 
     def operator_sq(self) -> float:
-        return top_eigenvalues([self.gram])[0]
+        """``||A||_op^2 = lambda_max(A^T A)`` (see :func:`top_eigenvalues`)."""
+        return top_eigenvalues([self])[0] if self.rows else 0.0
+
+    def stable_rank(self) -> float:
+        """``||A||_F^2 / ||A||_op^2`` (0 when nothing nonzero was fed)."""
+        op = self.operator_sq()
+        return self.frobenius_sq() / op if op > 0 else 0.0
+
+
+Operator = Union[Tensor, ActivationGram]
 
 
 class SketchedActivation:
@@ -157,6 +381,7 @@ class SketchedActivation:
                  generator: Optional[torch.Generator] = None):  # fmt: skip
         self.dim = dim
         self.sketch = torch.zeros(sketch_rows, dim, dtype=torch.float64, device=device)
+        self.device = self.sketch.device
         self.generator = generator
         self._fro_sq = torch.zeros((), dtype=torch.float64, device=device)
         self.rows = 0
@@ -179,6 +404,11 @@ class SketchedActivation:
     def state(self) -> list[Tensor]:
         """The tensors that add up under :meth:`merge` (what a sum over ranks reduces)."""
         return [self.sketch, self._fro_sq]
+
+    def reset(self) -> None:
+        self.sketch.zero_()
+        self._fro_sq.zero_()
+        self.rows = 0
 
     def frobenius_sq(self) -> float:
         return float(self._fro_sq)
@@ -209,6 +439,7 @@ class TokenCounts:
 
     def __init__(self, num_embeddings: int, *, device=None):
         self.counts = torch.zeros(num_embeddings, dtype=torch.float64, device=device)
+        self.device = self.counts.device
         self.rows = 0
 
     def update(self, ids: Tensor) -> "TokenCounts":
@@ -226,6 +457,10 @@ class TokenCounts:
         self.rows += other.rows
         return self
 
+    def reset(self) -> None:
+        self.counts.zero_()
+        self.rows = 0
+
     def frobenius_sq(self) -> float:
         return float(self.rows)
 
@@ -237,11 +472,12 @@ class TokenCounts:
         return self.rows / op if op > 0 else 0.0
 
 
-def make_accumulator(kind: str, dim: int, max_dim: int, device=None, seed: int = 0):
+def make_accumulator(kind: str, dim: int, max_dim: int, device=None, seed: int = 0,
+                     workspace: Optional[Workspace] = None):  # fmt: skip
     """The right streaming statistic for a block: exact Gram up to ``max_dim`` features,
     a sketch above it, token counts for embeddings."""
     if kind == "embedding":
         return TokenCounts(dim, device=device)
     if dim <= max_dim:
-        return ActivationGram(dim, device=device)
+        return ActivationGram(dim, device=device, workspace=workspace)
     return SketchedActivation(dim, device=device, generator=torch.Generator().manual_seed(seed))
