@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import statistics
 import time
 from contextlib import contextmanager
@@ -162,6 +163,10 @@ def run(args, console: Console) -> None:
     table.add_row("unsampled monitored step, median (ms)", f"{1e3 * med_unsampled:.1f}", "")
     table.add_row("sampled step, median (ms)", f"{1e3 * med_sampled:.1f}", "")
     table.add_row("sampled / unsampled step", f"{med_sampled / med_unsampled:.2f}x", "< 2x")
+    # (extra / every + per-step cost) / plain < 5%  <=>  every > extra / (5% plain - per-step cost)
+    room = 0.05 * med_plain - (med_unsampled - med_plain)
+    least = math.floor((med_sampled - med_unsampled) / room) + 1 if room > 0 else math.inf
+    table.add_row("least `every` for < 5% averaged over steps", f"{least}", "")
     console.print(table)
 
     where = Table(title="where a sampled step's extra time goes (medians, ms per sampled step)")
