@@ -89,7 +89,7 @@ def peers():
     try:
         from pytorch_optimizer import Muon as PoMuon
 
-        found["pytorch-optimizer Muon"] = lambda ps: PoMuon(ps, lr=0.02)
+        found["pytorch-optimizer Muon"] = lambda ps: PoMuon([dict(params=ps, use_muon=True)], lr=0.02)
     except Exception:  # noqa: BLE001 - optional peer; any import failure means "absent"
         pass
     try:
@@ -130,13 +130,32 @@ def run(layers: int, width: int, rounds: int, console: Console) -> None:
     }
     for name, settings in MUON_ROWS.items():
         rows[f"specgrad Muon {name}"] = (lambda s=settings: Muon(hidden, lr=0.02, **s), orth_of(settings))
-    for label, make in peers().items():
+    peer_rows = peers()
+    for label, make in peer_rows.items():
         rows[label] = (lambda make=make: make(hidden), None)
+
+    # other libraries may drop the gradients after their step (heavyball sets them to None)
+    # or change them in place (pytorch-optimizer's Nesterov): every timed step puts its
+    # gradient tensors back first, peers get copies of their own, and ours and torch's are
+    # checked unchanged at the end
+    params = hidden + other
+    grads = [p.grad for p in params]
+    checksum = [float(g.double().square().sum()) for g in grads]
+
+    def with_grads(step, own_copy: bool = False):
+        mine = [g.clone() for g in grads] if own_copy else grads
+
+        def run_step():
+            for p, g in zip(params, mine):
+                p.grad = g
+            step()
+
+        return run_step
 
     steps, errors, failed = {}, {}, {}
     for label, (make, orth) in rows.items():
         try:
-            steps[label] = make().step
+            steps[label] = with_grads(make().step, own_copy=label in peer_rows)
         except Exception as e:  # noqa: BLE001 - a peer that cannot build is reported, not fatal
             failed[label] = f"failed: {type(e).__name__}"
             continue
@@ -144,9 +163,11 @@ def run(layers: int, width: int, rounds: int, console: Console) -> None:
     # the whole parameter set: one optimizer of ours against torch's two
     ours_all = Muon(hidden + other, lr=0.02, **FAST)
     torch_muon, torch_adamw = torch.optim.Muon(hidden, lr=0.02, ns_coefficients=JORDAN), torch.optim.AdamW(other, lr=1e-3)
-    steps["all params: specgrad Muon FAST (+ its AdamW rule)"] = ours_all.step
-    steps["all params: torch.optim.Muon + torch.optim.AdamW"] = lambda: (torch_muon.step(), torch_adamw.step())
+    steps["all params: specgrad Muon FAST (+ its AdamW rule)"] = with_grads(ours_all.step)
+    steps["all params: torch.optim.Muon + torch.optim.AdamW"] = with_grads(lambda: (torch_muon.step(), torch_adamw.step()))
     seconds = median_times(steps, rounds)
+    if [float(g.double().square().sum()) for g in grads] != checksum:
+        raise RuntimeError("an optimizer changed the gradients in place; the timings are not comparable")
 
     base = seconds["torch.optim.Muon (bf16)"]
     table = Table(title=f"optimizer step, GPT {layers} layers x width {width} ({n_hidden / 1e6:.1f}M hidden-matrix params), "

@@ -7,9 +7,9 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from ..linalg import Workspace
+from ..linalg import GramAccumulator, Workspace
 from ..linalg._checks import check_positive_int
-from ..linalg.polar import _buffer
+from ..linalg.workspace import buffer
 
 
 def top_eigenvalues(mats: Sequence[Operator], *, max_steps: int = 64, tol: float = 1e-10,
@@ -177,7 +177,7 @@ def gradient_norms_many(mats: Sequence[Tensor], workspace: Optional[Workspace] =
         per_batch = max(1, _BATCH_BYTES // (8 * k * k))
         for start in range(0, len(idx), per_batch):
             part = idx[start : start + per_batch]
-            grams = _buffer(workspace, "gradient_grams", (len(part), k, k), mats[part[0]], torch.float64)
+            grams = buffer(workspace, "gradient_grams", (len(part), k, k), mats[part[0]], torch.float64)
             for j, i in enumerate(part):
                 _gram64(mats[i].detach(), grams[j], workspace)
             nuc = torch.linalg.eigvalsh(grams).clamp_min(0).sqrt().sum(-1)
@@ -201,7 +201,7 @@ def _gram64(G: Tensor, out: Tensor, workspace: Optional[Workspace]) -> None:
         return
     n, k = T.shape
     step = max(1, _CHUNK_BYTES // (8 * k))
-    buf = _buffer(workspace, "gradient_rows", (min(step, n), k), T, torch.float64)
+    buf = buffer(workspace, "gradient_rows", (min(step, n), k), T, torch.float64)
     out.zero_()
     for s in range(0, n, step):
         rows = buf[: min(step, n - s)].copy_(T[s : s + step])
@@ -215,9 +215,8 @@ class ActivationGram:
     While the rows fit in the bytes of the float64 Gram (``2 d`` rows of float32, ``d`` of
     float64) they are kept as they are: Lanczos on ``v -> A^T (A v)`` costs ``4 n d`` flops
     a step instead of the ``2 n d^2`` of forming ``A^T A`` (the wide MLP-output layer on a
-    small batch). Past that they fold into a float64 Gram with
-    :class:`~specgrad.linalg.GramAccumulator`'s arithmetic: float64 chunks multiplied in
-    float64, others in float32, summed in float64.
+    small batch). Past that they fold into a :class:`~specgrad.linalg.GramAccumulator`
+    (float64 sums of float32 products).
 
     ``update(chunk, borrow=True)`` keeps a reference instead of a copy: for the monitor's
     forward hooks, whose chunk is alive and unchanged until backward anyway, where
@@ -242,10 +241,10 @@ class ActivationGram:
         self.workspace = workspace
         self.rows = 0
         self._borrowed: list[Tensor] = []
-        self._rows_buf: Optional[Tensor] = None  # (dim, dim): kept rows, a prefix of it
+        self._rows_buf: Optional[Tensor] = None  # (capacity, dim): kept rows, a prefix of it
         self._n_kept = 0
-        self._gram: Optional[Tensor] = None
-        self._folded = False  # whether _gram holds this step's rows (else it is stale)
+        self._acc: Optional[GramAccumulator] = None
+        self._folded = False  # whether _acc holds this step's rows (else it is stale)
 
     # -- streaming ---------------------------------------------------------------------------
     def update(self, chunk: Tensor, *, borrow: bool = False) -> "ActivationGram":
@@ -263,7 +262,7 @@ class ActivationGram:
             self._n_kept += X.shape[0]
         else:
             self._fold()
-            self._add_product(X)
+            self._acc.update(X)  # type: ignore[union-attr]
         self.rows += X.shape[0]
         return self
 
@@ -276,26 +275,16 @@ class ActivationGram:
 
     def _fold(self) -> None:
         if not self._folded:
-            if self._gram is None:
-                self._gram = torch.zeros(self.dim, self.dim, dtype=torch.float64, device=self.device)
+            if self._acc is None:
+                self._acc = GramAccumulator(self.dim, device=self.device, workspace=self.workspace)
             else:
-                self._gram.zero_()
+                self._acc.reset()
             self._folded = True
-        if self._n_kept:
-            self._add_product(self._rows_buf[: self._n_kept])  # type: ignore[index]
-            self._n_kept = 0
+        kept = [self._rows_buf[: self._n_kept]] if self._n_kept else []  # type: ignore[index]
+        self._n_kept = 0
         borrowed, self._borrowed = self._borrowed, []
-        for X in borrowed:
-            self._add_product(X)
-
-    def _add_product(self, X: Tensor) -> None:
-        if X.dtype == torch.float64:
-            self._gram.addmm_(X.mT, X)  # type: ignore[union-attr]
-            return
-        # float32 activations carry float32 rounding anyway, and a float64 product of the
-        # dominant 2 n d^2 flops costs ~3x; the sum over chunks stays float64
-        P = _buffer(self.workspace, "activation_product", (self.dim, self.dim), X)
-        self._gram += torch.mm(X.mT, X, out=P)  # type: ignore[operator]
+        for X in kept + borrowed:
+            self._acc.update(X)  # type: ignore[union-attr]
 
     def merge(self, other: "ActivationGram") -> "ActivationGram":
         """Add another accumulator's rows (another micro-batch's or rank's), copying what it
@@ -305,7 +294,7 @@ class ActivationGram:
         pieces = ([other._rows_buf[: other._n_kept]] if other._n_kept else []) + other._borrowed  # type: ignore[index]
         if other._folded:
             self._fold()
-            self._gram += other._gram.to(self.device)  # type: ignore[operator, union-attr]
+            self._acc.merge(other._acc)  # type: ignore[union-attr, arg-type]
             self.rows += other.rows - sum(X.shape[0] for X in pieces)
         for X in pieces:
             self.update(X)
@@ -334,7 +323,7 @@ class ActivationGram:
         """``A^T A`` in float64 ``(dim, dim)`` (kept rows are folded in for good)."""
         self._settle()
         self._fold()
-        return self._gram  # type: ignore[return-value]
+        return self._acc.gram  # type: ignore[union-attr]
 
     def state(self) -> list[Tensor]:
         """The tensors that add up under :meth:`merge` (what a sum over ranks reduces)."""
@@ -344,7 +333,7 @@ class ActivationGram:
         """``||A||_F^2``: the Gram's trace plus the kept rows' squares."""
         A = self.kept
         kept = float(torch.linalg.vector_norm(A)) ** 2 if A is not None else 0.0  # no temporary
-        return kept + (float(self._gram.diagonal().sum()) if self._folded else 0.0)  # type: ignore[union-attr]
+        return kept + (self._acc.frobenius_sq() if self._folded else 0.0)  # type: ignore[union-attr]
 
     def operator_sq(self) -> float:
         """``||A||_op^2 = lambda_max(A^T A)`` (see :func:`top_eigenvalues`)."""

@@ -14,7 +14,6 @@ from .coefficients import (
 from .polar import (
     METHODS,
     NORMS,
-    Workspace,
     normalize_spectrum,
     orthogonality_error,
     orthogonalize,
@@ -26,6 +25,7 @@ from .polar import (
     singular_value_range,
     stack_normalized,
 )
+from .workspace import Workspace
 from .ranks import (
     GramAccumulator,
     MatrixNorms,

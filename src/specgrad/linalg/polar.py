@@ -11,6 +11,8 @@ from torch import Tensor
 
 from ._checks import check_matrix, check_positive_int, working_dtype
 from .coefficients import QuinticSchedule, ScheduleLike, as_schedule, polar_express_schedule
+from .workspace import Workspace
+from .workspace import buffer as _buffer
 
 METHODS = ("svd", "newton_schulz", "polar_express")
 DEFAULT_STEPS = 5
@@ -170,42 +172,6 @@ def _inverse_norms(mats, safety: float, target: torch.dtype) -> Tensor:
         norm = norm * safety
     scale_dtype = torch.float64 if mats[0].dtype == torch.float64 else torch.float32
     return norm.reciprocal().clamp_max(torch.finfo(scale_dtype).max).to(scale_dtype)
-
-
-class Workspace:
-    """Buffers kept between calls that iterate the same shapes, such as the steps of an
-    optimizer: a fresh tensor of a few MB is page-faulted in on every call on CPU (glibc
-    hands large blocks back to the kernel), which on a VM costs ~4 us per 4 KiB page, as
-    much as the matmuls of a small model. CUDA's caching allocator makes it moot there.
-
-    A tensor returned by :meth:`get` is overwritten by the next call that asks for the same
-    name and shape, so results computed in a workspace must be used before that.
-
-    Example:
-        >>> ws = Workspace()
-        >>> ws.get("A", (2, 3), torch.float32, "cpu") is ws.get("A", (2, 3), torch.float32, "cpu")
-        True
-    """
-
-    def __init__(self):
-        self._buffers: dict[tuple, Tensor] = {}
-
-    def get(self, name: str, shape, dtype: torch.dtype, device) -> Tensor:
-        key = (name, tuple(shape), dtype, torch.device(device))
-        t = self._buffers.get(key)
-        if t is None:
-            t = self._buffers[key] = torch.empty(tuple(shape), dtype=dtype, device=device)
-        return t
-
-    def __len__(self) -> int:
-        return len(self._buffers)
-
-
-def _buffer(ws: Optional[Workspace], name: str, shape, like: Tensor, dtype: Optional[torch.dtype] = None) -> Tensor:
-    dtype = like.dtype if dtype is None else dtype
-    if ws is None:
-        return torch.empty(tuple(shape), dtype=dtype, device=like.device)
-    return ws.get(name, shape, dtype, like.device)
 
 
 def stack_normalized(mats: Sequence[Tensor], safety: float = 1.0, dtype: Optional[torch.dtype] = None, *,

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from ._checks import check_matrix, check_positive_int
+from .workspace import Workspace, buffer
 
 
 class MatrixNorms(NamedTuple):
@@ -152,10 +153,11 @@ class GramAccumulator:
         True
     """
 
-    def __init__(self, dim: int, *, device=None):
+    def __init__(self, dim: int, *, device=None, workspace: Optional[Workspace] = None):
         self.dim = check_positive_int(dim, "dim")
         self.gram = torch.zeros(dim, dim, dtype=torch.float64, device=device)
         self.rows = 0
+        self.workspace = workspace  # holds the float32 product of each chunk, when given
 
     def update(self, chunk: Tensor) -> "GramAccumulator":
         """Add rows ``chunk`` of shape ``(rows, dim)`` (or ``(..., dim)``, flattened)."""
@@ -168,7 +170,7 @@ class GramAccumulator:
             # float32 activations carry float32 rounding anyway, and a float64 product of
             # the dominant 2 n d^2 flops costs ~3x; the sum over chunks stays float64
             X = X.to(torch.float32)
-            self.gram += X.mT @ X
+            self.gram += torch.mm(X.mT, X, out=buffer(self.workspace, "gram_product", self.gram.shape, X))
         self.rows += X.shape[0]
         return self
 
