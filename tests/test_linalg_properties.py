@@ -18,6 +18,7 @@ from specgrad.linalg import (
     orthogonalize,
     stable_rank,
 )
+from specgrad.linalg import ranks as ranks_module
 
 F64 = torch.float64
 EPS = torch.finfo(F64).eps
@@ -165,6 +166,30 @@ def test_gram_accumulator_chunks_equal_one_shot(rows, dim, seed, cuts):
     assert acc.frobenius_sq() == pytest.approx(float(s.square().sum()), rel=1e-12)
     assert acc.operator_sq() == pytest.approx(float(s[0] ** 2), rel=1e-12)
     assert acc.stable_rank() == pytest.approx(float(stable_rank(A)), rel=1e-10)
+
+
+@SETTINGS
+@given(
+    rows=st.integers(min_value=0, max_value=30),
+    dim=st.integers(min_value=1, max_value=30),
+    block=st.integers(min_value=1, max_value=8),
+    dtype=st.sampled_from([torch.float32, F64]),
+    accumulate=st.booleans(),
+    seed=seeds,
+)
+def test_blocked_gram_product_equals_the_full_product(rows, dim, block, dtype, accumulate, seed):
+    """``gram_product`` with blocks of ``block`` columns (uneven edges included) against
+    ``X^T X``: equal to rounding, added onto ``out`` with ``accumulate``."""
+    g = gen(seed)
+    X = torch.randn(rows, dim, generator=g, dtype=F64).to(dtype)
+    start = torch.randn(dim, dim, generator=g, dtype=F64)
+    start = (start + start.T).to(dtype)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ranks_module, "GRAM_BLOCK", block)
+        out = ranks_module.gram_product(X, start.clone(), accumulate=accumulate)
+    ref = X.double().T @ X.double() + (start.double() if accumulate else 0)
+    tol = 1e-12 if dtype == F64 else 1e-5
+    assert torch.allclose(out.double(), ref, rtol=tol, atol=tol * float(ref.abs().max().clamp_min(1)))
 
 
 @SETTINGS

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from ..linalg import GramAccumulator, Workspace
+from ..linalg.ranks import gram_product
 from ..linalg._checks import check_positive_int
 from ..linalg.workspace import buffer
 
@@ -197,15 +198,14 @@ def _gram64(G: Tensor, out: Tensor, workspace: Optional[Workspace]) -> None:
     be as big as eight float32 copies of its Gram)."""
     T = G if G.shape[0] >= G.shape[1] else G.mT
     if T.dtype == torch.float64:
-        torch.matmul(T.mT, T, out=out)
+        gram_product(T, out)
         return
     n, k = T.shape
     step = max(1, _CHUNK_BYTES // (8 * k))
     buf = buffer(workspace, "gradient_rows", (min(step, n), k), T, torch.float64)
     out.zero_()
     for s in range(0, n, step):
-        rows = buf[: min(step, n - s)].copy_(T[s : s + step])
-        out.addmm_(rows.mT, rows)
+        gram_product(buf[: min(step, n - s)].copy_(T[s : s + step]), out, accumulate=True)
 
 
 class ActivationGram:
