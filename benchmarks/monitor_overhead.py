@@ -18,7 +18,7 @@ Reported, as medians over rounds of ``every`` steps each:
   of ``SpectralMonitor._collect``.
 
     python benchmarks/monitor_overhead.py                  # ~1 minute on 2 CPU cores
-    python benchmarks/monitor_overhead.py --preset paper   # ~10 minutes on 2 CPU cores
+    python benchmarks/monitor_overhead.py --preset paper --rounds 1   # ~9 minutes on 2 CPU cores
     python benchmarks/monitor_overhead.py --quick          # fewer rounds
     python benchmarks/monitor_overhead.py --device cuda
     python benchmarks/monitor_overhead.py --threads 1 --clock cpu   # on a busy machine
