@@ -89,17 +89,20 @@ def peers():
     try:
         from pytorch_optimizer import Muon as PoMuon
 
-        found["pytorch-optimizer Muon"] = lambda ps: PoMuon([dict(params=ps, use_muon=True)], lr=0.02)
+        found["pytorch-optimizer Muon"] = lambda ps: PoMuon([dict(params=ps, use_muon=True)], lr=0.02,
+                                                             weight_decay=WEIGHT_DECAY)
     except Exception:  # noqa: BLE001 - optional peer; any import failure means "absent"
         pass
     try:
         import heavyball
 
-        found["heavyball Muon"] = lambda ps: heavyball.Muon(ps, lr=0.02)
+        found["heavyball Muon"] = lambda ps: heavyball.Muon(ps, lr=0.02, weight_decay=WEIGHT_DECAY)
     except Exception:  # noqa: BLE001
         pass
     return found
 
+
+WEIGHT_DECAY = 0.1  # torch.optim.Muon's default, given to every Muon so all do the same work
 
 MUON_ROWS = {
     "newton_schulz (bfloat16)": dict(ns_dtype=torch.bfloat16),
@@ -124,12 +127,14 @@ def run(layers: int, width: int, rounds: int, console: Console) -> None:
         return lambda G: orthogonalize_many([G], group)[0]
 
     rows: dict[str, tuple] = {
-        "torch.optim.Muon (bf16)": (lambda: torch.optim.Muon(hidden, lr=0.02, ns_coefficients=JORDAN),
+        "torch.optim.Muon (bf16)": (lambda: torch.optim.Muon(hidden, lr=0.02, weight_decay=WEIGHT_DECAY,
+                                                             ns_coefficients=JORDAN),
                                     orth_of(MUON_ROWS["newton_schulz (bfloat16)"])),
         "torch.optim.AdamW": (lambda: torch.optim.AdamW(hidden, lr=1e-3), None),
     }
     for name, settings in MUON_ROWS.items():
-        rows[f"specgrad Muon {name}"] = (lambda s=settings: Muon(hidden, lr=0.02, **s), orth_of(settings))
+        rows[f"specgrad Muon {name}"] = (lambda s=settings: Muon(hidden, lr=0.02, weight_decay=WEIGHT_DECAY, **s),
+                                         orth_of(settings))
     peer_rows = peers()
     for label, make in peer_rows.items():
         rows[label] = (lambda make=make: make(hidden), None)
@@ -161,8 +166,9 @@ def run(layers: int, width: int, rounds: int, console: Console) -> None:
             continue
         errors[label] = [f"{orth_error(orth, grads):.3f}" if orth else "-" for grads in samples.values()]
     # the whole parameter set: one optimizer of ours against torch's two
-    ours_all = Muon(hidden + other, lr=0.02, **FAST)
-    torch_muon, torch_adamw = torch.optim.Muon(hidden, lr=0.02, ns_coefficients=JORDAN), torch.optim.AdamW(other, lr=1e-3)
+    ours_all = Muon(hidden + other, lr=0.02, weight_decay=WEIGHT_DECAY, adamw=dict(lr=1e-3, weight_decay=0.01), **FAST)
+    torch_muon = torch.optim.Muon(hidden, lr=0.02, weight_decay=WEIGHT_DECAY, ns_coefficients=JORDAN)
+    torch_adamw = torch.optim.AdamW(other, lr=1e-3, weight_decay=0.01)
     steps["all params: specgrad Muon FAST (+ its AdamW rule)"] = with_grads(ours_all.step)
     steps["all params: torch.optim.Muon + torch.optim.AdamW"] = with_grads(lambda: (torch_muon.step(), torch_adamw.step()))
     seconds = median_times(steps, rounds)
