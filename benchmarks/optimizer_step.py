@@ -166,7 +166,9 @@ def run(layers: int, width: int, rounds: int, console: Console) -> None:
             continue
         errors[label] = [f"{orth_error(orth, grads):.3f}" if orth else "-" for grads in samples.values()]
     # the whole parameter set: one optimizer of ours against torch's two
-    ours_all = Muon(hidden + other, lr=0.02, weight_decay=WEIGHT_DECAY, adamw=dict(lr=1e-3, weight_decay=0.01), **FAST)
+    # embeddings, like norms, go to the AdamW rule, as split_params routes them
+    ours_all = Muon([dict(params=hidden), dict(params=other, algorithm="adamw", lr=1e-3, weight_decay=0.01)],
+                    lr=0.02, weight_decay=WEIGHT_DECAY, **FAST)  # fmt: skip
     torch_muon = torch.optim.Muon(hidden, lr=0.02, weight_decay=WEIGHT_DECAY, ns_coefficients=JORDAN)
     torch_adamw = torch.optim.AdamW(other, lr=1e-3, weight_decay=0.01)
     steps["all params: specgrad Muon FAST (+ its AdamW rule)"] = with_grads(ours_all.step)
