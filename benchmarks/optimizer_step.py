@@ -6,7 +6,8 @@ matrices of our ``Muon`` with each orthogonalizer and with :data:`specgrad.optim
 ``torch.optim.Muon`` (bfloat16 Newton-Schulz, per matrix) and ``torch.optim.AdamW``, plus
 the Muon of ``pytorch-optimizer`` and ``heavyball`` when they are installed
 (``pip install -e .[bench]``); then the whole parameter set: our ``Muon`` with its AdamW
-rule against ``torch.optim.Muon`` plus ``torch.optim.AdamW``. Gradients are fixed random
+rule (embeddings and norms) against ``torch.optim.Muon`` plus ``torch.optim.AdamW``. Every
+Muon gets weight decay 0.1 (torch's default), every AdamW 0.01. Gradients are fixed random
 tensors with a decaying spectrum (singular values ``~ 1/sqrt(i)``, like momentum
 gradients), so every optimizer sees the same input. Times are medians over interleaved
 rounds; ratios are to ``torch.optim.Muon`` measured in the same run, because the machine
