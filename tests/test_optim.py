@@ -239,19 +239,14 @@ def test_state_dict_round_trip_is_bit_exact(make):
         assert torch.equal(a.detach(), b)
 
 
-def test_fast_settings_train_and_are_validated():
+def test_fast_settings_train_and_warn_where_they_can_diverge():
     model = mlp(bias=True)
     X, Y = data()
     loss0 = float(nn.functional.mse_loss(model(X), Y).detach())
     train(model, Muon(model.parameters(), lr=0.02, **FAST), 30)
     assert float(nn.functional.mse_loss(model(X), Y).detach()) < 0.9 * loss0
-    ps = list(mlp().parameters())
-    with pytest.raises(ValueError, match="ns_norm must be one of"):
-        Muon(ps, ns_norm="nuclear")
-    with pytest.raises(ValueError, match="ns_gram must be True, False or 'auto'"):
-        Muon(ps, ns_gram="sometimes")
     with pytest.warns(RuntimeWarning, match="can diverge in half precision"):
-        Muon(ps, orthogonalizer="polar_express", ns_gram="auto", ns_dtype=torch.bfloat16)
+        Muon(mlp().parameters(), orthogonalizer="polar_express", ns_gram="auto", ns_dtype=torch.bfloat16)
 
 
 def test_nesterov_leaves_gradients_untouched():
@@ -392,6 +387,8 @@ def test_parameter_without_grad_is_skipped_entirely():
         (dict(adamw={"betas": (0.9, 1.5)}), r"betas\[1\]"),
         (dict(adamw={"learning_rate": 1}), "unknown AdamW"),
         (dict(weight_decay=-0.1), "weight_decay"),
+        (dict(ns_norm="nuclear"), "ns_norm must be one of"),
+        (dict(ns_gram="sometimes"), "ns_gram must be True, False or 'auto'"),
     ],
 )
 def test_muon_rejects_bad_hyperparameters_naming_them(kwargs, match):

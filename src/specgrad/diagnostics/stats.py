@@ -255,7 +255,8 @@ class ActivationGram:
         X = X if X.dtype == torch.float64 else X.to(torch.float32)
         if borrow:
             self._borrowed.append(X)
-        elif not self._folded and self._n_kept + X.shape[0] <= self.capacity(X.dtype) and self._fits(X):
+        elif (not self._folded and self._n_kept + X.shape[0] <= self.capacity(X.dtype)
+              and (self._n_kept == 0 or self._rows_buf.dtype == X.dtype)):  # type: ignore[union-attr]  # fmt: skip
             if self._rows_buf is None or self._rows_buf.dtype != X.dtype:
                 self._rows_buf = torch.empty(self.capacity(X.dtype), self.dim, dtype=X.dtype, device=self.device)
             self._rows_buf[self._n_kept : self._n_kept + X.shape[0]].copy_(X)
@@ -269,9 +270,6 @@ class ActivationGram:
     def capacity(self, dtype: torch.dtype) -> int:
         """How many rows of ``dtype`` are kept: as many as fill the bytes of the float64 Gram."""
         return 8 * self.dim // dtype.itemsize
-
-    def _fits(self, X: Tensor) -> bool:
-        return self._n_kept == 0 or self._rows_buf.dtype == X.dtype  # type: ignore[union-attr]
 
     def _fold(self) -> None:
         if not self._folded:

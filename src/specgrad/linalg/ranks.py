@@ -149,18 +149,15 @@ def gram_product(X: Tensor, out: Tensor, *, accumulate: bool = False) -> Tensor:
         True
     """
     d = X.shape[1]
+    beta = 1 if accumulate else 0  # beta=0 ignores out, NaN included (an unset buffer)
     blocks = d // GRAM_BLOCK
     if blocks < 2:
-        return out.addmm_(X.mT, X) if accumulate else torch.mm(X.mT, X, out=out)
+        return out.addmm_(X.mT, X, beta=beta)
     edges = [round(i * d / blocks) for i in range(blocks + 1)]
     spans = list(zip(edges[:-1], edges[1:]))
     for i, (a, b) in enumerate(spans):
         for c, e in spans[i:]:
-            block = out[a:b, c:e]
-            if accumulate:
-                block.addmm_(X[:, a:b].mT, X[:, c:e])
-            else:
-                block.copy_(X[:, a:b].mT @ X[:, c:e])
+            out[a:b, c:e].addmm_(X[:, a:b].mT, X[:, c:e], beta=beta)
     for i, (a, b) in enumerate(spans):
         for c, e in spans[i + 1 :]:
             out[c:e, a:b] = out[a:b, c:e].mT
