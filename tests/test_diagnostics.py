@@ -193,12 +193,16 @@ def test_top_eigenvalues_match_eigvalsh_on_easy_hard_and_degenerate_matrices():
         X[2, :, :40].T @ X[2, :, :40],  # small: eigvalsh directly
         X[2, :, :280].T @ X[2, :, :280],  # another size, in a batch of its own
     ]
-    exact = [float(torch.linalg.eigvalsh(S)[-1].clamp_min(0)) for S in mats]
-    got = top_eigenvalues(mats)
-    assert len(got) == len(mats)
+    # the same kinds as kept rows (A^T A never formed): one batch that finishes one by one
+    rows = [torch.relu(X[0, :250] + 1), X[1, :290], torch.zeros(200, 300, dtype=D), torch.ones(5, 1, dtype=D) @ v.T]
+    kept = [ActivationGram(300).update(A) for A in rows]
+    assert all(acc.kept is not None for acc in kept)
+    exact = [float(torch.linalg.eigvalsh(S)[-1].clamp_min(0)) for S in mats + [A.T @ A for A in rows]]
+    got = top_eigenvalues(mats + kept)
+    assert len(got) == len(exact)
     for t, e in zip(got, exact):
         assert t == pytest.approx(e, rel=1e-12, abs=1e-300)
-    assert got[2] == 0.0
+    assert got[2] == 0.0 and got[len(mats) + 2] == 0.0
     with pytest.raises(ValueError, match="square"):
         top_eigenvalues([torch.zeros(3, 4, dtype=D)])
 
@@ -443,29 +447,33 @@ def test_sampled_steps_reuse_their_buffers_and_start_from_zero():
     assert all(a is b for a, b in zip(stats[0], stats[2]))  # the same accumulators, reset
 
 
-@settings(max_examples=30, deadline=None, derandomize=True)
+@settings(max_examples=40, deadline=None, derandomize=True)
 @given(
-    shapes=st.lists(st.tuples(st.integers(1, 24), st.integers(1, 24)), min_size=1, max_size=6),
+    shapes=st.lists(st.tuples(st.integers(1, 24), st.integers(1, 24), st.integers(1, 3)), min_size=1, max_size=5),
     dtype=st.sampled_from([torch.float32, torch.float64]),
     log_scale=st.floats(-8, 8),
     rank_one=st.booleans(),
+    stacked=st.booleans(),
     seed=st.integers(0, 2**16),
 )
-def test_gradient_norms_many_match_float64_singular_values(shapes, dtype, log_scale, rank_one, seed):
-    """Mixed shapes and dtypes, batches and conversion chunks forced small: ``||G||_F`` and
+def test_gradient_norms_many_match_float64_singular_values(shapes, dtype, log_scale, rank_one, stacked, seed):
+    """Mixed shapes (some repeated) and dtypes, batches forced small, and either conversion
+    chunks forced small or same-shape matrices stacked for one product: ``||G||_F`` and
     ``||G||_*`` equal float64 SVD's of the same values. A rank-one float32 gradient keeps
     ``nr = 1``: its Gram is float64, whose rounding stays far below the null space's."""
     g = gen(seed)
     mats = []
-    for m, n in shapes:
-        G = torch.randn(m, 1, generator=g, dtype=D) @ torch.randn(1, n, generator=g, dtype=D) if rank_one \
-            else torch.randn(m, n, generator=g, dtype=D)  # fmt: skip
-        mats.append((G * 10.0**log_scale).to(dtype))
+    for m, n, copies in shapes:
+        for _ in range(copies):
+            G = torch.randn(m, 1, generator=g, dtype=D) @ torch.randn(1, n, generator=g, dtype=D) if rank_one \
+                else torch.randn(m, n, generator=g, dtype=D)  # fmt: skip
+            mats.append((G * 10.0**log_scale).to(dtype))
     workspace = Workspace()
     for _ in range(2):  # the second call reuses the workspace's buffers
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(stats_module, "_BATCH_BYTES", 8 * 24 * 24 * 2)  # two Grams per batch
-            patch.setattr(stats_module, "_CHUNK_BYTES", 8 * 24 * 3)  # three rows per chunk
+            # three rows per chunk, or up to four 24 x 24 matrices per stack
+            patch.setattr(stats_module, "_CHUNK_BYTES", 8 * 24 * (96 if stacked else 3))
             got = gradient_norms_many(mats, workspace)
         for G, (fro, nuc) in zip(mats, got):
             s = torch.linalg.svdvals(G.to(D))
@@ -478,15 +486,17 @@ def test_gradient_norms_many_match_float64_singular_values(shapes, dtype, log_sc
 # -- sampling and lifetime -----------------------------------------------------------------
 
 
-def test_records_only_on_every_kth_step():
+def test_records_only_on_every_kth_step_and_hooks_only_the_sampled_ones():
     model = mlp(2)
     x = torch.randn(16, 6, generator=gen(10), dtype=D)
-    returned = []
+    returned, hooked = [], []
     with SpectralMonitor(model, every=3) as mon:
         for _ in range(7):
+            hooked.append(sum(len(m._forward_hooks) for m in model.modules()))
             model.zero_grad()
             _sq(model(x)).backward()
             returned.append(len(mon.step()))
+    assert hooked == [2, 0, 0, 2, 0, 0, 2]  # an unsampled step runs the model unhooked
     steps = [r["step"] for r in mon.records]
     assert sorted(set(steps)) == [0, 3, 6]
     assert len(steps) == 6  # two blocks per sampled step

@@ -51,7 +51,8 @@ def _conv_supported(m: nn.Conv2d) -> Optional[str]:
 
 @dataclass
 class _Tap:
-    """One forward hook on one module: its activation getter and accumulated statistics."""
+    """One module's forward hook (present on sampled steps), its activation getter and
+    accumulated statistics."""
 
     module: nn.Module
     kind: str
@@ -192,9 +193,8 @@ class SpectralMonitor:
     def _tap(self, module: nn.Module, kind: str, activation: ActivationFn, dim: int) -> _Tap:
         tap = self._taps.get(id(module))
         if tap is None:
-            tap = _Tap(module, kind, dim, activation)
-            tap.handle = module.register_forward_hook(self._make_hook(tap))
-            self._taps[id(module)] = tap
+            tap = self._taps[id(module)] = _Tap(module, kind, dim, activation)
+            self._arm()
         elif tap.activation is not activation:
             raise ValueError(f"module {type(module).__name__} is already tapped with another activation getter")
         return tap
@@ -253,6 +253,17 @@ class SpectralMonitor:
         """Whether the current step is recorded."""
         return self._open and self._step % self.every == 0
 
+    def _arm(self) -> None:
+        """Hook the taps for a sampled step and unhook them for the others, which then run
+        the model exactly as if it were not monitored."""
+        on = self.sampling
+        for tap in self._taps.values():
+            if on and tap.handle is None:
+                tap.handle = tap.module.register_forward_hook(self._make_hook(tap))
+            elif not on and tap.handle is not None:
+                tap.handle.remove()
+                tap.handle = None
+
     def _make_hook(self, tap: _Tap):
         def hook(module, args, output):
             if not (self.sampling and module.training and torch.is_grad_enabled()):
@@ -309,6 +320,7 @@ class SpectralMonitor:
             for logger in self.loggers:
                 logger.log(rows)
         self._step += 1
+        self._arm()
         return rows
 
     def _sum_across_ranks(self) -> None:
@@ -346,7 +358,8 @@ class SpectralMonitor:
         # Lanczos for all but tiny Grams, started from each tap's top eigenvector of its last
         # sampled step, to a residual of 1e-4: ||A||_op^2 within 1e-4 relative whatever the
         # spectral gap (residual^2 / gap, about 1e-8, with the dominant top of activations)
-        pairs = top_eigenpairs([t.stats for t in grams], [t.top_vector for t in grams], tol=1e-4, direct_below=32)
+        pairs = top_eigenpairs([t.stats for t in grams], [t.top_vector for t in grams], tol=1e-4, direct_below=32,
+                               workspace=self._workspace)  # fmt: skip
         op_sq = {}
         for t, (value, vector) in zip(grams, pairs):
             op_sq[id(t)], t.top_vector = value, vector
@@ -375,11 +388,10 @@ class SpectralMonitor:
     # -- lifetime ----------------------------------------------------------------------------
     def close(self) -> None:
         """Remove every hook and drop every reference to the model."""
-        for tap in self._taps.values():
-            tap.handle.remove()
+        self._open = False
+        self._arm()
         self._taps.clear()
         self._blocks.clear()
-        self._open = False
         for logger in self.loggers:
             logger.close()
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -14,7 +14,7 @@ from ..linalg.workspace import buffer
 
 
 def top_eigenvalues(mats: Sequence[Operator], *, max_steps: int = 64, tol: float = 1e-10,
-                    direct_below: int = 256) -> list[float]:  # fmt: skip
+                    direct_below: int = 256, workspace: Optional[Workspace] = None) -> list[float]:  # fmt: skip
     """``lambda_max`` of each symmetric positive semi-definite ``(d, d)`` float64 matrix, or
     of the ``A^T A`` of an :class:`ActivationGram` (from the rows it keeps, never formed).
 
@@ -35,12 +35,12 @@ def top_eigenvalues(mats: Sequence[Operator], *, max_steps: int = 64, tol: float
         >>> max(abs(t / e - 1) for t, e in zip(top_eigenvalues(mats), exact)) < 1e-12
         True
     """
-    return [value for value, _ in _top_pairs(mats, None, max_steps, tol, direct_below, vectors=False)]
+    return [value for value, _ in _top_pairs(mats, None, max_steps, tol, direct_below, workspace, vectors=False)]
 
 
 def top_eigenpairs(mats: Sequence[Operator], starts: Optional[Sequence[Optional[Tensor]]] = None, *,
-                   max_steps: int = 64, tol: float = 1e-10,
-                   direct_below: int = 256) -> list[tuple[float, Tensor]]:  # fmt: skip
+                   max_steps: int = 64, tol: float = 1e-10, direct_below: int = 256,
+                   workspace: Optional[Workspace] = None) -> list[tuple[float, Tensor]]:  # fmt: skip
     """``(lambda_max, unit top eigenvector)`` of each matrix, as :func:`top_eigenvalues`.
 
     ``starts[i]`` (a ``(d,)`` vector or ``None``) starts matrix ``i``'s Lanczos run instead of
@@ -56,10 +56,11 @@ def top_eigenpairs(mats: Sequence[Operator], starts: Optional[Sequence[Optional[
         >>> abs(again / value - 1) < 1e-12
         True
     """
-    return _top_pairs(mats, starts, max_steps, tol, direct_below, vectors=True)
+    return _top_pairs(mats, starts, max_steps, tol, direct_below, workspace, vectors=True)
 
 
-def _top_pairs(mats, starts, max_steps, tol, direct_below, vectors: bool) -> list[tuple[float, Optional[Tensor]]]:
+def _top_pairs(mats, starts, max_steps, tol, direct_below, workspace,
+               vectors: bool) -> list[tuple[float, Optional[Tensor]]]:  # fmt: skip
     out: list[Optional[tuple[float, Optional[Tensor]]]] = [None] * len(mats)
     ops: list[Union[Tensor, "ActivationGram"]] = []
     groups: dict[tuple, list[int]] = {}
@@ -75,25 +76,16 @@ def _top_pairs(mats, starts, max_steps, tol, direct_below, vectors: bool) -> lis
         ops.append(S)
         if d <= direct_below:
             out[i] = _eigh_top(S, vectors)
-        else:
-            groups.setdefault((d, S.device), []).append(i)
-    for (d, device), idx in groups.items():
+        else:  # dense matrices (stacked, multiplied as one batch) and kept rows apart
+            groups.setdefault((d, S.device, isinstance(S, Tensor)), []).append(i)
+    for (d, device, dense), idx in groups.items():
         q0 = [None if starts is None else starts[i] for i in idx]
-        for i, top in zip(idx, _lanczos_top([_matvec(ops[i]) for i in idx], d, device, q0, max_steps, tol)):
+        group = [ops[i] for i in idx]
+        op = (torch.stack(group, out=buffer(workspace, "lanczos_mats", (len(idx), d, d), group[0])) if dense
+              else [S.kept for S in group])  # fmt: skip
+        for i, top in zip(idx, _lanczos_top(op, d, device, q0, max_steps, tol, workspace)):  # type: ignore[arg-type]
             out[i] = _eigh_top(ops[i], vectors) if top is None else top
     return out  # type: ignore[return-value]
-
-
-def _matvec(S: Union[Tensor, "ActivationGram"]) -> Callable[[Tensor], Tensor]:
-    """``q -> S q`` for a float64 ``q``; for kept rows ``A``: ``A^T (A q)`` in ``A``'s dtype."""
-    if isinstance(S, Tensor):
-        return S.mv
-    A = S.kept
-
-    def apply(q: Tensor) -> Tensor:
-        return A.mT.mv(A.mv(q.to(A.dtype))).to(q.dtype)
-
-    return apply
 
 
 def _eigh_top(S: Union[Tensor, "ActivationGram"], vectors: bool) -> tuple[float, Optional[Tensor]]:
@@ -104,10 +96,14 @@ def _eigh_top(S: Union[Tensor, "ActivationGram"], vectors: bool) -> tuple[float,
     return float(values[-1].clamp_min(0)), basis[:, -1]
 
 
-def _lanczos_top(ops: list[Callable[[Tensor], Tensor]], d: int, device, starts: list[Optional[Tensor]],
-                 max_steps: int, tol: float) -> list[Optional[tuple[float, Tensor]]]:  # fmt: skip
-    """Top Ritz pair of each of the ``B`` operators ``q -> S q`` on ``R^d`` once its residual
-    is below ``tol`` relative, else ``None``. An operator is not applied after it is done."""
+def _lanczos_top(ops: Union[Tensor, list[Tensor]], d: int, device, starts: list[Optional[Tensor]], max_steps: int,
+                 tol: float, workspace: Optional[Workspace] = None) -> list[Optional[tuple[float, Tensor]]]:  # fmt: skip
+    """Top Ritz pair of each of ``B`` operators on ``R^d`` once its residual is below ``tol``
+    relative, else ``None``. ``ops``: ``B`` float64 matrices ``(B, d, d)``, or a list of
+    ``B`` row matrices ``A_i`` ``(n_i, d)`` standing for ``A_i^T A_i`` (in their dtype).
+
+    An operator leaves the batch once done, so the tail of a batch with one slow operator
+    (a flat top) costs the steps of that one alone."""
     B = len(ops)
     k = min(max_steps, d)
     f64 = dict(dtype=torch.float64, device=device)
@@ -116,33 +112,49 @@ def _lanczos_top(ops: list[Callable[[Tensor], Tensor]], d: int, device, starts: 
     bad = ~torch.isfinite(q).all(-1) | (q.norm(dim=-1) == 0)
     q = torch.where(bad.unsqueeze(-1), fixed, q)
     q = q / q.norm(dim=-1, keepdim=True)
-    Q = torch.zeros(B, k, d, **f64)
-    T = torch.zeros(B, k, k, **f64)  # the tridiagonal Lanczos matrix; eigh reads its lower half
+    Q = buffer(workspace, "lanczos_basis", (B, k, d), q)  # row j is written before it is read
+    T = buffer(workspace, "lanczos_tridiagonal", (B, k, k), q).zero_()  # eigh reads its lower half
     result: list[Optional[tuple[float, Tensor]]] = [None] * B
+    live = list(range(B))  # the operators not done, in the order of the batch's rows
     for j in range(k):
         Q[:, j] = q
-        # a finished operator continues on its own q: cheap, finite, and no longer read
-        w = torch.stack([op(q[i]) if result[i] is None else q[i] for i, op in enumerate(ops)])
+        if isinstance(ops, Tensor):  # a row-wise dot product: on CPU 1/3 the time of bmm
+            w = torch.linalg.vecdot(ops, q.unsqueeze(1))
+        else:
+            w = torch.stack([A.mT.mv(A.mv(x.to(A.dtype))).to(x.dtype) for A, x in zip(ops, q)])
         T[:, j, j] = torch.linalg.vecdot(q, w)
         basis = Q[:, : j + 1]
         for _ in range(2):  # full reorthogonalization, twice is enough
-            w -= (basis.mT @ (basis @ w.unsqueeze(-1))).squeeze(-1)
+            w -= (basis * torch.linalg.vecdot(basis, w.unsqueeze(1)).unsqueeze(-1)).sum(1)
         b = w.norm(dim=-1)
         # the residual test on every step: its small eigh costs less than one more step
         theta, vecs = torch.linalg.eigh(T[:, : j + 1, : j + 1])
         top = theta[:, -1]
-        ok = ((top > 0) & (b * vecs[:, -1, -1].abs() <= tol * top)).tolist()
-        for i, done in enumerate(ok):
-            if done and result[i] is None:
-                y = vecs[i, :, -1] @ basis[i]
-                result[i] = (float(top[i]), y / y.norm())
-        if all(r is not None for r in result):
-            break
+        done = ((top > 0) & (b * vecs[:, -1, -1].abs() <= tol * top)).tolist()
+        for r, i in enumerate(live):
+            if done[r]:
+                y = vecs[r, :, -1] @ basis[r]
+                result[i] = (float(top[r]), y / y.norm())
+        if any(done):
+            keep = [r for r, x in enumerate(done) if not x]
+            if not keep or j + 1 == k:
+                break
+            live = [live[r] for r in keep]
+            ops = _front(ops, keep) if isinstance(ops, Tensor) else [ops[r] for r in keep]
+            Q, T, w, b = _front(Q, keep), _front(T, keep), w[keep], b[keep]
         if j + 1 < k:
             T[:, j + 1, j] = b
         # an exhausted Krylov space (b = 0) continues from q = 0, which adds nothing
         q = w / torch.where(b > 0, b, torch.ones_like(b)).unsqueeze(-1)
     return result
+
+
+def _front(x: Tensor, keep: list[int]) -> Tensor:
+    """The rows ``keep`` (ascending) of ``x``, moved to its front in place: no new buffer."""
+    for new, old in enumerate(keep):
+        if new != old:
+            x[new].copy_(x[old])
+    return x[: len(keep)]
 
 
 def gradient_norms(G: Tensor) -> tuple[float, float]:
@@ -175,12 +187,12 @@ def gradient_norms_many(mats: Sequence[Tensor], workspace: Optional[Workspace] =
             raise ValueError(f"matrix {i} must be 2-D, got shape {tuple(G.shape)}")
         groups.setdefault((min(G.shape), G.device), []).append(i)
     for (k, _), idx in groups.items():
+        idx.sort(key=lambda i: tuple(mats[i].shape))  # equal shapes side by side, for _grams64
         per_batch = max(1, _BATCH_BYTES // (8 * k * k))
         for start in range(0, len(idx), per_batch):
             part = idx[start : start + per_batch]
             grams = buffer(workspace, "gradient_grams", (len(part), k, k), mats[part[0]], torch.float64)
-            for j, i in enumerate(part):
-                _gram64(mats[i].detach(), grams[j], workspace)
+            _grams64([mats[i].detach() for i in part], grams, workspace)
             nuc = torch.linalg.eigvalsh(grams).clamp_min(0).sqrt().sum(-1)
             fro = grams.diagonal(dim1=-2, dim2=-1).sum(-1).clamp_min(0).sqrt()
             for i, f, n in zip(part, fro.tolist(), nuc.tolist()):
@@ -190,6 +202,30 @@ def gradient_norms_many(mats: Sequence[Tensor], workspace: Optional[Workspace] =
 
 _BATCH_BYTES = 64 * 2**20  # float64 Grams stacked at a time
 _CHUNK_BYTES = 4 * 2**20  # float64 rows of a gradient converted at a time
+
+
+def _grams64(mats: list[Tensor], out: Tensor, workspace: Optional[Workspace]) -> None:
+    """``out[j]`` = the smaller float64 Gram of ``mats[j]``. Neighbours of one shape that
+    fit in ``_CHUNK_BYTES`` as float64 are converted into one stack for one ``bmm`` (the
+    same-shape blocks of a model's layers); bigger ones go to :func:`_gram64`."""
+    j = 0
+    while j < len(mats):
+        n, m = mats[j].shape
+        per = _CHUNK_BYTES // (8 * n * m)
+        end = j + 1
+        while end < len(mats) and end - j < per and mats[end].shape == (n, m):
+            end += 1
+        if per < 1 or (end == j + 1 and mats[j].dtype == torch.float64):
+            _gram64(mats[j], out[j], workspace)
+        else:
+            X = buffer(workspace, "gradient_stack", (end - j, n, m), mats[j], torch.float64)
+            for x, G in zip(X, mats[j:end]):
+                x.copy_(G)
+            if n >= m:
+                torch.bmm(X.mT, X, out=out[j:end])
+            else:
+                torch.bmm(X, X.mT, out=out[j:end])
+        j = end
 
 
 def _gram64(G: Tensor, out: Tensor, workspace: Optional[Workspace]) -> None:
