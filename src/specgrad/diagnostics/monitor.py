@@ -107,6 +107,8 @@ class SpectralMonitor:
     sampled step to the next, so a sampled step allocates little. Only forward passes in training
     mode with gradients enabled whose output reaches ``backward`` count, so eval and
     ``no_grad`` passes are ignored, and the micro-batches of gradient accumulation add up.
+    The hooks are attached for sampled steps only: the steps between run the model as if it
+    were not monitored.
 
     Under ``torch.distributed`` (``distributed="auto"`` and an initialized process group,
     or ``True``) every sampled step sums the activation statistics of all ranks in one
