@@ -196,7 +196,7 @@ class SpectralMonitor:
         tap = self._taps.get(id(module))
         if tap is None:
             tap = self._taps[id(module)] = _Tap(module, kind, dim, activation)
-            self._arm()
+            self._arm([tap])
         elif tap.activation is not activation:
             raise ValueError(f"module {type(module).__name__} is already tapped with another activation getter")
         return tap
@@ -255,11 +255,11 @@ class SpectralMonitor:
         """Whether the current step is recorded."""
         return self._open and self._step % self.every == 0
 
-    def _arm(self) -> None:
-        """Hook the taps for a sampled step and unhook them for the others, which then run
-        the model exactly as if it were not monitored."""
+    def _arm(self, taps: Optional[Iterable[_Tap]] = None) -> None:
+        """Hook the taps (default: all) for a sampled step and unhook them for the others,
+        which then run the model exactly as if it were not monitored."""
         on = self.sampling
-        for tap in self._taps.values():
+        for tap in self._taps.values() if taps is None else taps:
             if on and tap.handle is None:
                 tap.handle = tap.module.register_forward_hook(self._make_hook(tap))
             elif not on and tap.handle is not None:
