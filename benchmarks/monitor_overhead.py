@@ -185,7 +185,7 @@ def run(args, console: Console) -> None:
 
 def hook_cost(model, data, device, every, options: dict, repeats: int) -> float:
     """Median extra time of a forward/backward when the hooks accumulate (a sampled step)
-    over one where they return at once, measured alternately."""
+    over an unsampled (unhooked) one, measured alternately."""
     mon = SpectralMonitor(model, every=every, **options)
     on, off = [], []
 
@@ -200,7 +200,8 @@ def hook_cost(model, data, device, every, options: dict, repeats: int) -> float:
 
     try:
         for i in range(2 * repeats):
-            mon._step = 0 if i % 2 == 0 else 1  # sampled, then not
+            mon._step = 0 if i % 2 == 0 else 1  # sampled, then not: hooked, then unhooked
+            mon._arm()
             (on if i % 2 == 0 else off).append(fwd_bwd(i))
             for tap in mon._taps.values():
                 if tap.stats is not None:

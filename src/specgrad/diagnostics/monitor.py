@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..linalg import Workspace, matrix_view
+from ..linalg._checks import check_positive_int
 from .stats import ActivationGram, gradient_norms_many, make_accumulator, top_eigenpairs
 
 ActivationFn = Callable[[nn.Module, tuple, Any], Tensor]
@@ -145,10 +146,8 @@ class SpectralMonitor:
         distributed: Union[bool, str] = "auto",
         group: Optional[Any] = None,
     ):
-        if isinstance(every, bool) or not isinstance(every, int) or every <= 0:
-            raise ValueError(f"every must be a positive integer, got {every!r}")
-        if isinstance(max_dim, bool) or not isinstance(max_dim, int) or max_dim <= 0:
-            raise ValueError(f"max_dim must be a positive integer, got {max_dim!r}")
+        check_positive_int(every, "every")
+        check_positive_int(max_dim, "max_dim")
         if distributed not in (True, False, "auto"):
             raise ValueError(f"distributed must be True, False or 'auto', got {distributed!r}")
         initialized = dist.is_available() and dist.is_initialized()
@@ -268,7 +267,8 @@ class SpectralMonitor:
 
     def _make_hook(self, tap: _Tap):
         def hook(module, args, output):
-            if not (self.sampling and module.training and torch.is_grad_enabled()):
+            # attached on sampled steps only (see _arm), so sampling needs no test here
+            if not (module.training and torch.is_grad_enabled()):
                 return
             out = output if isinstance(output, Tensor) else next(
                 (o for o in (output if isinstance(output, (tuple, list)) else ()) if isinstance(o, Tensor) and o.requires_grad), None

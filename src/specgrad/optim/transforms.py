@@ -23,8 +23,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 import torch.distributed as dist
 
-from ..linalg import as_schedule, matrix_view, polar_express_schedule, polar_svd, quintic_iteration_many
-from ..linalg.polar import Workspace
+from ..linalg import Workspace, as_schedule, matrix_view, polar_express_schedule, polar_svd, quintic_iteration_many
 from ..linalg.spectral import spectral_map
 from .distributed import DTensor, assign_owners, exchange_replicated, exchange_sharded, is_sharded, orth_cost
 
