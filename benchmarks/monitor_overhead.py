@@ -20,7 +20,7 @@ Reported, as medians over rounds of ``every`` steps each:
     python benchmarks/monitor_overhead.py                  # ~1 minute on 2 CPU cores
     python benchmarks/monitor_overhead.py --preset paper --rounds 1   # ~9 minutes on 2 CPU cores
     python benchmarks/monitor_overhead.py --quick          # fewer rounds
-    python benchmarks/monitor_overhead.py --device cuda
+    python benchmarks/monitor_overhead.py --device cuda --preset paper --rounds 6 [--tf32]
     python benchmarks/monitor_overhead.py --threads 1 --clock cpu   # on a busy machine
 """
 
@@ -152,7 +152,8 @@ def run(args, console: Console) -> None:
     title = (f"char-lm GPT ({args.preset}) {cfg.n_layer}x{cfg.n_embd} {cfg.mlp} ({params / 1e6:.2f}M params), "
              f"batch {cfg.batch_size}x{cfg.context}, "
              f"{n_blocks} monitored blocks, every={args.every}, {args.rounds} rounds, "
-             f"{device.type}, {torch.get_num_threads()} threads, {args.clock} clock")  # fmt: skip
+             f"{device.type}{' (TF32)' if args.tf32 else ''}, {torch.get_num_threads()} threads, "
+             f"{args.clock} clock")  # fmt: skip
     table = Table(title=title)
     for col in ("measure", "value", "goal"):
         table.add_column(col, justify="left" if col == "measure" else "right")
@@ -221,6 +222,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=12, help="rounds of `every` steps")
     parser.add_argument("--warmup", type=int, default=1, help="warm-up rounds")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--tf32", action="store_true",
+                        help="float32 matmuls in TF32 on CUDA (both models), as many training scripts set")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="cpu: process CPU time, which other jobs on a busy machine do not inflate "
@@ -231,6 +234,8 @@ def main() -> None:
         args.rounds = 5
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
     if args.clock == "cpu":
         global clock
         clock = time.process_time

@@ -20,6 +20,7 @@ gradients (``1/sqrt(i)``) and on a steeper spectrum (``1/i``, down to ``1/width`
 
     python benchmarks/optimizer_step.py            # 6x384 and 12x768
     python benchmarks/optimizer_step.py --quick    # 6x384 only, fewer rounds
+    python benchmarks/optimizer_step.py --device cuda --rounds 50
 """
 
 from __future__ import annotations
@@ -46,13 +47,15 @@ def spectrum_grad(m: int, n: int, power: float, g: torch.Generator) -> torch.Ten
     return (U * torch.arange(1, k + 1).float().pow(-power)) @ V.T
 
 
-def gpt_params(layers: int, width: int, vocab: int = 8192, context: int = 1024, seed: int = 0):
+def gpt_params(layers: int, width: int, vocab: int = 8192, context: int = 1024, seed: int = 0,
+               device: torch.device = torch.device("cpu")):  # fmt: skip
     """(hidden matrices, other params) of a GPT, with gradients attached."""
     g = torch.Generator().manual_seed(seed)
 
     def param(*shape):
-        p = torch.nn.Parameter(torch.randn(*shape, generator=g) * 0.02)
-        p.grad = spectrum_grad(*shape, 0.5, g) if len(shape) == 2 else torch.randn(*shape, generator=g)
+        p = torch.nn.Parameter((torch.randn(*shape, generator=g) * 0.02).to(device))
+        grad = spectrum_grad(*shape, 0.5, g) if len(shape) == 2 else torch.randn(*shape, generator=g)
+        p.grad = grad.to(device)
         return p
 
     hidden, other = [], [param(vocab, width), param(context, width)]
@@ -64,12 +67,14 @@ def gpt_params(layers: int, width: int, vocab: int = 8192, context: int = 1024, 
     return hidden, other
 
 
-def median_times(steps: dict[str, Callable[[], None]], rounds: int) -> dict[str, float]:
+def median_times(steps: dict[str, Callable[[], None]], rounds: int, device: torch.device) -> dict[str, float]:
     """Median seconds of each step over interleaved rounds (so drifts of a shared machine
-    hit every row alike), after one warm-up call each (state, buffers)."""
-    for step in steps.values():
-        step()
-    times = time_interleaved(steps, rounds, sync=lambda: None, cap_s=float("inf"))
+    hit every row alike), after warm-up calls (state, buffers, compilation)."""
+    for _ in range(3 if device.type == "cuda" else 1):
+        for step in steps.values():
+            step()
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times = time_interleaved(steps, rounds, sync=sync, cap_s=float("inf"))
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -114,13 +119,13 @@ MUON_ROWS = {
 }
 
 
-def run(layers: int, width: int, rounds: int, console: Console) -> None:
-    hidden, other = gpt_params(layers, width)
+def run(layers: int, width: int, rounds: int, console: Console, device: torch.device) -> None:
+    hidden, other = gpt_params(layers, width, device=device)
     n_hidden = sum(p.numel() for p in hidden)
     g = torch.Generator().manual_seed(1)
     samples = {  # a square, an MLP-in and an MLP-out matrix per spectrum
         "1/sqrt(i)": [p.grad for p in hidden[3:6]],
-        "1/i": [spectrum_grad(*p.shape, 1.0, g) for p in hidden[3:6]],
+        "1/i": [spectrum_grad(*p.shape, 1.0, g).to(device) for p in hidden[3:6]],
     }
 
     def orth_of(settings: dict):
@@ -174,13 +179,14 @@ def run(layers: int, width: int, rounds: int, console: Console) -> None:
     torch_adamw = torch.optim.AdamW(other, lr=1e-3, weight_decay=0.01)
     steps["all params: specgrad Muon FAST (+ its AdamW rule)"] = with_grads(ours_all.step)
     steps["all params: torch.optim.Muon + torch.optim.AdamW"] = with_grads(lambda: (torch_muon.step(), torch_adamw.step()))
-    seconds = median_times(steps, rounds)
+    seconds = median_times(steps, rounds, device)
     if [float(g.double().square().sum()) for g in grads] != checksum:
         raise RuntimeError("an optimizer changed the gradients in place; the timings are not comparable")
 
     base = seconds["torch.optim.Muon (bf16)"]
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     table = Table(title=f"optimizer step, GPT {layers} layers x width {width} ({n_hidden / 1e6:.1f}M hidden-matrix params), "
-                        f"{torch.get_num_threads()} threads")  # fmt: skip
+                        f"{where}, torch {torch.__version__}, median of {rounds} rounds")  # fmt: skip
     for col in ("optimizer", "ms / step", "x torch Muon", *(f"orth err {k}" for k in samples)):
         table.add_column(col, justify="left" if col == "optimizer" else "right")
     for label in rows:
@@ -197,11 +203,16 @@ def run(layers: int, width: int, rounds: int, console: Console) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="6x384 only, 3 rounds")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:k]")
+    parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 7, quick 3)")
     args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch.cuda.is_available() is False on this machine")
     console = Console(width=150)
     sizes = [(6, 384)] if args.quick else [(6, 384), (12, 768)]
     for layers, width in sizes:
-        run(layers, width, 3 if args.quick else 7, console)
+        run(layers, width, args.rounds or (3 if args.quick else 7), console, device)
 
 
 if __name__ == "__main__":

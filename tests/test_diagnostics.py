@@ -181,7 +181,11 @@ def test_wide_activations_match_dense_stable_rank_and_float32_stays_within_its_p
     assert r32["act_fro"] == pytest.approx(r64["act_fro"], rel=1e-6)
 
 
-def test_top_eigenvalues_match_eigvalsh_on_easy_hard_and_degenerate_matrices():
+@pytest.mark.parametrize("check_every", [1, 3])
+def test_top_eigenvalues_match_eigvalsh_on_easy_hard_and_degenerate_matrices(check_every, monkeypatch):
+    """Residual tests every step (CPU) or every few (as on a GPU: 3 here, so runs end
+    between tests and at the last step too)."""
+    monkeypatch.setitem(stats_module._CHECK_EVERY, "cpu", check_every)
     g = gen(14)
     X = torch.randn(3, 500, 300, generator=g, dtype=D)
     v = torch.randn(300, 1, generator=g, dtype=D)
@@ -454,13 +458,15 @@ def test_sampled_steps_reuse_their_buffers_and_start_from_zero():
     log_scale=st.floats(-8, 8),
     rank_one=st.booleans(),
     stacked=st.booleans(),
+    method=st.sampled_from(["eigvalsh", "iteration"]),
     seed=st.integers(0, 2**16),
 )
-def test_gradient_norms_many_match_float64_singular_values(shapes, dtype, log_scale, rank_one, stacked, seed):
+def test_gradient_norms_many_match_float64_singular_values(shapes, dtype, log_scale, rank_one, stacked, method, seed):
     """Mixed shapes (some repeated) and dtypes, batches forced small, and either conversion
     chunks forced small or same-shape matrices stacked for one product: ``||G||_F`` and
-    ``||G||_*`` equal float64 SVD's of the same values. A rank-one float32 gradient keeps
-    ``nr = 1``: its Gram is float64, whose rounding stays far below the null space's."""
+    ``||G||_*`` equal float64 SVD's of the same values, by either method. A rank-one
+    float32 gradient keeps ``nr = 1``: its Gram is float64, whose rounding stays far below
+    the null space's."""
     g = gen(seed)
     mats = []
     for m, n, copies in shapes:
@@ -474,13 +480,38 @@ def test_gradient_norms_many_match_float64_singular_values(shapes, dtype, log_sc
             patch.setattr(stats_module, "_BATCH_BYTES", 8 * 24 * 24 * 2)  # two Grams per batch
             # three rows per chunk, or up to four 24 x 24 matrices per stack
             patch.setattr(stats_module, "_CHUNK_BYTES", 8 * 24 * (96 if stacked else 3))
-            got = gradient_norms_many(mats, workspace)
+            got = gradient_norms_many(mats, workspace, method=method)
         for G, (fro, nuc) in zip(mats, got):
             s = torch.linalg.svdvals(G.to(D))
             assert fro == pytest.approx(float(s.square().sum().sqrt()), rel=1e-12)
             assert nuc == pytest.approx(float(s.sum()), rel=1e-7 if rank_one else 1e-9)
             if rank_one:
                 assert (nuc / fro) ** 2 == pytest.approx(1.0, abs=1e-6)
+
+
+def test_nuclear_norm_iteration_keeps_its_stated_bound_on_spectra_down_to_zero():
+    """The composed Polar Express map is within 1e-15 of 1 on [NUCLEAR_LOWER, 1] and rises
+    monotonically (up to rounding) from 0 to at most 1 below it; so on spectra spanning 1 to 1e-14 and exact
+    zeros, ``||G||_*`` by iteration is within ``min(m, n) * NUCLEAR_LOWER`` relative."""
+    lower, steps = stats_module.NUCLEAR_LOWER, stats_module.NUCLEAR_STEPS
+    schedule = stats_module._nuclear_schedule()
+    x = torch.cat([torch.zeros(1, dtype=D), torch.logspace(-18, 0, 4001, dtype=D)]).numpy()
+    p = schedule.scalar(x, steps)
+    assert p.min() >= 0 and p.max() <= 1 + 1e-15
+    assert abs(p[x >= lower] - 1).max() <= 1e-15
+    assert (p[x < lower][1:] >= p[x < lower][:-1] - 1e-15).all()  # monotone up to rounding
+    g = gen(21)
+    for m, n, zeros in [(96, 96, 0), (40, 130, 10), (200, 64, 30)]:
+        k = min(m, n)
+        s = torch.logspace(0, -14, k, dtype=D)
+        s[k - zeros :] = 0
+        U = torch.linalg.qr(torch.randn(m, k, generator=g, dtype=D))[0]
+        V = torch.linalg.qr(torch.randn(n, k, generator=g, dtype=D))[0]
+        G = (U * s) @ V.T
+        ((fro, nuc),) = gradient_norms_many([G], method="iteration")
+        exact = float(s.sum())
+        assert fro == pytest.approx(float(s.square().sum().sqrt()), rel=1e-12)
+        assert abs(nuc - exact) <= k * lower * exact
 
 
 # -- sampling and lifetime -----------------------------------------------------------------

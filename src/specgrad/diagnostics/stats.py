@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
-from ..linalg import GramAccumulator, Workspace
+from ..linalg import GramAccumulator, QuinticSchedule, Workspace, polar_express_schedule, quintic_iteration_many
 from ..linalg.ranks import gram_product
 from ..linalg._checks import check_positive_int
 from ..linalg.workspace import buffer
@@ -88,12 +89,19 @@ def _top_pairs(mats, starts, max_steps, tol, direct_below, workspace,
     return out  # type: ignore[return-value]
 
 
+# A GPU eigh of a small matrix costs about a millisecond whatever its size (launches and
+# syncs): up to this size it runs on the host instead.
+_HOST_EIGH_MAX = 256
+
+
 def _eigh_top(S: Union[Tensor, "ActivationGram"], vectors: bool) -> tuple[float, Optional[Tensor]]:
     S = S if isinstance(S, Tensor) else S.gram
+    device = S.device
+    S = S.cpu() if S.shape[0] <= _HOST_EIGH_MAX else S
     if not vectors:
         return float(torch.linalg.eigvalsh(S)[-1].clamp_min(0)), None
     values, basis = torch.linalg.eigh(S)
-    return float(values[-1].clamp_min(0)), basis[:, -1]
+    return float(values[-1].clamp_min(0)), basis[:, -1].to(device)
 
 
 def _lanczos_top(ops: Union[Tensor, list[Tensor]], d: int, device, starts: list[Optional[Tensor]], max_steps: int,
@@ -103,9 +111,14 @@ def _lanczos_top(ops: Union[Tensor, list[Tensor]], d: int, device, starts: list[
     ``B`` row matrices ``A_i`` ``(n_i, d)`` standing for ``A_i^T A_i`` (in their dtype).
 
     An operator leaves the batch once done, so the tail of a batch with one slow operator
-    (a flat top) costs the steps of that one alone."""
+    (a flat top) costs the steps of that one alone. The tridiagonal ``T`` and its small
+    ``eigh`` stay on the host whatever the operators' device. On CPU the residual test runs
+    every step (its small ``eigh`` costs less than one more step); on a GPU every
+    ``_CHECK_EVERY["cuda"]`` steps, since each test waits for the device and adds host work
+    (a done operator then takes at most that many steps minus one more)."""
     B = len(ops)
     k = min(max_steps, d)
+    check_every = _CHECK_EVERY.get(torch.device(device).type, _CHECK_EVERY["cuda"])
     f64 = dict(dtype=torch.float64, device=device)
     fixed = torch.randn(d, dtype=torch.float64, generator=torch.Generator().manual_seed(0)).to(device)
     q = torch.stack([fixed if v is None or v.shape != (d,) else v.to(**f64) for v in starts])
@@ -113,40 +126,53 @@ def _lanczos_top(ops: Union[Tensor, list[Tensor]], d: int, device, starts: list[
     q = torch.where(bad.unsqueeze(-1), fixed, q)
     q = q / q.norm(dim=-1, keepdim=True)
     Q = buffer(workspace, "lanczos_basis", (B, k, d), q)  # row j is written before it is read
-    T = buffer(workspace, "lanczos_tridiagonal", (B, k, k), q).zero_()  # eigh reads its lower half
+    coef = buffer(workspace, "lanczos_coefficients", (B, k, 2), q)  # (alpha_j, b_j) until the next test
+    T = buffer(workspace, "lanczos_tridiagonal", (B, k, k), torch.empty(0, dtype=torch.float64))
+    tiny = torch.finfo(torch.float64).tiny
     result: list[Optional[tuple[float, Tensor]]] = [None] * B
     live = list(range(B))  # the operators not done, in the order of the batch's rows
+    filled = 0  # steps whose coefficients are in T
     for j in range(k):
         Q[:, j] = q
         if isinstance(ops, Tensor):  # a row-wise dot product: on CPU 1/3 the time of bmm
             w = torch.linalg.vecdot(ops, q.unsqueeze(1))
         else:
             w = torch.stack([A.mT.mv(A.mv(x.to(A.dtype))).to(x.dtype) for A, x in zip(ops, q)])
-        T[:, j, j] = torch.linalg.vecdot(q, w)
+        coef[:, j, 0] = torch.linalg.vecdot(q, w)
         basis = Q[:, : j + 1]
         for _ in range(2):  # full reorthogonalization, twice is enough
             w -= (basis * torch.linalg.vecdot(basis, w.unsqueeze(1)).unsqueeze(-1)).sum(1)
-        b = w.norm(dim=-1)
-        # the residual test on every step: its small eigh costs less than one more step
+        b = torch.linalg.vector_norm(w, dim=-1, out=coef[:, j, 1])
+        # an exhausted Krylov space (b = 0, so w = 0) continues from q = 0, which adds nothing
+        q = w / b.clamp_min(tiny).unsqueeze(-1)
+        if (j + 1) % check_every and j + 1 < k:
+            continue
+        # rows filled..j of T's lower half (what eigh reads): alpha on the diagonal, the
+        # previous step's b left of it
+        lo = max(filled - 1, 0)
+        new = coef[:, lo : j + 1].cpu()
+        T[:, filled : j + 1, : j + 1].zero_()
+        T.diagonal(dim1=1, dim2=2)[:, filled : j + 1] = new[:, filled - lo :, 0]
+        T.diagonal(-1, dim1=1, dim2=2)[:, lo:j] = new[:, : j - lo, 1]
+        filled = j + 1
         theta, vecs = torch.linalg.eigh(T[:, : j + 1, : j + 1])
         top = theta[:, -1]
-        done = ((top > 0) & (b * vecs[:, -1, -1].abs() <= tol * top)).tolist()
+        done = ((top > 0) & (new[:, -1, 1] * vecs[:, -1, -1].abs() <= tol * top)).tolist()
         for r, i in enumerate(live):
             if done[r]:
-                y = vecs[r, :, -1] @ basis[r]
+                y = vecs[r, :, -1].to(device) @ basis[r]
                 result[i] = (float(top[r]), y / y.norm())
         if any(done):
             keep = [r for r, x in enumerate(done) if not x]
-            if not keep or j + 1 == k:
+            if not keep:
                 break
             live = [live[r] for r in keep]
             ops = _front(ops, keep) if isinstance(ops, Tensor) else [ops[r] for r in keep]
-            Q, T, w, b = _front(Q, keep), _front(T, keep), w[keep], b[keep]
-        if j + 1 < k:
-            T[:, j + 1, j] = b
-        # an exhausted Krylov space (b = 0) continues from q = 0, which adds nothing
-        q = w / torch.where(b > 0, b, torch.ones_like(b)).unsqueeze(-1)
+            Q, T, coef, q = _front(Q, keep), _front(T, keep), _front(coef, keep), q[keep]
     return result
+
+
+_CHECK_EVERY = {"cpu": 1, "cuda": 4}  # steps between residual tests, per device type
 
 
 def _front(x: Tensor, keep: list[int]) -> Tensor:
@@ -167,37 +193,80 @@ def gradient_norms(G: Tensor) -> tuple[float, float]:
     return gradient_norms_many([G])[0]
 
 
-def gradient_norms_many(mats: Sequence[Tensor], workspace: Optional[Workspace] = None) -> list[tuple[float, float]]:
-    """``(||G||_F, ||G||_*)`` of each matrix, in float64, from the eigenvalues of its smaller
-    Gram formed in float64: a float32 Gram's rounding (``~1e-7 ||G||^2``) would show up as
-    singular values of up to ``~3e-4 ||G||`` in the null space and bias ``||G||_*`` upward.
+def gradient_norms_many(mats: Sequence[Tensor], workspace: Optional[Workspace] = None,
+                        method: str = "auto") -> list[tuple[float, float]]:  # fmt: skip
+    """``(||G||_F, ||G||_*)`` of each matrix, in float64.
 
-    The Grams of one size are stacked for one batched ``eigvalsh``. With ``workspace`` (a
-    :class:`~specgrad.linalg.Workspace`) the float64 copies and Grams reuse buffers from
-    call to call.
+    ``method="eigvalsh"`` (the default on CPU): from the eigenvalues of the smaller Gram
+    formed in float64 (a float32 Gram's rounding, ``~1e-7 ||G||^2``, would show up as
+    singular values of up to ``~3e-4 ||G||`` in the null space and bias ``||G||_*``
+    upward). The Grams of one size are stacked for one batched ``eigvalsh``.
+
+    ``method="iteration"`` (the default on CUDA, where ``eigvalsh`` of a few hundred small
+    matrices costs tens of milliseconds): ``||G||_* = tr(polar(G)^T G)`` with ``polar(G)``
+    from :data:`NUCLEAR_STEPS` float64 Polar Express steps fitted for singular values down
+    to ``NUCLEAR_LOWER ||G||_F``, batched by shape. The composed map ``p`` sends
+    ``[NUCLEAR_LOWER, 1]`` to ``1`` within ``1e-15`` and rises monotonically (up to
+    rounding) from 0 to at most 1 below it, so ``sum_i sigma_i p(sigma_i / ||G||_F)`` is within
+    ``min(m, n) * NUCLEAR_LOWER`` relative of ``||G||_*``: the size of the float64
+    rounding floor that both methods share (null-space singular values of ``~1e-8 ||G||_F``).
+
+    With ``workspace`` (a :class:`~specgrad.linalg.Workspace`) the float64 copies and Grams
+    reuse buffers from call to call.
 
     Example:
         >>> [(round(f, 6), round(n, 6)) for f, n in gradient_norms_many([torch.ones(2, 3), torch.eye(4)])]
         [(2.44949, 2.44949), (2.0, 4.0)]
+        >>> [(round(f, 6), round(n, 6)) for f, n in gradient_norms_many([torch.eye(4)], method="iteration")]
+        [(2.0, 4.0)]
     """
+    if method not in ("auto", "eigvalsh", "iteration"):
+        raise ValueError(f"method must be 'auto', 'eigvalsh' or 'iteration', got {method!r}")
     out: list[tuple[float, float]] = [(0.0, 0.0)] * len(mats)
     groups: dict[tuple, list[int]] = {}
     for i, G in enumerate(mats):
         if G.ndim != 2:
             raise ValueError(f"matrix {i} must be 2-D, got shape {tuple(G.shape)}")
-        groups.setdefault((min(G.shape), G.device), []).append(i)
-    for (k, _), idx in groups.items():
+        iterate = method == "iteration" or (method == "auto" and G.device.type == "cuda")
+        # the iteration batches one shape (tall ones transposed), eigvalsh one Gram size
+        key = (min(G.shape), max(G.shape)) if iterate else (min(G.shape),)
+        groups.setdefault((iterate, G.device, *key), []).append(i)
+    for (iterate, _, k, *rest), idx in groups.items():
         idx.sort(key=lambda i: tuple(mats[i].shape))  # equal shapes side by side, for _grams64
-        per_batch = max(1, _BATCH_BYTES // (8 * k * k))
+        per_batch = max(1, _BATCH_BYTES // (8 * k * (rest[0] if iterate else k)))
         for start in range(0, len(idx), per_batch):
             part = idx[start : start + per_batch]
-            grams = buffer(workspace, "gradient_grams", (len(part), k, k), mats[part[0]], torch.float64)
-            _grams64([mats[i].detach() for i in part], grams, workspace)
-            nuc = torch.linalg.eigvalsh(grams).clamp_min(0).sqrt().sum(-1)
-            fro = grams.diagonal(dim1=-2, dim2=-1).sum(-1).clamp_min(0).sqrt()
+            if iterate:
+                fro, nuc = _norms_by_iteration([mats[i].detach() for i in part], workspace)
+            else:
+                grams = buffer(workspace, "gradient_grams", (len(part), k, k), mats[part[0]], torch.float64)
+                _grams64([mats[i].detach() for i in part], grams, workspace)
+                nuc = torch.linalg.eigvalsh(grams).clamp_min(0).sqrt().sum(-1)
+                fro = grams.diagonal(dim1=-2, dim2=-1).sum(-1).clamp_min(0).sqrt()
             for i, f, n in zip(part, fro.tolist(), nuc.tolist()):
                 out[i] = (f, n)
     return out
+
+
+NUCLEAR_STEPS = 16
+NUCLEAR_LOWER = 1e-8
+
+
+@functools.lru_cache(maxsize=1)
+def _nuclear_schedule() -> QuinticSchedule:
+    return polar_express_schedule(NUCLEAR_STEPS, NUCLEAR_LOWER, safety=1.0)
+
+
+def _norms_by_iteration(mats: list[Tensor], workspace: Optional[Workspace]) -> tuple[Tensor, Tensor]:
+    """``(||G||_F, ||G||_*)`` of same-shape matrices (up to transposition) as ``(B,)``
+    float64 tensors: see ``method="iteration"`` of :func:`gradient_norms_many`."""
+    k, l = sorted(mats[0].shape)
+    X = buffer(workspace, "gradient_wide", (len(mats), k, l), mats[0], torch.float64)
+    for x, G in zip(X, mats):
+        x.copy_(G.mT if G.shape[0] > G.shape[1] else G)
+    O = quintic_iteration_many(list(X), _nuclear_schedule(), NUCLEAR_STEPS, dtype=torch.float64,
+                               workspace=workspace)  # fmt: skip
+    return torch.linalg.vector_norm(X, dim=(-2, -1)), torch.linalg.vecdot(O.flatten(1), X.flatten(1))
 
 
 _BATCH_BYTES = 64 * 2**20  # float64 Grams stacked at a time
