@@ -191,6 +191,10 @@ def stack_normalized(mats: Sequence[Tensor], safety: float = 1.0, dtype: Optiona
     if out is None:
         out = torch.empty(len(mats), *first.shape, dtype=first.dtype if dtype is None else dtype, device=first.device)
     scales = _inverse_norms(mats, safety, out.dtype)
+    if first.device.type != "cpu" and all(x.dtype in (torch.float64, torch.float32) for x in mats):
+        # two launches instead of one per matrix; the scaled copies cost nothing to allocate
+        # on a GPU (they would fault their pages in on every call on CPU)
+        return torch.stack(torch._foreach_mul(list(mats), list(scales.unbind())), out=out)
     for k, x in enumerate(mats):
         scale = scales[k]
         if x.dtype in (torch.float64, torch.float32):

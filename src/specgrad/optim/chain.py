@@ -205,8 +205,8 @@ class ChainOptimizer(Optimizer):
                     state["step"] = torch.tensor(0.0)
                     for t in chain:
                         t.init(p, state, group)
-                state["step"] += 1
                 states.append(state)
+            torch._foreach_add_([st["step"] for st in states], 1)
             u = Updates(group, params, states, [p.grad for p in params], distributed=distributed)
             for t in chain:
                 t(u)

@@ -69,27 +69,33 @@ class Momentum(Transform):
     """
 
     def __init__(self):
-        # Nesterov outputs, reused from step to step: fresh ones are page-faulted in on every
-        # step on CPU (see specgrad.linalg.Workspace)
+        # Nesterov outputs on CPU, reused from step to step: fresh ones are page-faulted in on
+        # every step there (see specgrad.linalg.Workspace)
         self._nesterov = WeakIdKeyDictionary()
 
     def __call__(self, u):
         mu = u.group["momentum"]
         if mu == 0:
             return
-        nesterov = u.group.get("nesterov", False)
-        for i, (p, g, st) in enumerate(zip(u.params, u.updates, u.states)):
+        bufs = []
+        for g, st in zip(u.updates, u.states):
             buf = st.get("momentum_buffer")
             if buf is None:
                 buf = st["momentum_buffer"] = torch.zeros_like(g, memory_format=torch.preserve_format)
-            buf.lerp_(g, 1 - mu)
-            if nesterov:
-                out = self._nesterov.get(p)
-                if out is None or out.shape != g.shape or out.dtype != g.dtype or out.device != g.device:
-                    out = self._nesterov[p] = torch.empty_like(g)
-                u.updates[i] = torch.lerp(g, buf, mu, out=out)
-            else:
-                u.updates[i] = buf
+            bufs.append(buf)
+        # one foreach call per stage instead of one launch per parameter
+        torch._foreach_lerp_(bufs, u.updates, 1 - mu)
+        if not u.group.get("nesterov", False):
+            u.updates = bufs
+            return
+        if u.updates[0].device.type != "cpu":  # the caching allocator makes fresh outputs free
+            u.updates = torch._foreach_lerp(u.updates, bufs, mu)
+            return
+        for i, (p, g, buf) in enumerate(zip(u.params, u.updates, bufs)):
+            out = self._nesterov.get(p)
+            if out is None or out.shape != g.shape or out.dtype != g.dtype or out.device != g.device:
+                out = self._nesterov[p] = torch.empty_like(g)
+            u.updates[i] = torch.lerp(g, buf, mu, out=out)
 
 
 class AsMatrix(Transform):
@@ -308,8 +314,13 @@ class ApplyLR(Transform):
 
     def __call__(self, u):
         lr = u.group["lr"]
+        by_scale: dict[float, tuple[list, list]] = defaultdict(lambda: ([], []))
         for p, x, s in zip(u.params, u.updates, u.scales):
-            p.add_(x if x.shape == p.shape else x.reshape(p.shape), alpha=-lr * s)
+            params, updates = by_scale[s]  # one foreach call per distinct scale
+            params.append(p)
+            updates.append(x if x.shape == p.shape else x.reshape(p.shape))
+        for s, (params, updates) in by_scale.items():
+            torch._foreach_add_(params, updates, alpha=-lr * s)
 
 
 def adamw_chain() -> list[Transform]:
