@@ -104,7 +104,9 @@ class SpectralMonitor:
     ``O(d_in^2)`` whatever the batch: the rows themselves while they fit in the bytes of a
     float64 Gram, then the Gram (see :class:`~specgrad.diagnostics.stats.ActivationGram`);
     wider blocks stream into a row sketch (see
-    :class:`~specgrad.diagnostics.stats.SketchedActivation`). These buffers are kept from one
+    :class:`~specgrad.diagnostics.stats.SketchedActivation`). ``||G||_*`` is exact on CPU
+    and within ``min(m, n) * 1e-8`` relative on CUDA (see
+    :func:`~specgrad.diagnostics.stats.gradient_norms_many`). These buffers are kept from one
     sampled step to the next, so a sampled step allocates little. Only forward passes in training
     mode with gradients enabled whose output reaches ``backward`` count, so eval and
     ``no_grad`` passes are ignored, and the micro-batches of gradient accumulation add up.

@@ -8,7 +8,13 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from ..linalg import GramAccumulator, QuinticSchedule, Workspace, polar_express_schedule, quintic_iteration_many
+from ..linalg import (
+    GramAccumulator,
+    QuinticSchedule,
+    Workspace,
+    polar_express_schedule,
+    quintic_iteration_many,
+)
 from ..linalg.ranks import gram_product
 from ..linalg._checks import check_positive_int
 from ..linalg.workspace import buffer

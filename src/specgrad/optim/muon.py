@@ -48,9 +48,10 @@ FAST = {
 """``Muon(params, **FAST)``: 4 Polar Express steps (fitted for ``sigma_min / sigma_max >=
 3e-3``, with a 3% margin for rounding) in bfloat16 on the Schatten-8-normalized update,
 rectangular matrices in Gram form. On a GPT's matrices it takes ~0.7x the step time of
-``torch.optim.Muon`` (5 Jordan steps) with a smaller orthogonality error on spectra
-decaying like ``1/sqrt(i)``, a larger one where singular values reach below ``3e-3
-sigma_max`` (see ``benchmarks/optimizer_step.py``)."""
+``torch.optim.Muon`` (5 Jordan steps) on 2 CPU cores, where flops decide (~0.25x on an
+H100, where batching decides and every preset of ours is about as fast), with a smaller
+orthogonality error on spectra decaying like ``1/sqrt(i)``, a larger one where singular
+values reach below ``3e-3 sigma_max`` (see ``benchmarks/optimizer_step.py``)."""
 
 
 def validate_spectral(group: dict) -> None:
