@@ -22,23 +22,27 @@ from specgrad.optim import (
 )
 
 JORDAN = (3.4445, -4.7750, 2.0315)
+NO_CUDA = not torch.cuda.is_available()
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(NO_CUDA, reason="needs a CUDA device"))]
 
 
-def mlp(seed=1, dtype=torch.float32, bias=False):
+def mlp(seed=1, dtype=torch.float32, bias=False, device="cpu"):
     torch.manual_seed(seed)
     return nn.Sequential(
         nn.Linear(16, 32, bias=bias), nn.Tanh(), nn.Linear(32, 24, bias=bias), nn.Tanh(),
         nn.Linear(24, 8, bias=bias),
-    ).to(dtype)  # fmt: skip
+    ).to(device, dtype)  # fmt: skip
 
 
-def data(dtype=torch.float32, seed=0):
+def data(dtype=torch.float32, seed=0, device="cpu"):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(64, 16, generator=g, dtype=dtype), torch.randn(64, 8, generator=g, dtype=dtype)
+    X, Y = torch.randn(64, 16, generator=g, dtype=dtype), torch.randn(64, 8, generator=g, dtype=dtype)
+    return X.to(device), Y.to(device)
 
 
 def train(model, opt, steps, seed=0):
-    X, Y = data(next(model.parameters()).dtype, seed)
+    p = next(model.parameters())
+    X, Y = data(p.dtype, seed, p.device)
     for _ in range(steps):
         opt.zero_grad()
         nn.functional.mse_loss(model(X), Y).backward()
@@ -215,28 +219,24 @@ def test_every_optimizer_decreases_the_loss(make):
         lambda ps: SignDescent(ps, lr=0.001, momentum=0.9),
     ],
 )
-def test_state_dict_round_trip_is_bit_exact(make):
-    full = mlp(bias=True)
+@pytest.mark.parametrize("device", DEVICES)
+def test_state_dict_round_trip_is_bit_exact(make, device):
+    full = mlp(bias=True, device=device)
     opt = make(full.parameters())
     expected = train(full, opt, 20)
 
-    half = mlp(bias=True)
+    half = mlp(bias=True, device=device)
     opt = make(half.parameters())
     train(half, opt, 10)
     saved_model = copy.deepcopy(half.state_dict())
     saved_opt = copy.deepcopy(opt.state_dict())
 
-    resumed = mlp(seed=99, bias=True)
+    resumed = mlp(seed=99, bias=True, device=device)
     resumed.load_state_dict(saved_model)
     opt2 = make(resumed.parameters())
     opt2.load_state_dict(saved_opt)
-    X, Y = data()
-    for _ in range(10):
-        opt2.zero_grad()
-        nn.functional.mse_loss(resumed(X), Y).backward()
-        opt2.step()
-    for a, b in zip(resumed.parameters(), expected):
-        assert torch.equal(a.detach(), b)
+    for a, b in zip(train(resumed, opt2, 10), expected):
+        assert torch.equal(a, b)
 
 
 def test_fast_settings_train_and_warn_where_they_can_diverge():
@@ -316,13 +316,14 @@ def test_adamw_rule_matches_torch_adamw():
 # -- bad input --------------------------------------------------------------------------------
 
 
-def test_nonfinite_gradient_raises_naming_the_parameter_and_writes_nothing():
-    model = mlp(bias=True)
+@pytest.mark.parametrize("device", DEVICES)
+def test_nonfinite_gradient_raises_naming_the_parameter_and_writes_nothing(device):
+    model = mlp(bias=True, device=device)
     opt = Muon(model.named_parameters(), lr=0.02, weight_decay=0.1)
     train(model, opt, 2)
     params = [p.detach().clone() for p in model.parameters()]
     state = copy.deepcopy(opt.state_dict())
-    X, Y = data()
+    X, Y = data(device=device)
     opt.zero_grad()
     nn.functional.mse_loss(model(X), Y).backward()
     model[2].weight.grad[0, 0] = float("nan")
