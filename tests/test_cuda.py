@@ -252,7 +252,7 @@ def test_gradient_norms_and_top_eigenvalues_on_cuda_match_cpu_eigvalsh(k):
     g = torch.Generator().manual_seed(k)
     mats = [torch.randn(k, 3 * k, generator=g, dtype=D), torch.randn(k, k, generator=g, dtype=D),
             torch.randn(k, 1, generator=g, dtype=D) @ torch.randn(1, 2 * k, generator=g, dtype=D)]  # fmt: skip
-    mats += [mats[0] * 1e-30, mats[1].float() * 1e20]
+    mats += [mats[0].T, mats[0] * 1e-30, mats[1].float() * 1e20]  # a tall one batches with its wide twin
     ref = gradient_norms_many(mats, method="eigvalsh")
     got = gradient_norms_many([G.to(CUDA) for G in mats])  # auto: the iteration on CUDA
     for (f, n), (f0, n0) in zip(got, ref):
