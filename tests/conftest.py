@@ -1,5 +1,6 @@
 import pytest
 import torch
+from torch import nn
 
 F64 = torch.float64
 
@@ -20,3 +21,39 @@ def gen(seed: int) -> torch.Generator:
 
 def gaussian(*shape, seed: int, dtype=F64) -> torch.Tensor:
     return torch.randn(*shape, generator=gen(seed), dtype=F64).to(dtype)
+
+
+cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def mlp(seed=1, dtype=torch.float32, bias=False, device="cpu"):
+    """16 -> 32 -> 24 -> 8 with tanh: the optimizer tests' model."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Linear(16, 32, bias=bias), nn.Tanh(), nn.Linear(32, 24, bias=bias), nn.Tanh(),
+        nn.Linear(24, 8, bias=bias),
+    ).to(device, dtype)  # fmt: skip
+
+
+def data(dtype=torch.float32, seed=0, device="cpu"):
+    """A regression batch for :func:`mlp`, drawn in float64 whatever ``dtype``."""
+    g = torch.Generator().manual_seed(seed)
+    X, Y = torch.randn(64, 16, generator=g, dtype=F64), torch.randn(64, 8, generator=g, dtype=F64)
+    return X.to(device, dtype), Y.to(device, dtype)
+
+
+def train(model, opt, steps, seed=0):
+    """``steps`` optimizer steps of mean squared error on :func:`data`; the parameters after."""
+    p = next(model.parameters())
+    X, Y = data(p.dtype, seed, p.device)
+    for _ in range(steps):
+        opt.zero_grad()
+        nn.functional.mse_loss(model(X), Y).backward()
+        opt.step()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def rel(a, b):
+    """``||a - b|| / ||b||`` in float64, on the host."""
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
+    return float((a - b).norm() / b.norm())

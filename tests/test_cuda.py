@@ -5,11 +5,14 @@ round trip and the non-finite-gradient check run on CUDA in tests/test_optim.py.
 Skipped where ``torch.cuda.is_available()`` is False (CI has no GPU).
 """
 
+import functools
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import cuda_only, mlp, rel, train
 from specgrad.diagnostics import SpectralMonitor, diagnose
 from specgrad.diagnostics.stats import NUCLEAR_LOWER, gradient_norms_many, top_eigenvalues
 from specgrad.linalg import JORDAN, orthogonalize, polar_svd
@@ -24,7 +27,7 @@ from specgrad.optim import (
     SpectralDescent,
 )
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+pytestmark = cuda_only
 
 D = torch.float64
 CUDA = "cuda"
@@ -39,32 +42,7 @@ def exact_float32():
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
-def rel(a, b):
-    a, b = a.detach().double().cpu(), b.detach().double().cpu()
-    return float((a - b).norm() / b.norm())
-
-
-def net(seed=1, dtype=torch.float32, device="cpu"):
-    """An MLP with biases, so both the spectral and the AdamW rules run."""
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 24), nn.Tanh(), nn.Linear(24, 8),
-    ).to(device, dtype)  # fmt: skip
-
-
-def batch(dtype, device, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    X, Y = torch.randn(64, 16, generator=g, dtype=D), torch.randn(64, 8, generator=g, dtype=D)
-    return X.to(device, dtype), Y.to(device, dtype)
-
-
-def train(model, opt, steps, seed=0):
-    X, Y = batch(next(model.parameters()).dtype, next(model.parameters()).device, seed)
-    for _ in range(steps):
-        opt.zero_grad()
-        F.mse_loss(model(X), Y).backward()
-        opt.step()
-    return [p.detach().clone() for p in model.parameters()]
+net = functools.partial(mlp, bias=True)  # both the spectral and the AdamW rules run
 
 
 OPTIMIZERS = {

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import cuda_only, data, mlp, rel, train
 from specgrad.linalg import polar_svd
 from specgrad.optim import (
     FAST,
@@ -22,36 +23,7 @@ from specgrad.optim import (
 )
 
 JORDAN = (3.4445, -4.7750, 2.0315)
-NO_CUDA = not torch.cuda.is_available()
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(NO_CUDA, reason="needs a CUDA device"))]
-
-
-def mlp(seed=1, dtype=torch.float32, bias=False, device="cpu"):
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Linear(16, 32, bias=bias), nn.Tanh(), nn.Linear(32, 24, bias=bias), nn.Tanh(),
-        nn.Linear(24, 8, bias=bias),
-    ).to(device, dtype)  # fmt: skip
-
-
-def data(dtype=torch.float32, seed=0, device="cpu"):
-    g = torch.Generator().manual_seed(seed)
-    X, Y = torch.randn(64, 16, generator=g, dtype=dtype), torch.randn(64, 8, generator=g, dtype=dtype)
-    return X.to(device), Y.to(device)
-
-
-def train(model, opt, steps, seed=0):
-    p = next(model.parameters())
-    X, Y = data(p.dtype, seed, p.device)
-    for _ in range(steps):
-        opt.zero_grad()
-        nn.functional.mse_loss(model(X), Y).backward()
-        opt.step()
-    return [p.detach().clone() for p in model.parameters()]
-
-
-def rel(a, b):
-    return float((a - b).norm() / b.norm())
+DEVICES = ["cpu", pytest.param("cuda", marks=cuda_only)]
 
 
 # -- agreement with references -----------------------------------------------------------

@@ -236,12 +236,12 @@ def gradient_norms_many(mats: Sequence[Tensor], workspace: Optional[Workspace] =
         if G.ndim != 2:
             raise ValueError(f"matrix {i} must be 2-D, got shape {tuple(G.shape)}")
         iterate = method == "iteration" or (method == "auto" and G.device.type == "cuda")
-        # the iteration batches one shape (tall ones transposed), eigvalsh one Gram size
-        key = (min(G.shape), max(G.shape)) if iterate else (min(G.shape),)
-        groups.setdefault((iterate, G.device, *key), []).append(i)
-    for (iterate, _, k, *rest), idx in groups.items():
+        # the iteration batches one shape (tall ones transposed), eigvalsh one Gram size k x k
+        k = min(G.shape)
+        groups.setdefault((iterate, G.device, k, max(G.shape) if iterate else k), []).append(i)
+    for (iterate, _, k, l), idx in groups.items():
         idx.sort(key=lambda i: tuple(mats[i].shape))  # equal shapes side by side, for _grams64
-        per_batch = max(1, _BATCH_BYTES // (8 * k * (rest[0] if iterate else k)))
+        per_batch = max(1, _BATCH_BYTES // (8 * k * l))
         for start in range(0, len(idx), per_batch):
             part = idx[start : start + per_batch]
             if iterate:
