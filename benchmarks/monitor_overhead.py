@@ -15,7 +15,9 @@ Reported, as medians over rounds of ``every`` steps each:
 * the time of a sampled step (activation Grams in the hooks plus the records in
   ``step()``) against an unsampled one of the monitored model (goal < 2x);
 * where a sampled step's extra time goes: the hooks, ``gradient_norms_many`` and the rest
-  of ``SpectralMonitor._collect``.
+  of ``SpectralMonitor._collect``, each with the tensor ops it dispatches (views not
+  counted): on a GPU each is at least one kernel launch, and what small models' sampled
+  steps spend their time on; unlike times, these counts do not depend on the machine.
 
     python benchmarks/monitor_overhead.py                  # ~1 minute on 2 CPU cores
     python benchmarks/monitor_overhead.py --preset paper --rounds 1   # ~9 minutes on 2 CPU cores
@@ -36,6 +38,7 @@ from contextlib import contextmanager
 import torch
 from rich.console import Console
 from rich.table import Table
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from specgrad.diagnostics import SpectralMonitor
 from specgrad.diagnostics import monitor as monitor_module
@@ -52,6 +55,23 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+@contextmanager
+def around_calls(obj, attr: str, around):
+    """Run each call of ``obj.attr`` inside the context manager ``around()`` while the
+    ``with`` block runs."""
+    original = getattr(obj, attr)
+
+    def call(*args, **kwargs):
+        with around():
+            return original(*args, **kwargs)
+
+    setattr(obj, attr, call)
+    try:
+        yield
+    finally:
+        setattr(obj, attr, original)
+
+
 class Timers:
     """Time (by `clock`) spent inside wrapped functions, summed per name."""
 
@@ -59,24 +79,47 @@ class Timers:
         self.device = device
         self.total: dict[str, float] = {}
 
-    @contextmanager
     def wrap(self, obj, attr: str, name: str):
-        original = getattr(obj, attr)
-
-        def timed(*args, **kwargs):
+        @contextmanager
+        def timed():
             sync(self.device)
             t = clock()
             try:
-                return original(*args, **kwargs)
+                yield
             finally:
                 sync(self.device)
                 self.total[name] = self.total.get(name, 0.0) + clock() - t
 
-        setattr(obj, attr, timed)
-        try:
-            yield
-        finally:
-            setattr(obj, attr, original)
+        return around_calls(obj, attr, timed)
+
+
+class OpCount(TorchDispatchMode):
+    """Tensor ops dispatched inside the ``with`` block, views (free) not counted, in total
+    and within wrapped functions, per name."""
+
+    def __init__(self):
+        super().__init__()
+        self.total = 0
+        self.within: dict[str, int] = {}
+        self._inside: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not func.is_view:
+            self.total += 1
+            for name in self._inside:
+                self.within[name] = self.within.get(name, 0) + 1
+        return func(*args, **(kwargs or {}))
+
+    def wrap(self, obj, attr: str, name: str):
+        @contextmanager
+        def inside():
+            self._inside.append(name)
+            try:
+                yield
+            finally:
+                self._inside.pop()
+
+        return around_calls(obj, attr, inside)
 
 
 def run(args, console: Console) -> None:
@@ -93,11 +136,10 @@ def run(args, console: Console) -> None:
     data = torch.randint(0, VOCAB, (64, cfg.batch_size, cfg.context + 1), generator=g).to(device)
 
     def train_step(model, opt, i, mon=None):
-        batch = data[i % len(data)]
         sync(device)
         t = clock()
         opt.zero_grad(set_to_none=True)
-        model(batch[:, :-1], targets=batch[:, 1:])[1].backward()
+        forward_backward(model, data, i)
         if mon is not None:
             mon.step()
         opt.step()
@@ -141,6 +183,7 @@ def run(args, console: Console) -> None:
     mon.close()
     # the hooks' work is spread over forward and backward: time it apart, below
     hook_time = hook_cost(watched, data, device, args.every, options, repeats=max(3, args.rounds // 2))
+    ops = op_counts(watched, data, options)
 
     n_blocks = len(mon.records) // max(1, len({r["step"] for r in mon.records}))
     med_plain = statistics.median(t_plain)
@@ -170,18 +213,52 @@ def run(args, console: Console) -> None:
     table.add_row("least `every` for < 5% averaged over steps", f"{least}", "")
     console.print(table)
 
-    where = Table(title="where a sampled step's extra time goes (medians, ms per sampled step)")
-    where.add_column("part")
-    where.add_column("ms", justify="right")
+    where = Table(title="where a sampled step's extra time goes (medians, ms per sampled step; "
+                        "tensor ops dispatched, views not counted)")  # fmt: skip
+    for col in ("part", "ms", "ops"):
+        where.add_column(col, justify="left" if col == "part" else "right")
     collect = statistics.median(parts["_collect"])
     norms = statistics.median(parts["gradient_norms_many"])
     rest = statistics.median(c - g for c, g in zip(parts["_collect"], parts["gradient_norms_many"]))
-    where.add_row("hooks: activation Grams (measured apart)", f"{1e3 * hook_time:.1f}")
-    where.add_row("step(): _collect", f"{1e3 * collect:.1f}")
-    where.add_row("  of which gradient_norms_many (nr(G))", f"{1e3 * norms:.1f}")
-    where.add_row("  of which the rest (st(A): top eigenvalues, records)", f"{1e3 * rest:.1f}")
-    where.add_row("sampled - unsampled step (medians)", f"{1e3 * (med_sampled - med_unsampled):.1f}")
+    where.add_row("hooks: activation Grams (measured apart)", f"{1e3 * hook_time:.1f}", f"{ops['hooks']}")
+    where.add_row("step(): _collect", f"{1e3 * collect:.1f}", f"{ops['_collect']}")
+    where.add_row("  of which gradient_norms_many (nr(G))", f"{1e3 * norms:.1f}", f"{ops['gradient_norms_many']}")
+    where.add_row("  of which the rest (st(A): top eigenvalues, records)", f"{1e3 * rest:.1f}",
+                  f"{ops['_collect'] - ops['gradient_norms_many']}")  # fmt: skip
+    where.add_row("sampled - unsampled step (medians)", f"{1e3 * (med_sampled - med_unsampled):.1f}",
+                  f"{ops['hooks'] + ops['_collect']}")  # fmt: skip
     console.print(where)
+
+
+def forward_backward(model, data, i: int) -> None:
+    batch = data[i % len(data)]
+    model(batch[:, :-1], targets=batch[:, 1:])[1].backward()
+
+
+def op_counts(model, data, options: dict) -> dict[str, int]:
+    """Tensor ops (views not counted) that the monitor adds to a sampled step: in the hooks
+    (a sampled forward/backward against an unsampled one), in ``_collect`` and, of those,
+    in ``gradient_norms_many``. Counted on the third sampled step, when Lanczos starts from
+    the top vectors of the one before, as in training."""
+    mon = SpectralMonitor(model, every=2, **options)
+    sampled, unsampled = OpCount(), OpCount()
+    try:
+        for i in range(4):
+            forward_backward(model, data, i)
+            mon.step()
+            model.zero_grad(set_to_none=True)
+        with sampled.wrap(mon, "_collect", "_collect"), \
+                sampled.wrap(monitor_module, "gradient_norms_many", "gradient_norms_many"), sampled:  # fmt: skip
+            forward_backward(model, data, 4)
+            hooked = sampled.total
+            mon.step()
+        model.zero_grad(set_to_none=True)
+        with unsampled:
+            forward_backward(model, data, 5)
+        model.zero_grad(set_to_none=True)
+    finally:
+        mon.close()
+    return {"hooks": hooked - unsampled.total, **sampled.within}
 
 
 def hook_cost(model, data, device, every, options: dict, repeats: int) -> float:
@@ -191,10 +268,9 @@ def hook_cost(model, data, device, every, options: dict, repeats: int) -> float:
     on, off = [], []
 
     def fwd_bwd(i):
-        batch = data[i % len(data)]
         sync(device)
         t = clock()
-        model(batch[:, :-1], targets=batch[:, 1:])[1].backward()
+        forward_backward(model, data, i)
         sync(device)
         model.zero_grad(set_to_none=True)
         return clock() - t

@@ -182,9 +182,11 @@ def test_wide_activations_match_dense_stable_rank_and_float32_stays_within_its_p
 
 
 @pytest.mark.parametrize("check_every", [1, 3])
-def test_top_eigenvalues_match_eigvalsh_on_easy_hard_and_degenerate_matrices(check_every, monkeypatch):
+@pytest.mark.parametrize("rows_apart", [True, False])
+def test_top_eigenvalues_match_eigvalsh_on_easy_hard_and_degenerate_matrices(check_every, rows_apart, monkeypatch):
     """Residual tests every step (CPU) or every few (as on a GPU: 3 here, so runs end
-    between tests and at the last step too)."""
+    between tests and at the last step too); kept rows of different lengths (multiplied
+    one by one) or of one length (stacked into a batch)."""
     monkeypatch.setitem(stats_module._CHECK_EVERY, "cpu", check_every)
     g = gen(14)
     X = torch.randn(3, 500, 300, generator=g, dtype=D)
@@ -198,7 +200,8 @@ def test_top_eigenvalues_match_eigvalsh_on_easy_hard_and_degenerate_matrices(che
         X[2, :, :280].T @ X[2, :, :280],  # another size, in a batch of its own
     ]
     # the same kinds as kept rows (A^T A never formed): one batch that finishes one by one
-    rows = [torch.relu(X[0, :250] + 1), X[1, :290], torch.zeros(200, 300, dtype=D), torch.ones(5, 1, dtype=D) @ v.T]
+    n = [250, 290, 200, 5] if rows_apart else [200] * 4
+    rows = [torch.relu(X[0, : n[0]] + 1), X[1, : n[1]], torch.zeros(n[2], 300, dtype=D), torch.ones(n[3], 1, dtype=D) @ v.T]
     kept = [ActivationGram(300).update(A) for A in rows]
     assert all(acc.kept is not None for acc in kept)
     exact = [float(torch.linalg.eigvalsh(S)[-1].clamp_min(0)) for S in mats + [A.T @ A for A in rows]]
@@ -513,6 +516,28 @@ def test_nuclear_norm_iteration_keeps_its_stated_bound_on_spectra_down_to_zero()
         for fro, nuc in gradient_norms_many([G, G.T], method="iteration"):
             assert fro == pytest.approx(float(s.square().sum().sqrt()), rel=1e-12)
             assert abs(nuc - exact) <= k * lower * exact
+
+
+def test_nuclear_norm_iteration_pads_a_few_small_gradients_into_a_larger_batch(monkeypatch):
+    """Groups of a quarter the size of a batch of larger matrices or less join it zero-padded
+    (one batch fewer: the same norms, as SVD's); a group as large as a quarter plus one
+    keeps its own batch."""
+    g = gen(22)
+    big = [torch.randn(12, 20, generator=g, dtype=D) for _ in range(8)]
+    small = [torch.randn(5, 7, generator=g, dtype=D), torch.randn(20, 3, generator=g, dtype=D),
+             torch.randn(3, 20, generator=g, dtype=D)]  # fmt: skip
+    apart = [torch.randn(12, 14, generator=g, dtype=D) for _ in range(3)]
+    batches = []
+    original = stats_module._norms_by_iteration
+    monkeypatch.setattr(stats_module, "_norms_by_iteration",
+                        lambda mats, k, l, ws: batches.append((len(mats), k, l)) or original(mats, k, l, ws))  # fmt: skip
+    mats = small + big + apart
+    got = gradient_norms_many(mats, method="iteration")
+    assert sorted(batches) == [(3, 12, 14), (8 + 3, 12, 20)]
+    for G, (fro, nuc) in zip(mats, got):
+        s = torch.linalg.svdvals(G)
+        assert fro == pytest.approx(float(s.square().sum().sqrt()), rel=1e-12)
+        assert nuc == pytest.approx(float(s.sum()), rel=1e-9)
 
 
 # -- sampling and lifetime -----------------------------------------------------------------
