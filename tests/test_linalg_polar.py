@@ -615,6 +615,7 @@ def test_stack_normalized_and_many_equal_the_stacked_path(src, dst):
     # equal up to the summation order of float32 norms (a transposed view sums by columns)
     close = dict(rtol=2e-6, atol=0) if (dst or src) != torch.bfloat16 else dict(rtol=2**-7, atol=0)
     torch.testing.assert_close(stack_normalized(mats, 1.01, dst), normalize_spectrum(stacked, 1.01, dst), **close)
+    torch.testing.assert_close(stack_normalized(stacked, 1.01, dst), normalize_spectrum(stacked, 1.01, dst), **close)
     sched = as_schedule(JORDAN)
     many = quintic_iteration_many(mats, sched, 5, dtype=dst)
     assert many.dtype == src

@@ -260,7 +260,8 @@ def gradient_norms_many(mats: Sequence[Tensor], workspace: Optional[Workspace] =
         k = min(G.shape)
         groups.setdefault((iterate, G.device, k, max(G.shape) if iterate else k), []).append(i)
     for (iterate, _, k, l), idx in _pad_small_groups(groups).items():
-        idx.sort(key=lambda i: tuple(mats[i].shape))  # equal shapes side by side, for _grams64
+        # equal shapes side by side, for _grams64; for the iteration, padded ones last
+        idx.sort(key=lambda i: (sorted(mats[i].shape) != [k, l], tuple(mats[i].shape)))
         per_batch = max(1, _BATCH_BYTES // (8 * k * l))
         for start in range(0, len(idx), per_batch):
             part = idx[start : start + per_batch]
@@ -304,15 +305,18 @@ def _pad_small_groups(groups: dict[tuple, list[int]]) -> dict[tuple, list[int]]:
 
 def _norms_by_iteration(mats: list[Tensor], k: int, l: int, workspace: Optional[Workspace]) -> tuple[Tensor, Tensor]:
     """``(||G||_F, ||G||_*)`` of matrices of at most ``k x l`` (tall ones transposed, smaller
-    ones zero-padded) as ``(B,)`` float64 tensors: see ``method="iteration"`` of
-    :func:`gradient_norms_many`."""
+    ones, which come last, zero-padded) as ``(B,)`` float64 tensors: see
+    ``method="iteration"`` of :func:`gradient_norms_many`."""
     X = buffer(workspace, "gradient_wide", (len(mats), k, l), mats[0], torch.float64)
-    if any(sorted(G.shape) != [k, l] for G in mats):
-        X.zero_()
-    for x, G in zip(X, mats):
-        G = G.mT if G.shape[0] > G.shape[1] else G
-        x[: G.shape[0], : G.shape[1]].copy_(G)
-    O = quintic_iteration_many(list(X), _nuclear_schedule(), NUCLEAR_STEPS, dtype=torch.float64,
+    wide = [G.mT if G.shape[0] > G.shape[1] else G for G in mats]
+    full = next((j for j, G in enumerate(wide) if G.shape != (k, l)), len(wide))
+    if full:
+        torch.stack(wide[:full], out=X[:full])
+    if full < len(wide):
+        X[full:].zero_()
+        for x, G in zip(X[full:], wide[full:]):
+            x[: G.shape[0], : G.shape[1]].copy_(G)
+    O = quintic_iteration_many(X, _nuclear_schedule(), NUCLEAR_STEPS, dtype=torch.float64,
                                workspace=workspace)  # fmt: skip
     return torch.linalg.vector_norm(X, dim=(-2, -1)), torch.linalg.vecdot(O.flatten(1), X.flatten(1))
 

@@ -101,7 +101,7 @@ _FLOAT32_SAFE_NORMS = (1e-15, 1e15)
 
 def _frobenius_norm64(G: Tensor) -> Tensor:
     """Frobenius norm of each matrix of ``(..., m, n)`` ``G`` in float64, shape ``(..., 1, 1)``."""
-    if G.numel() <= _NORM_CHUNK:
+    if G.numel() <= _NORM_CHUNK or G.dtype == torch.float64:  # no cast copy to chunk
         return torch.linalg.vector_norm(G, dim=(-2, -1), keepdim=True, dtype=torch.float64)
     m, n = G.shape[-2:]
     X = G.reshape(-1, m, n)
@@ -178,9 +178,10 @@ def stack_normalized(mats: Sequence[Tensor], safety: float = 1.0, dtype: Optiona
                      out: Optional[Tensor] = None) -> Tensor:  # fmt: skip
     """``torch.stack([normalize_spectrum(x, safety, dtype) for x in mats])``, written in one
     pass per matrix straight into the stacked buffer ``out`` (allocated when None; views
-    such as transposes are fine), instead of a stacked copy in the input dtype, a scaled
-    copy and a cast: for an optimizer step on many matrices those copies cost as much as
-    two Newton-Schulz matmuls. Equal up to the summation order of float32 norms.
+    such as transposes are fine; a ``(B, m, n)`` batch is scaled in one pass), instead of a
+    stacked copy in the input dtype, a scaled copy and a cast: for an optimizer step on
+    many matrices those copies cost as much as two Newton-Schulz matmuls. Equal up to the
+    summation order of float32 norms.
 
     Example:
         >>> mats = [torch.randn(3, 5), torch.randn(5, 3).mT]
@@ -191,6 +192,8 @@ def stack_normalized(mats: Sequence[Tensor], safety: float = 1.0, dtype: Optiona
     if out is None:
         out = torch.empty(len(mats), *first.shape, dtype=first.dtype if dtype is None else dtype, device=first.device)
     scales = _inverse_norms(mats, safety, out.dtype)
+    if isinstance(mats, Tensor) and mats.dtype in (torch.float64, torch.float32):  # a batch: one launch
+        return torch.mul(mats, scales.view(-1, 1, 1), out=out)
     if first.device.type != "cpu" and all(x.dtype in (torch.float64, torch.float32) for x in mats):
         # two launches instead of one per matrix; the scaled copies cost nothing to allocate
         # on a GPU (they would fault their pages in on every call on CPU)
