@@ -184,9 +184,9 @@ def test_wide_activations_match_dense_stable_rank_and_float32_stays_within_its_p
 @pytest.mark.parametrize("check_every", [1, 3])
 @pytest.mark.parametrize("rows_apart", [True, False])
 def test_top_eigenvalues_match_eigvalsh_on_easy_hard_and_degenerate_matrices(check_every, rows_apart, monkeypatch):
-    """Residual tests every step (CPU) or every few (as on a GPU: 3 here, so runs end
-    between tests and at the last step too); kept rows of different lengths (multiplied
-    one by one) or of one length (stacked into a batch)."""
+    """Residual tests every step (CPU, large operators) or every few (3: CPU, small ones,
+    so runs end between tests and at the last step too); kept rows of different lengths
+    (multiplied one by one) or of one length (stacked into a batch)."""
     monkeypatch.setitem(stats_module._CHECK_EVERY, "cpu", check_every)
     g = gen(14)
     X = torch.randn(3, 500, 300, generator=g, dtype=D)
