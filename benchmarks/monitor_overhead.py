@@ -14,6 +14,8 @@ Reported, as medians over rounds of ``every`` steps each:
   median over rounds of the raw ratio of summed times (noisier);
 * the time of a sampled step (activation Grams in the hooks plus the records in
   ``step()``) against an unsampled one of the monitored model (goal < 2x);
+* for both goals, a 90% bootstrap interval over rounds and whether it lies below the goal
+  ("unclear" when it straddles it: more rounds, or a quieter machine, decide);
 * where a sampled step's extra time goes: the hooks, ``gradient_norms_many`` and the rest
   of ``SpectralMonitor._collect``, each with the tensor ops it dispatches (views not
   counted): on a GPU each is at least one kernel launch, and what small models' sampled
@@ -35,9 +37,11 @@ import statistics
 import time
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
+from scipy.stats import bootstrap
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from specgrad.diagnostics import SpectralMonitor
@@ -122,6 +126,44 @@ class OpCount(TorchDispatchMode):
         return around_calls(obj, attr, inside)
 
 
+LEVEL = 0.9  # of the bootstrap intervals
+
+
+def step_medians(rounds) -> tuple[float, float, float]:
+    """Median plain, sampled and unsampled monitored step times of ``rounds``, each
+    ``(plain step times, sampled step time, unsampled step times)``."""
+    return (statistics.median(t for p, _, _ in rounds for t in p), statistics.median(s for _, s, _ in rounds),
+            statistics.median(t for _, _, u in rounds for t in u))  # fmt: skip
+
+
+def overhead_and_ratio(rounds, every: int) -> tuple[float, float]:
+    """The overhead averaged over steps, ``(sampled + (every - 1) unsampled) / every`` over
+    the plain step, and sampled / unsampled, from the medians (robust to the other jobs on
+    the machine)."""
+    plain, sampled, unsampled = step_medians(rounds)
+    return (sampled + (every - 1) * unsampled) / every / plain - 1, sampled / unsampled
+
+
+def bootstrap_interval(rounds, every: int, resamples: int = 2000):
+    """Percentile bootstrap intervals (level ``LEVEL``) of :func:`overhead_and_ratio`,
+    resampling whole rounds: ``((overhead_lo, ratio_lo), (overhead_hi, ratio_hi))``, NaN
+    from fewer than 2 rounds."""
+    if len(rounds) < 2:
+        return (math.nan, math.nan), (math.nan, math.nan)
+    res = bootstrap((np.arange(len(rounds)),), lambda idx: overhead_and_ratio([rounds[i] for i in idx], every),
+                    vectorized=False, paired=False, n_resamples=resamples, confidence_level=LEVEL,
+                    method="percentile", random_state=0)  # fmt: skip
+    return tuple(res.confidence_interval.low), tuple(res.confidence_interval.high)
+
+
+def against_goal(lo: float, hi: float, goal: float, fmt: str) -> tuple[str, str]:
+    """The interval ``[lo, hi]`` of a quantity, as text by ``fmt``, and whether it lies below
+    ``goal`` ("yes", "no", or "unclear" when it straddles it or is unknown)."""
+    if math.isnan(lo):
+        return "", "unclear"
+    return f"{fmt.format(lo)} to {fmt.format(hi)}", "yes" if hi < goal else "no" if lo >= goal else "unclear"
+
+
 def run(args, console: Console) -> None:
     device = torch.device(args.device)
     cfg = get("char-lm").make_config(args.preset, args.set)
@@ -153,14 +195,13 @@ def run(args, console: Console) -> None:
         train_step(watched, opts[1], i, mon)
 
     timers = Timers(device)
-    t_plain, t_sampled, t_unsampled = [], [], []  # per step
-    round_overhead = []
+    rounds: list[tuple[list[float], float, list[float]]] = []  # (plain, sampled, unsampled) step times
     parts: dict[str, list[float]] = {}  # per sampled step: seconds in each wrapped function
     seen: dict[str, float] = {}
     with timers.wrap(mon, "_collect", "_collect"), \
             timers.wrap(monitor_module, "gradient_norms_many", "gradient_norms_many"):  # fmt: skip
         for r in range(args.rounds):
-            plain_round, watched_round = 0.0, 0.0
+            plain_round, unsampled_round, sampled_step = [], [], math.nan
             for j in range(args.every):
                 i = (r + args.warmup) * args.every + j
                 sampled = mon.sampling
@@ -171,26 +212,25 @@ def run(args, console: Console) -> None:
                 else:
                     tw = train_step(watched, opts[1], i, mon)
                     tp = train_step(plain, opts[0], i)
-                t_plain.append(tp)
-                (t_sampled if sampled else t_unsampled).append(tw)
-                if sampled:  # the wrapped parts' time within this step
+                plain_round.append(tp)
+                if sampled:  # one step a round; the wrapped parts' time within it
+                    sampled_step = tw
                     for name, total in timers.total.items():
                         parts.setdefault(name, []).append(total - seen.get(name, 0.0))
                     seen = dict(timers.total)
-                plain_round += tp
-                watched_round += tw
-            round_overhead.append(watched_round / plain_round - 1)
+                else:
+                    unsampled_round.append(tw)
+            rounds.append((plain_round, sampled_step, unsampled_round))
     mon.close()
     # the hooks' work is spread over forward and backward: time it apart, below
     hook_time = hook_cost(watched, data, device, args.every, options, repeats=max(3, args.rounds // 2))
     ops = op_counts(watched, data, options)
 
     n_blocks = len(mon.records) // max(1, len({r["step"] for r in mon.records}))
-    med_plain = statistics.median(t_plain)
-    med_sampled, med_unsampled = statistics.median(t_sampled), statistics.median(t_unsampled)
-    # one step in `every` is sampled: the average monitored step, from medians (robust to
-    # the other jobs on the machine), and the same from raw means over whole rounds
-    avg_watched = (med_sampled + (args.every - 1) * med_unsampled) / args.every
+    med_plain, med_sampled, med_unsampled = step_medians(rounds)
+    overhead, ratio = overhead_and_ratio(rounds, args.every)
+    (overhead_lo, ratio_lo), (overhead_hi, ratio_hi) = bootstrap_interval(rounds, args.every)
+    raw = statistics.median((s + sum(u)) / sum(p) - 1 for p, s, u in rounds)
     params = sum(p.numel() for p in plain.parameters())
     title = (f"char-lm GPT ({args.preset}) {cfg.n_layer}x{cfg.n_embd} {cfg.mlp} ({params / 1e6:.2f}M params), "
              f"batch {cfg.batch_size}x{cfg.context}, "
@@ -198,19 +238,21 @@ def run(args, console: Console) -> None:
              f"{device.type}{' (TF32)' if args.tf32 else ''}, {torch.get_num_threads()} threads, "
              f"{args.clock} clock")  # fmt: skip
     table = Table(title=title)
-    for col in ("measure", "value", "goal"):
+    for col in ("measure", "value", f"{100 * LEVEL:.0f}% interval", "goal", "met"):
         table.add_column(col, justify="left" if col == "measure" else "right")
-    table.add_row("plain step, median (ms)", f"{1e3 * med_plain:.1f}", "")
-    table.add_row("monitored step, averaged over steps (ms)", f"{1e3 * avg_watched:.1f}", "")
-    table.add_row("overhead averaged over steps", f"{100 * (avg_watched / med_plain - 1):+.1f}%", "< 5%")
-    table.add_row("  same, median over rounds of raw sums", f"{100 * statistics.median(round_overhead):+.1f}%", "")
-    table.add_row("unsampled monitored step, median (ms)", f"{1e3 * med_unsampled:.1f}", "")
-    table.add_row("sampled step, median (ms)", f"{1e3 * med_sampled:.1f}", "")
-    table.add_row("sampled / unsampled step", f"{med_sampled / med_unsampled:.2f}x", "< 2x")
+    table.add_row("plain step, median (ms)", f"{1e3 * med_plain:.1f}", "", "", "")
+    table.add_row("monitored step, averaged over steps (ms)", f"{1e3 * med_plain * (1 + overhead):.1f}", "", "", "")
+    interval, met = against_goal(100 * overhead_lo, 100 * overhead_hi, 5.0, "{:+.1f}%")
+    table.add_row("overhead averaged over steps", f"{100 * overhead:+.1f}%", interval, "< 5%", met)
+    table.add_row("  same, median over rounds of raw sums", f"{100 * raw:+.1f}%", "", "", "")
+    table.add_row("unsampled monitored step, median (ms)", f"{1e3 * med_unsampled:.1f}", "", "", "")
+    table.add_row("sampled step, median (ms)", f"{1e3 * med_sampled:.1f}", "", "", "")
+    interval, met = against_goal(ratio_lo, ratio_hi, 2.0, "{:.2f}x")
+    table.add_row("sampled / unsampled step", f"{ratio:.2f}x", interval, "< 2x", met)
     # (extra / every + per-step cost) / plain < 5%  <=>  every > extra / (5% plain - per-step cost)
     room = 0.05 * med_plain - (med_unsampled - med_plain)
     least = math.floor((med_sampled - med_unsampled) / room) + 1 if room > 0 else math.inf
-    table.add_row("least `every` for < 5% averaged over steps", f"{least}", "")
+    table.add_row("least `every` for < 5% averaged over steps", f"{least}", "", "", "")
     console.print(table)
 
     where = Table(title="where a sampled step's extra time goes (medians, ms per sampled step; "
@@ -319,7 +361,7 @@ def main() -> None:
         args.set = dict(item.split("=", 1) for item in args.set)
     except ValueError:
         raise SystemExit(f"--set takes KEY=VALUE, got {args.set}") from None
-    run(args, Console())
+    run(args, Console(width=max(110, Console().width)))
 
 
 if __name__ == "__main__":
