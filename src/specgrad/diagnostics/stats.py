@@ -345,8 +345,7 @@ def _grams64(mats: list[Tensor], out: Tensor, workspace: Optional[Workspace]) ->
             _gram64(mats[j], out[j], workspace)
         else:
             X = buffer(workspace, "gradient_stack", (end - j, n, m), mats[j], torch.float64)
-            for x, G in zip(X, mats[j:end]):
-                x.copy_(G)
+            torch.stack(mats[j:end], out=X)
             if n >= m:
                 torch.bmm(X.mT, X, out=out[j:end])
             else:
