@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..linalg import Workspace, matrix_view
-from ..linalg._checks import check_positive_int
+from ..linalg.checks import check_positive_int
 from .stats import ActivationGram, gradient_norms_many, make_accumulator, top_eigenpairs
 
 ActivationFn = Callable[[nn.Module, tuple, Any], Tensor]

@@ -16,7 +16,7 @@ from ..linalg import (
     quintic_iteration_many,
 )
 from ..linalg.ranks import gram_product
-from ..linalg._checks import check_positive_int
+from ..linalg.checks import check_positive_int
 from ..linalg.workspace import buffer
 
 

@@ -25,6 +25,8 @@ from .polar import (
     singular_value_range,
     stack_normalized,
 )
+from .checks import check_matrix, check_nonnegative_int, check_positive_int, check_range, working_dtype
+from .majorization import STEP_NORMS, least_squares_smoothness, majorization_step
 from .workspace import Workspace
 from .ranks import (
     GramAccumulator,
@@ -45,8 +47,15 @@ __all__ = [
     "GramAccumulator",
     "MatrixNorms",
     "QuinticSchedule",
+    "STEP_NORMS",
     "as_schedule",
+    "check_matrix",
+    "check_nonnegative_int",
+    "check_positive_int",
+    "check_range",
     "effective_rank",
+    "least_squares_smoothness",
+    "majorization_step",
     "matrix_norms",
     "matrix_view",
     "normalize_spectrum",
@@ -66,4 +75,5 @@ __all__ = [
     "spectral_map",
     "stable_rank",
     "Workspace",
+    "working_dtype",
 ]

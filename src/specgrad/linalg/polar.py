@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._checks import check_matrix, check_positive_int, working_dtype
+from .checks import check_matrix, check_positive_int, working_dtype
 from .coefficients import QuinticSchedule, ScheduleLike, as_schedule, polar_express_schedule
 from .workspace import Workspace
 from .workspace import buffer as _buffer

@@ -14,7 +14,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from ._checks import check_matrix, check_positive_int
+from .checks import check_matrix, check_positive_int
 from .workspace import Workspace, buffer
 
 

@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ._checks import check_matrix, working_dtype
+from .checks import check_matrix, working_dtype
 
 
 def spectral_map(G: Tensor, f: Callable[[Tensor], Tensor]) -> Tensor:

@@ -16,6 +16,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.optim import Optimizer
 
+from ..linalg.checks import check_range
 from .distributed import check_grads_agree, is_sharded
 from .transforms import Transform, Updates, adamw_chain
 
@@ -26,31 +27,20 @@ class NonFiniteGradError(FloatingPointError):
     """A gradient holds NaN or Inf; raised before any parameter or state is written."""
 
 
-def _check_range(name: str, value, lo: float, hi: Optional[float] = None, *, lo_open=False, hi_open=True):
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if ok:
-        ok = (value > lo if lo_open else value >= lo) and (
-            hi is None or (value < hi if hi_open else value <= hi)
-        )
-    if not ok:
-        bounds = f"{'(' if lo_open else '['}{lo}, {hi if hi is not None else 'inf'}{')' if hi_open else ']'}"
-        raise ValueError(f"{name} must be a number in {bounds}, got {value!r}")
-
-
 def validate_common(group: dict) -> None:
     """Checks shared by every rule: lr, weight decay, momentum, betas, eps."""
-    _check_range("lr", group["lr"], 0.0)
-    _check_range("weight_decay", group.get("weight_decay", 0.0), 0.0)
+    check_range("lr", group["lr"], 0.0)
+    check_range("weight_decay", group.get("weight_decay", 0.0), 0.0)
     if "momentum" in group:
-        _check_range("momentum", group["momentum"], 0.0, 1.0)
+        check_range("momentum", group["momentum"], 0.0, 1.0)
     if "betas" in group:
         betas = group["betas"]
         if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
             raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-        _check_range("betas[0]", betas[0], 0.0, 1.0)
-        _check_range("betas[1]", betas[1], 0.0, 1.0)
+        check_range("betas[0]", betas[0], 0.0, 1.0)
+        check_range("betas[1]", betas[1], 0.0, 1.0)
     if "eps" in group:
-        _check_range("eps", group["eps"], 0.0, lo_open=True)
+        check_range("eps", group["eps"], 0.0, lo_open=True)
 
 
 class ChainOptimizer(Optimizer):

@@ -18,8 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from ..linalg import Workspace, matrix_norms
-from ..linalg._checks import check_positive_int
-from .chain import ChainOptimizer, _check_range
+from ..linalg.checks import check_positive_int, check_range
+from .chain import ChainOptimizer
 from .muon import validate_orthogonalizer, validate_spectral
 from .routing import split_params
 from .transforms import (
@@ -240,10 +240,10 @@ class Hybrid(ChainOptimizer):
             raise ValueError(f"euclidean must be one of {EUCLIDEAN}, got {group['euclidean']!r}")
         if group["decision"] not in DECISIONS:
             raise ValueError(f"decision must be one of {DECISIONS}, got {group['decision']!r}")
-        _check_range("hysteresis", group["hysteresis"], 0.0)
-        _check_range("smoothing", group["smoothing"], 0.0, 1.0)
-        _check_range("curvature", group["curvature"], 0.0, lo_open=True)
-        _check_range("euclidean_scale", group["euclidean_scale"], 0.0, lo_open=True)
+        check_range("hysteresis", group["hysteresis"], 0.0)
+        check_range("smoothing", group["smoothing"], 0.0, 1.0)
+        check_range("curvature", group["curvature"], 0.0, lo_open=True)
+        check_range("euclidean_scale", group["euclidean_scale"], 0.0, lo_open=True)
 
     # -- measurement -------------------------------------------------------------------------
     @torch.no_grad()

@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 
 from ..linalg import METHODS, as_schedule, polar_express_schedule
-from ..linalg._checks import check_positive_int
+from ..linalg.checks import check_positive_int
 from ..linalg.polar import check_gram, check_norm
 from .chain import ChainOptimizer, validate_common
 from .transforms import (

@@ -7,7 +7,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .chain import ChainOptimizer, _check_range, validate_common
+from ..linalg.checks import check_range
+from .chain import ChainOptimizer, validate_common
 from .distributed import is_sharded
 from .transforms import ApplyLR, AsMatrix, DecoupledWeightDecay, Momentum, Transform
 
@@ -141,12 +142,12 @@ class Shampoo(ChainOptimizer):
     def validate(self, group):
         validate_common(group)
         if group["stat_decay"] is not None:
-            _check_range("stat_decay", group["stat_decay"], 0.0, 1.0, lo_open=True)
+            check_range("stat_decay", group["stat_decay"], 0.0, 1.0, lo_open=True)
         for key in ("precondition_frequency", "max_precond_dim"):
             v = group[key]
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise ValueError(f"{key} must be a positive integer, got {v!r}")
         if group["grafting"] not in GRAFTINGS:
             raise ValueError(f"grafting must be one of {GRAFTINGS}, got {group['grafting']!r}")
-        _check_range("graft_beta2", group["graft_beta2"], 0.0, 1.0)
-        _check_range("graft_eps", group["graft_eps"], 0.0, lo_open=True)
+        check_range("graft_beta2", group["graft_beta2"], 0.0, 1.0)
+        check_range("graft_eps", group["graft_eps"], 0.0, lo_open=True)

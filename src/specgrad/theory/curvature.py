@@ -62,7 +62,7 @@ import torch
 from scipy.optimize import brentq, minimize, minimize_scalar
 from torch import Tensor
 
-from ..linalg._checks import check_positive_int
+from ..linalg.checks import check_positive_int
 
 Array = np.ndarray
 

@@ -69,7 +69,7 @@ from scipy import integrate
 from torch import Tensor
 
 from ..linalg import polar_svd
-from ..linalg._checks import check_nonnegative_int, check_positive_int
+from ..linalg.checks import check_nonnegative_int, check_positive_int
 
 DTYPE = torch.float64
 LINEAR_METHODS = ("gd", "ngd", "specgd")

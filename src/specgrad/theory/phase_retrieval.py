@@ -63,7 +63,7 @@ import torch
 from torch import Tensor
 
 from ..linalg import orthogonalize, polar_svd
-from ..linalg._checks import check_nonnegative_int, check_positive_int
+from ..linalg.checks import check_nonnegative_int, check_positive_int
 
 METHODS = ("gd", "specgd", "muon")
 DTYPE = torch.float64

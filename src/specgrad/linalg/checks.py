@@ -1,6 +1,9 @@
-"""Input validation shared by the public linear-algebra functions."""
+"""Argument checks shared by every package of specgrad: each raises ``ValueError`` naming
+the argument and the offending value."""
 
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -37,12 +40,14 @@ def check_matrix(x: Tensor, name: str = "input", *, finite: bool = True) -> None
 
 
 def check_positive_int(value, name: str) -> int:
+    """``value`` if it is an int (not a bool) above 0, else ``ValueError`` naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return value
 
 
 def check_nonnegative_int(value, name: str) -> int:
+    """``value`` if it is an int (not a bool) of at least 0, else ``ValueError`` naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
     return value
@@ -51,3 +56,22 @@ def check_nonnegative_int(value, name: str) -> int:
 def working_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype exact factorizations run in: half precisions are upcast to float32."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def check_range(name: str, value, lo: float, hi: Optional[float] = None, *, lo_open: bool = False,
+                hi_open: bool = True) -> float:  # fmt: skip
+    """Raise ``ValueError`` naming ``name`` unless ``value`` is a real number in the interval
+    from ``lo`` to ``hi`` (closed at ``lo`` and open at ``hi`` by default; ``hi=None`` is
+    unbounded). NaN is never in range.
+
+    Example:
+        >>> check_range("momentum", 0.9, 0.0, 1.0)
+        0.9
+    """
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok:
+        ok = (value > lo if lo_open else value >= lo) and (hi is None or (value < hi if hi_open else value <= hi))
+    if not ok:
+        bounds = f"{'(' if lo_open else '['}{lo}, {hi if hi is not None else 'inf'}{')' if hi_open else ']'}"
+        raise ValueError(f"{name} must be a number in {bounds}, got {value!r}")
+    return value
