@@ -34,9 +34,8 @@ from rich.console import Console
 from rich.table import Table
 
 from orthogonalize import time_interleaved
-from specgrad.linalg import JORDAN
+from specgrad.linalg import JORDAN, orthogonalize_many
 from specgrad.optim import FAST, Muon
-from specgrad.optim.transforms import orthogonalize_many
 
 
 def spectrum_grad(m: int, n: int, power: float, g: torch.Generator) -> torch.Tensor:
@@ -129,8 +128,10 @@ def run(layers: int, width: int, rounds: int, console: Console, device: torch.de
     }
 
     def orth_of(settings: dict):
-        group = {**Muon(hidden[:1]).defaults, **settings}
-        return lambda G: orthogonalize_many([G], group)[0]
+        g = {**Muon(hidden[:1]).defaults, **settings}
+        kw = dict(coefficients=g["ns_coefficients"], dtype=g.get("ns_dtype"), norm=g.get("ns_norm", "frobenius"),
+                  gram=g.get("ns_gram", False))  # fmt: skip
+        return lambda G: orthogonalize_many([G], g["orthogonalizer"], g["ns_steps"], **kw)[0]
 
     rows: dict[str, tuple] = {
         "torch.optim.Muon (bf16)": (lambda: torch.optim.Muon(hidden, lr=0.02, weight_decay=WEIGHT_DECAY,

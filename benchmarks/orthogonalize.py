@@ -5,10 +5,15 @@ For each shape it times, on one fixed Gaussian matrix (seeded):
 * ``plain loop``: the five-line Newton-Schulz loop of Keller Jordan's ``muon.py``
   (``A = X @ X.T; B = b*A + c*A@A; X = a*X + B@X``, Jordan coefficients, 5 steps), a fresh
   tensor for every product and sum; the baseline the fused path is compared with;
-* ``newton_schulz``: ``orthogonalize(G, "newton_schulz", 5)`` (the same Jordan coefficients,
-  three products per step, two of them fused multiply-adds into preallocated buffers);
-* ``polar_express``: ``orthogonalize(G, "polar_express", 5)`` (same kernels, other coefficients);
+* ``newton_schulz``: ``quintic_iteration(G, as_schedule(JORDAN), 5)``, the fast path the
+  optimizers run (:mod:`specgrad.linalg.fast_polar`: the same Jordan coefficients, three
+  products per step, two of them fused multiply-adds into preallocated buffers);
+* ``polar_express``: ``quintic_iteration(G, polar_express_schedule(5), 5)`` (same kernels,
+  other coefficients);
 * ``svd``: ``orthogonalize(G, "svd")``, the exact polar factor from ``torch.linalg.svd``.
+
+The plain loop is what the reference page :func:`specgrad.linalg.newton_schulz` computes
+(which normalizes in float64 and iterates half precisions in float32).
 
 What the columns mean:
 
@@ -68,7 +73,14 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from specgrad.linalg import JORDAN, orthogonality_error, orthogonalize
+from specgrad.linalg import (
+    JORDAN,
+    as_schedule,
+    orthogonality_error,
+    orthogonalize,
+    polar_express_schedule,
+    quintic_iteration,
+)
 
 SHAPES = [(256, 256), (768, 768), (768, 3072), (1024, 4096), (16, 512, 512)]
 QUICK_SHAPES = [(256, 256), (768, 768), (4, 256, 512)]
@@ -182,8 +194,8 @@ def bench_shape(shape, dtype, device, repeats, cap_s, min_time_s, seed):
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     methods: dict[str, Callable[[], torch.Tensor]] = {
         "plain loop": lambda: plain_newton_schulz(G),
-        "newton_schulz": lambda: orthogonalize(G, "newton_schulz", STEPS),
-        "polar_express": lambda: orthogonalize(G, "polar_express", STEPS),
+        "newton_schulz": lambda: quintic_iteration(G, as_schedule(JORDAN), STEPS),
+        "polar_express": lambda: quintic_iteration(G, polar_express_schedule(STEPS), STEPS),
         "svd": lambda: orthogonalize(G, "svd"),
     }
     reference = matmul_reference(shape, dtype, device, gen)

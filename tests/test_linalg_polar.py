@@ -20,7 +20,7 @@ from specgrad.linalg import (
     QuinticSchedule,
     as_schedule,
     matrix_view,
-    normalize_spectrum,
+    newton_schulz,
     optimal_quintic,
     orthogonality_error,
     orthogonalize,
@@ -79,6 +79,18 @@ def spectrum_lower(G: torch.Tensor) -> float:
     """``min`` over the batch of ``sigma_min / ||G||_F``, from the exact float64 SVD."""
     s = torch.linalg.svdvals(G.to(F64))
     return float((s[..., -1] / s.norm(dim=-1)).min())
+
+
+# The tests below that take ``path`` run both orthogonalizers: the reference loop
+# (orthogonalize's defaults) and the fast path, reached by naming the working precision
+# (``dtype=``, here the input's). The same bounds hold for both.
+PATHS = ("reference", "fast")
+
+
+def orth(G: torch.Tensor, method: str, *args, path: str = "reference", **kwargs) -> torch.Tensor:
+    if path == "fast":
+        kwargs.setdefault("dtype", G.dtype)
+    return orthogonalize(G, method, *args, **kwargs)
 
 
 # Rounding tolerance of the measured singular values against the exact-arithmetic band.
@@ -167,6 +179,7 @@ def _band_cases(dtype):
     ]
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize(
     "method, steps, kwargs",
@@ -182,11 +195,11 @@ def _band_cases(dtype):
         pytest.param("polar_express", 5, {"lower": 1e-2}, id="polar-express-5-lower-1e-2"),
     ],
 )
-def test_iterative_singular_values_lie_in_predicted_band(dtype, method, steps, kwargs):
+def test_iterative_singular_values_lie_in_predicted_band(dtype, method, steps, kwargs, path):
     tol = BAND_TOL[dtype]
     for label, G in _band_cases(dtype):
         lo, hi = predicted_band(method, steps, spectrum_lower(G), **kwargs)
-        X = orthogonalize(G, method, steps, **kwargs)
+        X = orth(G, method, steps, **kwargs, path=path)
         assert X.dtype == dtype and X.shape == G.shape, label
         smin, smax = singular_value_range(X)
         assert lo - tol <= smin and smax <= hi + tol, (label, (lo, hi), (smin, smax))
@@ -342,15 +355,16 @@ DTYPE_TOL = {
 }
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("dtype", ALL_DTYPES[1:], ids=str)
 @pytest.mark.parametrize("method", METHODS)
-def test_low_precision_returns_input_dtype_and_is_close(dtype, method):
+def test_low_precision_returns_input_dtype_and_is_close(dtype, method, path):
     shapes = [(16, 40), (40, 16), (4, 8, 24)]
     if not (method == "polar_express" and dtype == torch.bfloat16):
         shapes.append((1, 30))  # see test_polar_express_rank_one_in_bfloat16
     for shape in shapes:
         G = gaussian(*shape, seed=len(shape) + shape[-1])
-        X = orthogonalize(G.to(dtype), method)
+        X = orth(G.to(dtype), method, path=path)
         assert X.dtype == dtype and X.shape == G.shape
         assert torch.isfinite(X).all()
         assert rel_err(X, orthogonalize(G, method)) < DTYPE_TOL[dtype][method], shape
@@ -390,97 +404,91 @@ def test_dtype_argument_sets_working_precision_not_output(method):
 ORIENT_TOL = {torch.float64: 1e-13, torch.float32: 1e-6, torch.bfloat16: 4e-3}
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("dtype", list(ORIENT_TOL), ids=str)
 @pytest.mark.parametrize("method", METHODS)
-def test_tall_result_is_transpose_of_wide_result(dtype, method):
+def test_tall_result_is_transpose_of_wide_result(dtype, method, path):
     for shape in [(24, 10), (17, 1), (3, 20, 6)]:
         G = gaussian(*shape, seed=shape[-2], dtype=dtype)
-        tall = orthogonalize(G, method)
-        wide = orthogonalize(G.mT.contiguous(), method)
+        tall = orth(G, method, path=path)
+        wide = orth(G.mT.contiguous(), method, path=path)
         assert tall.shape == G.shape
         err = float((tall.to(F64) - wide.mT.to(F64)).abs().max())
         assert err <= ORIENT_TOL[dtype], (shape, err)
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("method", METHODS)
-def test_batch_equals_matrix_by_matrix(method):
+def test_batch_equals_matrix_by_matrix(method, path):
     G = gaussian(2, 3, 12, 20, seed=8)
-    O = orthogonalize(G, method)
+    O = orth(G, method, path=path)
     for i in range(2):
         for j in range(3):
-            assert torch.allclose(O[i, j], orthogonalize(G[i, j], method), atol=1e-13, rtol=0)
+            assert torch.allclose(O[i, j], orth(G[i, j], method, path=path), atol=1e-13, rtol=0)
 
 
-def test_empty_matrix_gives_empty_result():
+@pytest.mark.parametrize("path", PATHS)
+def test_empty_matrix_gives_empty_result(path):
     for method in METHODS:
-        O = orthogonalize(torch.zeros(0, 5, dtype=F64), method)
+        O = orth(torch.zeros(0, 5, dtype=F64), method, path=path)
         assert O.shape == (0, 5)
 
 
 # -------------------------------------------------------- normalization: over/underflow
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("scale", [1e20, 1e-20, 1e30, 1e-30])
-def test_float32_scaled_input_gives_same_result(method, scale):
+def test_float32_scaled_input_gives_same_result(method, scale, path):
     for shape in [(16, 24), (24, 16), (3, 16, 24)]:
         G = gaussian(*shape, seed=shape[-1], dtype=torch.float32)
-        base = orthogonalize(G, method)
-        scaled = orthogonalize(G * scale, method)
+        base = orth(G, method, path=path)
+        scaled = orth(G * scale, method, path=path)
         assert torch.isfinite(scaled).all()
         assert rel_err(scaled, base) < 1e-5, (shape, rel_err(scaled, base))
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("method", METHODS)
-def test_float32_subnormal_input_stays_finite(method):
+def test_float32_subnormal_input_stays_finite(method, path):
     """Entries near 1e-42 are float32 subnormals: few significant bits survive, so only
     finiteness is promised (1 / ||G||_F would overflow float32)."""
     G = gaussian(6, 9, seed=0, dtype=torch.float32)
     for scale in (1e-39, 1e-42, 1e-44):
-        O = orthogonalize(G * scale, method)
+        O = orth(G * scale, method, path=path)
         assert torch.isfinite(O).all(), scale
         assert float(O.abs().max()) > 0, scale
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
 @pytest.mark.parametrize("method", METHODS)
-def test_zero_matrix_maps_to_zero(dtype, method):
+def test_zero_matrix_maps_to_zero(dtype, method, path):
     for shape in [(5, 7), (7, 5), (1, 4), (2, 3, 4)]:
-        O = orthogonalize(torch.zeros(*shape, dtype=dtype), method)
+        O = orth(torch.zeros(*shape, dtype=dtype), method, path=path)
         assert O.dtype == dtype and O.shape == shape
         assert not torch.isnan(O).any(), shape
         assert (O == 0).all(), shape
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("method", METHODS)
-def test_zero_matrix_inside_a_batch(method):
+def test_zero_matrix_inside_a_batch(method, path):
     G = gaussian(3, 6, 9, seed=1, dtype=torch.float32)
     G[1] = 0
-    O = orthogonalize(G, method)
+    O = orth(G, method, path=path)
     assert (O[1] == 0).all()
     for i in (0, 2):
-        assert torch.allclose(O[i], orthogonalize(G[i], method), atol=1e-5)
+        assert torch.allclose(O[i], orth(G[i], method, path=path), atol=1e-5)
 
 
-def test_normalize_spectrum_bounds_and_range():
-    G = gaussian(2, 10, 30, seed=3)
-    for safety in (1.0, 1.01):
-        X = normalize_spectrum(G, safety)
-        frob = torch.linalg.matrix_norm(X)
-        assert torch.allclose(frob, torch.full((2,), 1 / safety, dtype=F64), rtol=1e-14)
-    big = normalize_spectrum(G * 1e150)
-    small = normalize_spectrum(G * 1e-150)
-    assert torch.allclose(big, normalize_spectrum(G), rtol=1e-13)
-    assert torch.allclose(small, normalize_spectrum(G), rtol=1e-13)
-    assert normalize_spectrum(G.float(), dtype=torch.bfloat16).dtype == torch.bfloat16
-    Z = normalize_spectrum(torch.zeros(4, 4, dtype=torch.float32))
-    assert (Z == 0).all()
-
-
-def test_quintic_iteration_with_explicit_schedule_matches_orthogonalize():
+def test_newton_schulz_with_explicit_schedule_matches_orthogonalize():
     G = gaussian(10, 14, seed=2)
     sched = polar_express_schedule(5, 1e-3)
-    assert torch.equal(quintic_iteration(G, sched, 5), orthogonalize(G, "polar_express", 5))
+    assert torch.equal(newton_schulz(G, sched, 5), orthogonalize(G, "polar_express", 5))
+    with pytest.raises(ValueError, match="steps must be a positive integer"):
+        newton_schulz(G, sched, 0)
     with pytest.raises(ValueError, match="steps must be a positive integer"):
         quintic_iteration(G, sched, 0)
 
@@ -601,24 +609,3 @@ def test_matrix_view_of_conv_and_linear_weights():
     assert matrix_view(L) is L
     with pytest.raises(ValueError, match=r"at least 2 dims, got shape \(4,\)"):
         matrix_view(torch.zeros(4))
-
-
-@pytest.mark.parametrize("src, dst", [(torch.float32, torch.bfloat16), (torch.float16, torch.float32),
-                                      (torch.float64, None), (torch.float32, None)])  # fmt: skip
-def test_stack_normalized_and_many_equal_the_stacked_path(src, dst):
-    from specgrad.linalg import quintic_iteration_many, stack_normalized
-
-    g = torch.Generator().manual_seed(5)
-    mats = [torch.randn(6, 9, generator=g).to(src), torch.randn(9, 6, generator=g).to(src).mT,
-            torch.zeros(6, 9, dtype=src)]  # fmt: skip
-    stacked = torch.stack(mats)
-    # equal up to the summation order of float32 norms (a transposed view sums by columns)
-    close = dict(rtol=2e-6, atol=0) if (dst or src) != torch.bfloat16 else dict(rtol=2**-7, atol=0)
-    torch.testing.assert_close(stack_normalized(mats, 1.01, dst), normalize_spectrum(stacked, 1.01, dst), **close)
-    torch.testing.assert_close(stack_normalized(stacked, 1.01, dst), normalize_spectrum(stacked, 1.01, dst), **close)
-    sched = as_schedule(JORDAN)
-    many = quintic_iteration_many(mats, sched, 5, dtype=dst)
-    assert many.dtype == src
-    torch.testing.assert_close(many, quintic_iteration(stacked, sched, 5, dtype=dst), **close)
-    with pytest.raises(ValueError, match="wide"):
-        quintic_iteration_many([m.mT for m in mats], sched, 5)

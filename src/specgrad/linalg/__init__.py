@@ -1,6 +1,9 @@
 """Spectral linear algebra: orthogonalization, spectral maps, rank measures.
 
-Imports nothing else of specgrad.
+Orthogonalization has a reference page, :mod:`~specgrad.linalg.polar` (``orthogonalize``,
+``polar_svd``, the ``newton_schulz`` loop), and a fast path checked against it,
+:mod:`~specgrad.linalg.fast_polar` (``orthogonalize_many`` and the batched iteration the
+optimizers run). Imports nothing else of specgrad.
 """
 
 from .coefficients import (
@@ -10,19 +13,27 @@ from .coefficients import (
     as_schedule,
     optimal_quintic,
     polar_express_schedule,
+    schedule_for,
 )
 from .polar import (
+    DEFAULT_STEPS,
     METHODS,
     NORMS,
-    normalize_spectrum,
+    check_gram,
+    check_norm,
+    newton_schulz,
     orthogonality_error,
     orthogonalize,
     polar_svd,
     predicted_band,
-    quintic_iteration,
-    quintic_iteration_many,
     scalar_map,
     singular_value_range,
+)
+from .fast_polar import (
+    normalize_spectrum,
+    orthogonalize_many,
+    quintic_iteration,
+    quintic_iteration_many,
     stack_normalized,
 )
 from .checks import check_matrix, check_nonnegative_int, check_positive_int, check_range, working_dtype
@@ -40,6 +51,7 @@ from .ranks import (
 from .spectral import matrix_view, spectral_map
 
 __all__ = [
+    "DEFAULT_STEPS",
     "JORDAN",
     "METHODS",
     "NORMS",
@@ -49,8 +61,10 @@ __all__ = [
     "QuinticSchedule",
     "STEP_NORMS",
     "as_schedule",
+    "check_gram",
     "check_matrix",
     "check_nonnegative_int",
+    "check_norm",
     "check_positive_int",
     "check_range",
     "effective_rank",
@@ -59,17 +73,20 @@ __all__ = [
     "matrix_norms",
     "matrix_view",
     "normalize_spectrum",
+    "newton_schulz",
     "nuclear_rank",
     "operator_norm_estimate",
     "optimal_quintic",
     "orthogonality_error",
     "orthogonalize",
+    "orthogonalize_many",
     "polar_express_schedule",
     "polar_svd",
     "predicted_band",
     "quintic_iteration",
     "quintic_iteration_many",
     "scalar_map",
+    "schedule_for",
     "singular_value_range",
     "stack_normalized",
     "spectral_map",

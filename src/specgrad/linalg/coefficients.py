@@ -202,3 +202,20 @@ def as_schedule(coefficients: ScheduleLike) -> QuinticSchedule:
             f"coefficients must be a name, an (a, b, c) triple or a list of triples, "
             f"got {coefficients!r}"
         ) from None
+
+
+def schedule_for(method: str, steps: int = 5, *, coefficients: ScheduleLike = "jordan",
+                 lower: float = 1e-3) -> QuinticSchedule:  # fmt: skip
+    """The schedule an iterative method runs: ``"newton_schulz"``: :func:`as_schedule` of
+    ``coefficients``; ``"polar_express"``: :func:`polar_express_schedule` of ``steps`` and
+    ``lower`` (``coefficients`` unused).
+
+    Example:
+        >>> schedule_for("newton_schulz").coefficients == (JORDAN,)
+        True
+    """
+    if method == "newton_schulz":
+        return as_schedule(coefficients)
+    if method == "polar_express":
+        return polar_express_schedule(steps, lower)
+    raise ValueError(f"need an iterative method, got {method!r}; choose 'newton_schulz' or 'polar_express'")

@@ -11,8 +11,8 @@ from torch import Tensor
 class Workspace:
     """Buffers kept between calls that iterate the same shapes, such as the steps of an
     optimizer: a fresh tensor of a few MB is page-faulted in on every call on CPU (glibc
-    hands large blocks back to the kernel), which on a VM costs ~4 us per 4 KiB page, as
-    much as the matmuls of a small model. CUDA's caching allocator makes it moot there.
+    hands large blocks back to the kernel), one fault per 4 KiB page, which for small
+    matrices rivals the cost of their products. CUDA's caching allocator makes it moot there.
 
     A tensor returned by :meth:`get` is overwritten by the next call that asks for the same
     name and shape, so results computed in a workspace must be used before that.

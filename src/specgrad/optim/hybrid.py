@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from ..linalg import Workspace, matrix_norms
+from ..linalg import Workspace, matrix_norms, orthogonalize_many
 from ..linalg.checks import check_positive_int, check_range
 from .chain import ChainOptimizer
 from .muon import validate_orthogonalizer, validate_spectral
@@ -29,7 +29,6 @@ from .transforms import (
     DecoupledWeightDecay,
     Momentum,
     Transform,
-    orthogonalize_many,
     shape_scale,
 )
 
@@ -72,7 +71,7 @@ class HybridStep(Transform):
         decrease = g["decision"] == "decrease"
         # polar(M) where it is used: spectral blocks, and every block of the decrease rule
         need = [i for i, st in enumerate(u.states) if decrease or bool(st["spectral"])]
-        polar = dict(zip(need, orthogonalize_many([u.updates[i] for i in need], g, self.workspace)))
+        polar = dict(zip(need, self._polar([u.updates[i] for i in need], g, self.workspace)))
         exact = g["orthogonalizer"] == "svd"
         acts = owner._activations
         new_updates = []
@@ -107,7 +106,7 @@ class HybridStep(Transform):
                 owner._decide(p, st, nr, a["st"], g)
             if bool(st["spectral"]):
                 if O is None:  # a block that turned spectral at this measurement
-                    O = orthogonalize_many([M], g)[0]
+                    O = self._polar([M], g)[0]
                 new_updates.append(O * shape_scale(g["shape_scaling"], m, n))
             elif g["euclidean"] == "adamw":
                 new_updates.append(adam_dir[i] * (adam_scale[i] * g["euclidean_scale"]))
@@ -115,6 +114,12 @@ class HybridStep(Transform):
                 target = math.sqrt(min(m, n)) * shape_scale(g["shape_scaling"], m, n) * g["euclidean_scale"]
                 new_updates.append(M * (target / fro if fro > 0 else 0.0))
         u.updates = new_updates
+
+    @staticmethod
+    def _polar(mats: list[Tensor], g: dict, workspace: Optional[Workspace] = None) -> list[Tensor]:
+        return orthogonalize_many(mats, g["orthogonalizer"], g["ns_steps"], coefficients=g["ns_coefficients"],
+                                  dtype=g.get("ns_dtype"), norm=g.get("ns_norm", "frobenius"),
+                                  gram=g.get("ns_gram", False), workspace=workspace)  # fmt: skip
 
     def _majorization(self, p, M, O, nr, nuc, a, g, st) -> Optional[Tensor]:
         if a is None or a["rows"] == 0 or a["op_sq"] <= 0:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -23,7 +23,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 import torch.distributed as dist
 
-from ..linalg import Workspace, as_schedule, matrix_view, polar_express_schedule, polar_svd, quintic_iteration_many
+from ..linalg import Workspace, matrix_view, orthogonalize_many
 from ..linalg.spectral import spectral_map
 from .distributed import DTensor, assign_owners, exchange_replicated, exchange_sharded, is_sharded, orth_cost
 
@@ -105,35 +105,6 @@ class AsMatrix(Transform):
         u.updates = [matrix_view(g) for g in u.updates]
 
 
-def orthogonalize_many(mats: list[Tensor], group: dict, workspace: Optional[Workspace] = None) -> list[Tensor]:
-    """Orthogonalize a list of matrices with the group's settings, batching equal shapes
-    (tall matrices are transposed so they batch with wide ones). With a ``workspace`` the
-    results are views of its buffers, valid until its next use."""
-    method = group["orthogonalizer"]
-    by_shape: dict[tuple, list[int]] = defaultdict(list)
-    for i, x in enumerate(mats):
-        m, n = x.shape
-        by_shape[(min(m, n), max(m, n), x.dtype, x.device)].append(i)
-    out: list[Tensor] = [None] * len(mats)  # type: ignore[list-item]
-    for idx in by_shape.values():
-        tall = [mats[i].shape[0] > mats[i].shape[1] for i in idx]
-        wide = [mats[i].mT if t else mats[i] for i, t in zip(idx, tall)]
-        if method == "svd":
-            O = polar_svd(wide[0].unsqueeze(0) if len(wide) == 1 else torch.stack(wide))
-        else:
-            sched = (
-                polar_express_schedule(group["ns_steps"])
-                if method == "polar_express"
-                else as_schedule(group["ns_coefficients"])
-            )
-            O = quintic_iteration_many(wide, sched, group["ns_steps"], dtype=group.get("ns_dtype"),
-                                       norm=group.get("ns_norm", "frobenius"), gram=group.get("ns_gram", False),
-                                       workspace=workspace)  # fmt: skip
-        for k, (i, t) in enumerate(zip(idx, tall)):
-            out[i] = O[k].mT if t else O[k]
-    return out
-
-
 def _scalar(t: Tensor) -> float:
     """A 0-d tensor's value; a DTensor partial sum is reduced across ranks first."""
     return float(t.full_tensor() if is_sharded(t) else t)
@@ -198,7 +169,9 @@ class Orthogonalize(SpectralMap):
         self.workspace = Workspace()  # the batches' buffers, reused from step to step
 
     def compute(self, mats, group):
-        return orthogonalize_many(mats, group, self.workspace)
+        return orthogonalize_many(mats, group["orthogonalizer"], group["ns_steps"], coefficients=group["ns_coefficients"],
+                                  dtype=group.get("ns_dtype"), norm=group.get("ns_norm", "frobenius"),
+                                  gram=group.get("ns_gram", False), workspace=self.workspace)  # fmt: skip
 
     def cost(self, m, n, group):
         return orth_cost(group["orthogonalizer"], m, n, group["ns_steps"])
