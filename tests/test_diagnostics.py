@@ -633,6 +633,35 @@ def test_add_fused_parts_match_row_blocks_of_the_gradient():
     assert max(nrs) - min(nrs) > 1e-3  # the parts differ, so a wrong slice would show
 
 
+def test_blocks_expose_weight_gradient_and_activation_statistic_until_step():
+    """The public read surface: ``mon.block(name)`` gives the weight, the gradient in its
+    matrix view (a part of it for a fused block), the kind and the activation statistic,
+    which agree with the records ``step()`` then writes; a wide block's sketch and an
+    embedding's token counts have no Gram."""
+    torch.manual_seed(12)
+    emb, qkv, wide = nn.Embedding(10, 8).to(D), nn.Linear(8, 24).to(D), nn.Linear(24, 2).to(D)
+    mon = SpectralMonitor(nn.Sequential(), every=1, max_dim=16)
+    mon.add_block("emb", emb, kind="embedding").add_fused("attn", qkv).add_block("wide", wide)
+    ids = torch.tensor([[1, 2, 2, 7, 3]])
+    with mon:
+        _sq(wide(qkv(emb(ids)))).backward()
+        blocks = {name: mon.block(name) for name in mon.blocks}
+        stats = {name: (b.statistic.frobenius_sq(), b.statistic.operator_sq()) for name, b in blocks.items()}
+        k = blocks["attn.k"]
+        assert (k.kind, k.module, k.dim, k.rows) == ("linear", qkv, 8, slice(8, 16))
+        assert k.param() is qkv.weight and torch.equal(k.grad(), qkv.weight.grad[8:16])
+        assert blocks["emb"].grad().shape == (8, 10) and blocks["emb"].gram() is None
+        assert blocks["wide"].gram() is None and blocks["attn.q"].statistic is k.statistic
+        x = emb(ids).reshape(-1, 8)
+        assert torch.allclose(k.gram(), x.T @ x, rtol=1e-12)
+        rows = {r["block"]: r for r in mon.step()}
+    for name, (fro_sq, op_sq) in stats.items():
+        assert rows[name]["act_fro"] ** 2 == pytest.approx(fro_sq, rel=1e-12)
+        assert rows[name]["act_op"] ** 2 == pytest.approx(op_sq, rel=1e-9)
+    with pytest.raises(KeyError, match="no block named 'nope'"):
+        mon.block("nope")
+
+
 # -- loggers -------------------------------------------------------------------------------
 
 

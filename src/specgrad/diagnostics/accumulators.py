@@ -274,11 +274,12 @@ class TokenCounts:
 
 
 def make_accumulator(kind: str, dim: int, max_dim: int, device=None, seed: int = 0,
-                     workspace: Optional[Workspace] = None):  # fmt: skip
+                     workspace: Optional[Workspace] = None, sketch_rows: int = 256):  # fmt: skip
     """The right streaming statistic for a block: exact Gram up to ``max_dim`` features,
-    a sketch above it, token counts for embeddings."""
+    a sketch of ``sketch_rows`` rows (drawn from ``seed``) above it, token counts for
+    embeddings."""
     if kind == "embedding":
         return TokenCounts(dim, device=device)
     if dim <= max_dim:
         return ActivationGram(dim, device=device, workspace=workspace)
-    return SketchedActivation(dim, device=device, generator=torch.Generator().manual_seed(seed))
+    return SketchedActivation(dim, sketch_rows, device=device, generator=torch.Generator().manual_seed(seed))

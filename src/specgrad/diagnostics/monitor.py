@@ -31,6 +31,9 @@ MAX_DIM = 4096
 LANCZOS_TOL = 1e-4
 # Grams up to this size go to a dense eigh instead (Lanczos steps cost more than it).
 DIRECT_BELOW = 32
+# Rows of the Gaussian sketch of a block wider than max_dim: st(A) within a relative error
+# of order sqrt(st(A) / SKETCH_ROWS), a few percent for the small stable ranks of activations.
+SKETCH_ROWS = 256
 
 ActivationFn = Callable[[nn.Module, tuple, Any], Tensor]
 
@@ -118,8 +121,9 @@ class Block:
 
     def gram(self) -> Optional[Tensor]:
         """The exact activation Gram ``A^T A`` (float64 ``(dim, dim)``) of the current sampled
-        step when the statistic has one, else ``None``. The monitor reuses the buffer after
-        :meth:`SpectralMonitor.step`: clone it to keep it."""
+        step when the statistic has one, else ``None`` (reading it folds the rows the statistic
+        keeps into the Gram). The monitor reuses the buffer after :meth:`SpectralMonitor.step`:
+        clone it to keep it."""
         stats = self._tap.stats
         return stats.gram if isinstance(stats, ActivationGram) else None
 
@@ -356,7 +360,7 @@ class SpectralMonitor:
             self._sketch_seed += 1
             seed = self._sketch_seed * self.world + self.rank
             pending = make_accumulator(tap.kind, tap.dim, self.max_dim, device=act.device, seed=seed,
-                                       workspace=self._workspace)  # fmt: skip
+                                       workspace=self._workspace, sketch_rows=SKETCH_ROWS)  # fmt: skip
             if isinstance(pending, ActivationGram):
                 # multiplied (or copied) only once backward reaches the output: a module's
                 # input is kept alive until then anyway, and rows no bigger than a float64
@@ -379,7 +383,8 @@ class SpectralMonitor:
     def _stats(self, tap: _Tap, device) -> Any:
         """The tap's accumulator, kept (and reset) from one sampled step to the next."""
         if tap.stats is None or tap.stats.device != torch.device(device):
-            tap.stats = make_accumulator(tap.kind, tap.dim, self.max_dim, device=device, workspace=self._workspace)
+            tap.stats = make_accumulator(tap.kind, tap.dim, self.max_dim, device=device, workspace=self._workspace,
+                                         sketch_rows=SKETCH_ROWS)  # fmt: skip
         return tap.stats
 
     # -- steps -------------------------------------------------------------------------------
