@@ -1,11 +1,11 @@
-"""Top eigenpairs and operator norms: one warm-started block Lanczos.
+"""Top eigenpairs and operator norms: one warm-started, batched Lanczos.
 
 :func:`top_eigenpairs` finds ``(lambda_max, v)`` of symmetric positive semi-definite
 operators, given as dense ``(d, d)`` matrices or as row matrices ``A`` standing for
 ``A^T A`` (:class:`GramOf`, never formed); :func:`operator_norm` is ``||A||_op`` of one
 matrix with its top right singular vector. Small operators go to a dense ``eigh`` / SVD,
 larger ones to Lanczos, which falls back to the dense factorization when the top is too
-clustered to finish in ``MAX_STEPS`` steps: every result is exact to ``tol``.
+clustered to finish in ``MAX_STEPS`` steps: every result is within ``tol`` relative.
 """
 
 from __future__ import annotations
@@ -128,15 +128,15 @@ def operator_norm(A: Tensor, *, start: Optional[Tensor] = None, tol: float = 1e-
     A = A.detach().to(torch.float64)
     m, n = A.shape
     peak = float(A.abs().max()) if A.numel() else 0.0
-    if min(m, n) > DIRECT_BELOW and peak > 0:
+    if peak == 0:  # every unit vector is a top right singular vector of a zero matrix
+        return 0.0, torch.eye(1, n, dtype=torch.float64, device=A.device)[0]
+    if min(m, n) > DIRECT_BELOW:
         # scaled by a power of two (exactly) to entries near 1, so that the squares in
         # A^T A and in the norms of its products neither underflow nor overflow
         exponent = math.frexp(peak)[1]
         (top,) = _lanczos_top([A * 2.0**-exponent], n, A.device, [start], MAX_STEPS, tol)
         if top is not None:
             return math.ldexp(math.sqrt(top[0]), exponent), top[1]
-    if min(m, n) == 0:
-        return 0.0, torch.zeros(n, dtype=torch.float64, device=A.device)
     _, s, Vh = torch.linalg.svd(A, full_matrices=False)
     return float(s[0]), Vh[0]
 
