@@ -1,4 +1,5 @@
-"""Spectral linear algebra: orthogonalization, spectral maps, rank measures.
+"""Spectral linear algebra: orthogonalization, spectral maps, rank measures, operator and
+nuclear norms, top eigenpairs, Gram accumulation.
 
 Orthogonalization has a reference page, :mod:`~specgrad.linalg.polar` (``orthogonalize``,
 ``polar_svd``, the ``newton_schulz`` loop), and a fast path checked against it,
@@ -39,15 +40,10 @@ from .fast_polar import (
 from .checks import check_matrix, check_nonnegative_int, check_positive_int, check_range, working_dtype
 from .majorization import STEP_NORMS, least_squares_smoothness, majorization_step
 from .workspace import Workspace
-from .ranks import (
-    GramAccumulator,
-    MatrixNorms,
-    effective_rank,
-    matrix_norms,
-    nuclear_rank,
-    operator_norm_estimate,
-    stable_rank,
-)
+from .ranks import MatrixNorms, effective_rank, matrix_norms, nuclear_rank, stable_rank
+from .eigen import GramOf, operator_norm, top_eigenpairs, top_eigenvalues
+from .gram import GramAccumulator
+from .nuclear import frobenius_nuclear_norms
 from .spectral import matrix_view, spectral_map
 
 __all__ = [
@@ -57,6 +53,7 @@ __all__ = [
     "NORMS",
     "NEWTON_SCHULZ",
     "GramAccumulator",
+    "GramOf",
     "MatrixNorms",
     "QuinticSchedule",
     "STEP_NORMS",
@@ -68,6 +65,7 @@ __all__ = [
     "check_positive_int",
     "check_range",
     "effective_rank",
+    "frobenius_nuclear_norms",
     "least_squares_smoothness",
     "majorization_step",
     "matrix_norms",
@@ -75,7 +73,7 @@ __all__ = [
     "normalize_spectrum",
     "newton_schulz",
     "nuclear_rank",
-    "operator_norm_estimate",
+    "operator_norm",
     "optimal_quintic",
     "orthogonality_error",
     "orthogonalize",
@@ -91,6 +89,8 @@ __all__ = [
     "stack_normalized",
     "spectral_map",
     "stable_rank",
+    "top_eigenpairs",
+    "top_eigenvalues",
     "Workspace",
     "working_dtype",
 ]
