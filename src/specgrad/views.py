@@ -1,0 +1,211 @@
+"""Matrix views of parameters: which dims of a weight are rows (outputs), which are columns
+(inputs), and which a batch of independent matrices.
+
+The spectral rule acts on matrices, but weights come in many layouts. The view depends on
+the module that owns the weight, not on its shape alone:
+
+============================================  ==================  =========================
+weight                                        stored              viewed as
+============================================  ==================  =========================
+``nn.Linear``                                 ``(out, in)``       ``(out, in)``
+``nn.ConvNd``                                 ``(out, in, *k)``   ``(out, in * prod(k))``
+transformers ``Conv1D`` (GPT-2)               ``(in, out)``       ``(out, in)``, transposed
+fused q/k/v (``MultiheadAttention``,          ``(3d, d)``         3 matrices ``(d, d)``
+GPT-2 ``c_attn``)
+expert stack (MoE)                            ``(E, out, in)``    E matrices ``(out, in)``
+per-head attention                            ``(H dh, d)``       H matrices ``(dh, d)``
+============================================  ==================  =========================
+
+A :class:`MatrixView` maps a tensor of the parameter's shape to a batch ``(B, m, n)`` of
+matrices (:meth:`MatrixView.matrices`) and back (:meth:`MatrixView.restore`); the
+optimizers orthogonalize, scale and precondition each of the ``B`` matrices, and the
+diagnostics measure each. :func:`view_of` infers the view from the owning module.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+FUSED_QKV = ("c_attn",)  # names of fused q/k/v Conv1D weights (GPT-2 and its descendants)
+
+
+@dataclass(frozen=True)
+class MatrixView:
+    """How a parameter of ``shape`` is read as ``batch`` matrices of ``(rows, cols)``.
+
+    Fields:
+        shape: the parameter's shape.
+        transposed: stored ``(in, out)`` (transformers' ``Conv1D``); the matrix is its
+            transpose.
+        batch_dims: leading dims that index independent matrices (an expert stack has 1).
+        row_blocks: the (transposed) matrix's rows split into this many equal blocks,
+            each its own matrix (fused q/k/v: 3; per-head q/k/v: the number of heads).
+        col_blocks: likewise for columns (per-head output projection).
+        kind: what the view was inferred from, for tables and messages.
+
+    Example:
+        >>> v = MatrixView((64, 192), transposed=True, row_blocks=3, kind="fused q/k/v")
+        >>> v.batch, v.rows, v.cols, str(v)
+        (3, 64, 64, '3 x (64, 64)')
+        >>> W = torch.randn(64, 192)
+        >>> torch.equal(v.restore(v.matrices(W)), W)
+        True
+    """
+
+    shape: tuple[int, ...]
+    transposed: bool = False
+    batch_dims: int = 0
+    row_blocks: int = 1
+    col_blocks: int = 1
+    kind: str = "matrix"
+
+    def __post_init__(self):
+        shape = tuple(int(s) for s in self.shape)
+        object.__setattr__(self, "shape", shape)
+        if len(shape) - self.batch_dims < 2:
+            raise ValueError(f"a matrix view needs 2 dims after {self.batch_dims} batch dims, got shape {shape}")
+        if self.transposed and len(shape) - self.batch_dims != 2:
+            raise ValueError(f"a transposed view needs exactly 2 matrix dims, got shape {shape}")
+        m, n = self._matrix_shape()
+        for name, blocks, size in (("row_blocks", self.row_blocks, m), ("col_blocks", self.col_blocks, n)):
+            if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1 or size % blocks:
+                raise ValueError(f"{name}={blocks!r} must be a positive integer dividing {size} (shape {shape})")
+
+    def _matrix_shape(self) -> tuple[int, int]:
+        """``(out, in)`` of one whole matrix, before blocks."""
+        dims = self.shape[self.batch_dims :]
+        if self.transposed:
+            return dims[1], dims[0]
+        return dims[0], math.prod(dims[1:])
+
+    @property
+    def batch(self) -> int:
+        """How many matrices the parameter holds."""
+        return math.prod(self.shape[: self.batch_dims]) * self.row_blocks * self.col_blocks
+
+    @property
+    def rows(self) -> int:
+        return self._matrix_shape()[0] // self.row_blocks
+
+    @property
+    def cols(self) -> int:
+        return self._matrix_shape()[1] // self.col_blocks
+
+    @property
+    def is_plain(self) -> bool:
+        """One matrix read straight off the weight (``nn.Linear``, conv)."""
+        return self.batch == 1 and not self.transposed
+
+    def matrices(self, t: Tensor) -> Tensor:
+        """``t`` (the parameter's shape) as ``(batch, rows, cols)``; a view where the layout
+        allows, else a copy."""
+        if tuple(t.shape) != self.shape:
+            raise ValueError(f"expected a tensor of shape {self.shape}, got {tuple(t.shape)}")
+        m, n = self._matrix_shape()
+        M = t.reshape(-1, *self.shape[self.batch_dims :])
+        M = M.mT if self.transposed else M.reshape(M.shape[0], m, n)
+        if self.row_blocks > 1 or self.col_blocks > 1:
+            r, c = self.row_blocks, self.col_blocks
+            M = M.reshape(-1, r, m // r, c, n // c).permute(0, 1, 3, 2, 4)
+        return M.reshape(self.batch, self.rows, self.cols)
+
+    def restore(self, X: Tensor) -> Tensor:
+        """The inverse of :meth:`matrices`: ``(batch, rows, cols)`` back to the parameter's
+        shape."""
+        if tuple(X.shape) != (self.batch, self.rows, self.cols):
+            raise ValueError(f"expected ({self.batch}, {self.rows}, {self.cols}), got {tuple(X.shape)}")
+        m, n = self._matrix_shape()
+        r, c = self.row_blocks, self.col_blocks
+        if r > 1 or c > 1:
+            X = X.reshape(-1, r, c, m // r, n // c).permute(0, 1, 3, 2, 4)
+        X = X.reshape(-1, m, n)
+        if self.transposed:
+            X = X.mT
+        return X.reshape(self.shape)
+
+    def __str__(self) -> str:
+        core = f"({self.rows}, {self.cols})"
+        return core if self.batch == 1 else f"{self.batch} x {core}"
+
+
+def default_view(shape) -> MatrixView:
+    """The view from the shape alone: ``(out, in, *k)`` flattened to ``(out, in * prod(k))``
+    (what an optimizer given bare tensors uses).
+
+    Example:
+        >>> str(default_view((8, 3, 5, 5)))
+        '(8, 75)'
+    """
+    shape = tuple(shape)
+    return MatrixView(shape, kind="conv" if len(shape) > 2 else "matrix")
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    """transformers' ``Conv1D`` (GPT-2 and kin): a linear layer whose weight is ``(in, out)``.
+    Recognized without importing transformers."""
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and hasattr(module, "weight")
+
+
+def view_of(module: nn.Module, attr: str, p: Tensor, *, name: str = "", per_head: bool = False) -> Optional[MatrixView]:
+    """The matrix view of parameter ``attr`` of ``module`` (``name`` its full name, used to
+    recognize fused weights), or ``None`` for a parameter with fewer than 2 dims.
+
+    ``per_head``: ``nn.MultiheadAttention``'s q/k/v blocks as one matrix per head.
+
+    Example:
+        >>> mha = torch.nn.MultiheadAttention(16, 4)
+        >>> str(view_of(mha, "in_proj_weight", mha.in_proj_weight))
+        '3 x (16, 16)'
+        >>> str(view_of(mha, "in_proj_weight", mha.in_proj_weight, per_head=True))
+        '12 x (4, 16)'
+    """
+    shape = tuple(p.shape)
+    if len(shape) < 2:
+        return None
+    leaf = name.rsplit(".", 1)[0].rsplit(".", 1)[-1] if name else ""
+    if is_conv1d(module) and attr == "weight":
+        fused = leaf in FUSED_QKV and shape[1] == 3 * shape[0]
+        return MatrixView(shape, transposed=True, row_blocks=3 if fused else 1,
+                          kind="fused q/k/v, Conv1D (in, out)" if fused else "Conv1D (in, out)")  # fmt: skip
+    if isinstance(module, nn.MultiheadAttention) and attr == "in_proj_weight":
+        heads = module.num_heads if per_head else 1
+        return MatrixView(shape, row_blocks=3 * heads, kind="fused q/k/v" + (", per head" if per_head else ""))
+    if isinstance(module, nn.Linear):
+        return MatrixView(shape, kind="linear")
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return MatrixView(shape, kind="conv")
+    if isinstance(module, nn.Embedding):
+        return MatrixView(shape, kind="embedding")
+    if len(shape) == 3:
+        return MatrixView(shape, batch_dims=1, kind="expert stack")
+    return default_view(shape)
+
+
+def parse_view(spec: str, shape) -> MatrixView:
+    """A view from a user's override string: ``"matrix"``, ``"transposed"``,
+    ``"experts"`` (leading dim a batch), ``"rows=K"`` / ``"cols=K"`` (K equal blocks), or
+    several joined by ``","`` (``"transposed,rows=3"``).
+
+    Example:
+        >>> str(parse_view("transposed,rows=3", (8, 24)))
+        '3 x (8, 8)'
+    """
+    kwargs: dict = {}
+    for part in (s.strip() for s in spec.split(",") if s.strip()):
+        key, _, value = part.partition("=")
+        if key == "matrix" and not value:
+            continue
+        if key == "transposed" and not value:
+            kwargs["transposed"] = True
+        elif key == "experts" and not value:
+            kwargs["batch_dims"] = 1
+        elif key in ("rows", "cols") and value.isdigit():
+            kwargs[f"{key[:3]}_blocks"] = int(value)
+        else:
+            raise ValueError(f"unknown matrix view {part!r} in {spec!r}; use matrix, transposed, experts, rows=K, cols=K")
+    return MatrixView(tuple(shape), kind=f"override {spec!r}", **kwargs)
