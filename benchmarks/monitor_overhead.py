@@ -16,8 +16,8 @@ Reported, as medians over rounds of ``every`` steps each:
   ``step()``) against an unsampled one of the monitored model (goal < 2x);
 * for both goals, a 90% bootstrap interval over rounds and whether it lies below the goal
   ("unclear" when it straddles it: more rounds, or a quieter machine, decide);
-* where a sampled step's extra time goes: the hooks, ``gradient_norms_many`` and the rest
-  of ``SpectralMonitor._collect``, each with the tensor ops it dispatches (views not
+* where a sampled step's extra time goes: the hooks, ``frobenius_nuclear_norms`` and the
+  rest of ``SpectralMonitor.step``, each with the tensor ops it dispatches (views not
   counted): on a GPU each is at least one kernel launch, and what small models' sampled
   steps spend their time on; unlike times, these counts do not depend on the machine.
 
@@ -198,13 +198,14 @@ def run(args, console: Console) -> None:
     rounds: list[tuple[list[float], float, list[float]]] = []  # (plain, sampled, unsampled) step times
     parts: dict[str, list[float]] = {}  # per sampled step: seconds in each wrapped function
     seen: dict[str, float] = {}
-    with timers.wrap(mon, "_collect", "_collect"), \
-            timers.wrap(monitor_module, "gradient_norms_many", "gradient_norms_many"):  # fmt: skip
+    with timers.wrap(mon, "step", "step"), \
+            timers.wrap(monitor_module, "frobenius_nuclear_norms", "norms"):  # fmt: skip
         for r in range(args.rounds):
             plain_round, unsampled_round, sampled_step = [], [], math.nan
             for j in range(args.every):
                 i = (r + args.warmup) * args.every + j
                 sampled = mon.sampling
+                seen = dict(timers.total)
                 # alternate which model goes first so neither always runs on a warm cache
                 if (r + j) % 2:
                     tp = train_step(plain, opts[0], i)
@@ -217,13 +218,12 @@ def run(args, console: Console) -> None:
                     sampled_step = tw
                     for name, total in timers.total.items():
                         parts.setdefault(name, []).append(total - seen.get(name, 0.0))
-                    seen = dict(timers.total)
                 else:
                     unsampled_round.append(tw)
             rounds.append((plain_round, sampled_step, unsampled_round))
     mon.close()
     # the hooks' work is spread over forward and backward: time it apart, below
-    hook_time = hook_cost(watched, data, device, args.every, options, repeats=max(3, args.rounds // 2))
+    hook_time = hook_cost(watched, data, device, options, repeats=max(3, args.rounds // 2))
     ops = op_counts(watched, data, options)
 
     n_blocks = len(mon.records) // max(1, len({r["step"] for r in mon.records}))
@@ -259,16 +259,16 @@ def run(args, console: Console) -> None:
                         "tensor ops dispatched, views not counted)")  # fmt: skip
     for col in ("part", "ms", "ops"):
         where.add_column(col, justify="left" if col == "part" else "right")
-    collect = statistics.median(parts["_collect"])
-    norms = statistics.median(parts["gradient_norms_many"])
-    rest = statistics.median(c - g for c, g in zip(parts["_collect"], parts["gradient_norms_many"]))
+    step = statistics.median(parts["step"])
+    norms = statistics.median(parts["norms"])
+    rest = statistics.median(c - g for c, g in zip(parts["step"], parts["norms"]))
     where.add_row("hooks: activation Grams (measured apart)", f"{1e3 * hook_time:.1f}", f"{ops['hooks']}")
-    where.add_row("step(): _collect", f"{1e3 * collect:.1f}", f"{ops['_collect']}")
-    where.add_row("  of which gradient_norms_many (nr(G))", f"{1e3 * norms:.1f}", f"{ops['gradient_norms_many']}")
+    where.add_row("monitor.step()", f"{1e3 * step:.1f}", f"{ops['step']}")
+    where.add_row("  of which frobenius_nuclear_norms (nr(G))", f"{1e3 * norms:.1f}", f"{ops['norms']}")
     where.add_row("  of which the rest (st(A): top eigenvalues, records)", f"{1e3 * rest:.1f}",
-                  f"{ops['_collect'] - ops['gradient_norms_many']}")  # fmt: skip
+                  f"{ops['step'] - ops['norms']}")  # fmt: skip
     where.add_row("sampled - unsampled step (medians)", f"{1e3 * (med_sampled - med_unsampled):.1f}",
-                  f"{ops['hooks'] + ops['_collect']}")  # fmt: skip
+                  f"{ops['hooks'] + ops['step']}")  # fmt: skip
     console.print(where)
 
 
@@ -279,9 +279,9 @@ def forward_backward(model, data, i: int) -> None:
 
 def op_counts(model, data, options: dict) -> dict[str, int]:
     """Tensor ops (views not counted) that the monitor adds to a sampled step: in the hooks
-    (a sampled forward/backward against an unsampled one), in ``_collect`` and, of those,
-    in ``gradient_norms_many``. Counted on the third sampled step, when Lanczos starts from
-    the top vectors of the one before, as in training."""
+    (a sampled forward/backward against an unsampled one), in ``step()`` and, of those, in
+    ``frobenius_nuclear_norms``. Counted on the third sampled step, when Lanczos starts
+    from the top vectors of the one before, as in training."""
     mon = SpectralMonitor(model, every=2, **options)
     sampled, unsampled = OpCount(), OpCount()
     try:
@@ -289,8 +289,8 @@ def op_counts(model, data, options: dict) -> dict[str, int]:
             forward_backward(model, data, i)
             mon.step()
             model.zero_grad(set_to_none=True)
-        with sampled.wrap(mon, "_collect", "_collect"), \
-                sampled.wrap(monitor_module, "gradient_norms_many", "gradient_norms_many"), sampled:  # fmt: skip
+        with sampled.wrap(mon, "step", "step"), \
+                sampled.wrap(monitor_module, "frobenius_nuclear_norms", "norms"), sampled:  # fmt: skip
             forward_backward(model, data, 4)
             hooked = sampled.total
             mon.step()
@@ -303,10 +303,10 @@ def op_counts(model, data, options: dict) -> dict[str, int]:
     return {"hooks": hooked - unsampled.total, **sampled.within}
 
 
-def hook_cost(model, data, device, every, options: dict, repeats: int) -> float:
+def hook_cost(model, data, device, options: dict, repeats: int) -> float:
     """Median extra time of a forward/backward when the hooks accumulate (a sampled step)
-    over an unsampled (unhooked) one, measured alternately."""
-    mon = SpectralMonitor(model, every=every, **options)
+    over an unsampled (unhooked) one, measured alternately (``every=2``)."""
+    mon = SpectralMonitor(model, every=2, **options)
     on, off = [], []
 
     def fwd_bwd(i):
@@ -318,13 +318,9 @@ def hook_cost(model, data, device, every, options: dict, repeats: int) -> float:
         return clock() - t
 
     try:
-        for i in range(2 * repeats):
-            mon._step = 0 if i % 2 == 0 else 1  # sampled, then not: hooked, then unhooked
-            mon._arm()
-            (on if i % 2 == 0 else off).append(fwd_bwd(i))
-            for tap in mon._taps.values():
-                if tap.stats is not None:
-                    tap.stats.reset()
+        for i in range(2 * repeats):  # sampled, then not: hooked, then unhooked
+            (on if mon.sampling else off).append(fwd_bwd(i))
+            mon.step()  # the gradients are gone: it resets the statistics and computes nothing
     finally:
         mon.close()
     return max(0.0, statistics.median(on) - statistics.median(off))

@@ -14,8 +14,8 @@ from torch import nn
 
 from conftest import cuda_only, mlp, rel, train
 from specgrad.diagnostics import SpectralMonitor, diagnose
-from specgrad.diagnostics.stats import NUCLEAR_LOWER, gradient_norms_many, top_eigenvalues
-from specgrad.linalg import JORDAN, orthogonalize, polar_svd
+from specgrad.linalg import JORDAN, frobenius_nuclear_norms, orthogonalize, polar_svd, top_eigenvalues
+from specgrad.linalg.nuclear import NUCLEAR_LOWER
 from specgrad.optim import (
     FAST,
     Hybrid,
@@ -231,8 +231,8 @@ def test_gradient_norms_and_top_eigenvalues_on_cuda_match_cpu_eigvalsh(k):
     mats = [torch.randn(k, 3 * k, generator=g, dtype=D), torch.randn(k, k, generator=g, dtype=D),
             torch.randn(k, 1, generator=g, dtype=D) @ torch.randn(1, 2 * k, generator=g, dtype=D)]  # fmt: skip
     mats += [mats[0].T, mats[0] * 1e-30, mats[1].float() * 1e20]  # a tall one batches with its wide twin
-    ref = gradient_norms_many(mats, method="eigvalsh")
-    got = gradient_norms_many([G.to(CUDA) for G in mats])  # auto: the iteration on CUDA
+    ref = frobenius_nuclear_norms(mats, method="eigvalsh")
+    got = frobenius_nuclear_norms([G.to(CUDA) for G in mats])  # auto: the iteration on CUDA
     for (f, n), (f0, n0) in zip(got, ref):
         assert f == pytest.approx(f0, rel=1e-12)
         assert n == pytest.approx(n0, rel=k * NUCLEAR_LOWER)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from specgrad.diagnostics import (
+    ActivationGram,
     CSVLogger,
     JSONLinesLogger,
     SpectralMonitor,
@@ -29,9 +30,16 @@ from specgrad.diagnostics import (
     plot_history,
 )
 from specgrad.diagnostics.monitor import COLUMNS
-from specgrad.diagnostics import stats as stats_module
-from specgrad.diagnostics.stats import ActivationGram, gradient_norms_many, top_eigenpairs, top_eigenvalues
-from specgrad.linalg import Workspace, nuclear_rank, stable_rank
+from specgrad.linalg import (
+    Workspace,
+    frobenius_nuclear_norms,
+    nuclear_rank,
+    stable_rank,
+    top_eigenpairs,
+    top_eigenvalues,
+)
+from specgrad.linalg import eigen as eigen_module
+from specgrad.linalg import nuclear as nuclear_module
 
 D = torch.float64
 NORM_KEYS = ("st_A", "nr_G", "grad_fro", "grad_nuc", "act_fro", "act_op")
@@ -187,7 +195,7 @@ def test_top_eigenvalues_match_eigvalsh_on_easy_hard_and_degenerate_matrices(che
     """Residual tests every step (CPU, large operators) or every few (3: CPU, small ones,
     so runs end between tests and at the last step too); kept rows of different lengths
     (multiplied one by one) or of one length (stacked into a batch)."""
-    monkeypatch.setitem(stats_module._CHECK_EVERY, "cpu", check_every)
+    monkeypatch.setitem(eigen_module.CHECK_EVERY, "cpu", check_every)
     g = gen(14)
     X = torch.randn(3, 500, 300, generator=g, dtype=D)
     v = torch.randn(300, 1, generator=g, dtype=D)
@@ -205,7 +213,7 @@ def test_top_eigenvalues_match_eigvalsh_on_easy_hard_and_degenerate_matrices(che
     kept = [ActivationGram(300).update(A) for A in rows]
     assert all(acc.kept is not None for acc in kept)
     exact = [float(torch.linalg.eigvalsh(S)[-1].clamp_min(0)) for S in mats + [A.T @ A for A in rows]]
-    got = top_eigenvalues(mats + kept)
+    got = top_eigenvalues(mats + [acc.operator() for acc in kept])
     assert len(got) == len(exact)
     for t, e in zip(got, exact):
         assert t == pytest.approx(e, rel=1e-12, abs=1e-300)
@@ -405,7 +413,7 @@ def test_kept_rows_and_the_folded_gram_agree_with_the_dense_reference(dim, sizes
     fro_sq, op_sq = float(A.square().sum()), float(torch.linalg.matrix_norm(A, ord=2)) ** 2
     assert acc.rows == len(A)
     assert acc.frobenius_sq() == pytest.approx(fro_sq, rel=rel)
-    (lanczos, _), = top_eigenpairs([acc], tol=1e-12, direct_below=1)  # fmt: skip
+    (lanczos, _), = top_eigenpairs([acc.operator(direct_below=1)], tol=1e-12, direct_below=1)  # fmt: skip
     assert lanczos == pytest.approx(op_sq, rel=rel)
     gram = acc.gram  # folds kept rows for good
     assert acc.kept is None and acc.rows == len(A)
@@ -446,7 +454,7 @@ def test_sampled_steps_reuse_their_buffers_and_start_from_zero():
         for x in batches:  # kept rows, then a folded Gram, then kept rows again
             model.zero_grad(set_to_none=True)
             _sq(model(x)).backward()
-            stats.append([t.stats for t in mon._taps.values()])
+            stats.append([mon.block(name).statistic for name in mon.blocks])
             rows = mon.step()
             for r, ref in zip(rows, fresh[len(stats) - 1]):
                 assert r["rows"] == len(x)
@@ -464,7 +472,7 @@ def test_sampled_steps_reuse_their_buffers_and_start_from_zero():
     method=st.sampled_from(["eigvalsh", "iteration"]),
     seed=st.integers(0, 2**16),
 )
-def test_gradient_norms_many_match_float64_singular_values(shapes, dtype, log_scale, rank_one, stacked, method, seed):
+def test_frobenius_nuclear_norms_match_float64_singular_values(shapes, dtype, log_scale, rank_one, stacked, method, seed):
     """Mixed shapes (some repeated) and dtypes, batches forced small, and either conversion
     chunks forced small or same-shape matrices stacked for one product: ``||G||_F`` and
     ``||G||_*`` equal float64 SVD's of the same values, by either method. A rank-one
@@ -480,10 +488,10 @@ def test_gradient_norms_many_match_float64_singular_values(shapes, dtype, log_sc
     workspace = Workspace()
     for _ in range(2):  # the second call reuses the workspace's buffers
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(stats_module, "_BATCH_BYTES", 8 * 24 * 24 * 2)  # two Grams per batch
+            patch.setattr(nuclear_module, "BATCH_BYTES", 8 * 24 * 24 * 2)  # two Grams per batch
             # three rows per chunk, or up to four 24 x 24 matrices per stack
-            patch.setattr(stats_module, "_CHUNK_BYTES", 8 * 24 * (96 if stacked else 3))
-            got = gradient_norms_many(mats, workspace, method=method)
+            patch.setattr(nuclear_module, "CHUNK_BYTES", 8 * 24 * (96 if stacked else 3))
+            got = frobenius_nuclear_norms(mats, method=method, workspace=workspace)
         for G, (fro, nuc) in zip(mats, got):
             s = torch.linalg.svdvals(G.to(D))
             assert fro == pytest.approx(float(s.square().sum().sqrt()), rel=1e-12)
@@ -496,8 +504,8 @@ def test_nuclear_norm_iteration_keeps_its_stated_bound_on_spectra_down_to_zero()
     """The composed Polar Express map is within 1e-15 of 1 on [NUCLEAR_LOWER, 1] and rises
     monotonically (up to rounding) from 0 to at most 1 below it; so on spectra spanning 1 to 1e-14 and exact
     zeros, ``||G||_*`` by iteration is within ``min(m, n) * NUCLEAR_LOWER`` relative."""
-    lower, steps = stats_module.NUCLEAR_LOWER, stats_module.NUCLEAR_STEPS
-    schedule = stats_module._nuclear_schedule()
+    lower, steps = nuclear_module.NUCLEAR_LOWER, nuclear_module.NUCLEAR_STEPS
+    schedule = nuclear_module._nuclear_schedule()
     x = torch.cat([torch.zeros(1, dtype=D), torch.logspace(-18, 0, 4001, dtype=D)]).numpy()
     p = schedule.scalar(x, steps)
     assert p.min() >= 0 and p.max() <= 1 + 1e-15
@@ -513,7 +521,7 @@ def test_nuclear_norm_iteration_keeps_its_stated_bound_on_spectra_down_to_zero()
         G = (U * s) @ V.T
         exact = float(s.sum())
         # both orientations in one call: one batch, the tall one transposed into it
-        for fro, nuc in gradient_norms_many([G, G.T], method="iteration"):
+        for fro, nuc in frobenius_nuclear_norms([G, G.T], method="iteration"):
             assert fro == pytest.approx(float(s.square().sum().sqrt()), rel=1e-12)
             assert abs(nuc - exact) <= k * lower * exact
 
@@ -528,11 +536,11 @@ def test_nuclear_norm_iteration_pads_a_few_small_gradients_into_a_larger_batch(m
              torch.randn(3, 20, generator=g, dtype=D)]  # fmt: skip
     apart = [torch.randn(12, 14, generator=g, dtype=D) for _ in range(3)]
     batches = []
-    original = stats_module._norms_by_iteration
-    monkeypatch.setattr(stats_module, "_norms_by_iteration",
+    original = nuclear_module._norms_by_iteration
+    monkeypatch.setattr(nuclear_module, "_norms_by_iteration",
                         lambda mats, k, l, ws: batches.append((len(mats), k, l)) or original(mats, k, l, ws))  # fmt: skip
     mats = small + big + apart
-    got = gradient_norms_many(mats, method="iteration")
+    got = frobenius_nuclear_norms(mats, method="iteration")
     assert sorted(batches) == [(3, 12, 14), (8 + 3, 12, 20)]
     for G, (fro, nuc) in zip(mats, got):
         s = torch.linalg.svdvals(G)
@@ -623,6 +631,35 @@ def test_add_fused_parts_match_row_blocks_of_the_gradient():
         assert r["st_A"] == pytest.approx(float(stable_rank(x)), rel=1e-9)
     nrs = [rows[f"attn.{p}"]["nr_G"] for p in "qkv"]
     assert max(nrs) - min(nrs) > 1e-3  # the parts differ, so a wrong slice would show
+
+
+def test_blocks_expose_weight_gradient_and_activation_statistic_until_step():
+    """The public read surface: ``mon.block(name)`` gives the weight, the gradient in its
+    matrix view (a part of it for a fused block), the kind and the activation statistic,
+    which agree with the records ``step()`` then writes; a wide block's sketch and an
+    embedding's token counts have no Gram."""
+    torch.manual_seed(12)
+    emb, qkv, wide = nn.Embedding(10, 8).to(D), nn.Linear(8, 24).to(D), nn.Linear(24, 2).to(D)
+    mon = SpectralMonitor(nn.Sequential(), every=1, max_dim=16)
+    mon.add_block("emb", emb, kind="embedding").add_fused("attn", qkv).add_block("wide", wide)
+    ids = torch.tensor([[1, 2, 2, 7, 3]])
+    with mon:
+        _sq(wide(qkv(emb(ids)))).backward()
+        blocks = {name: mon.block(name) for name in mon.blocks}
+        stats = {name: (b.statistic.frobenius_sq(), b.statistic.operator_sq()) for name, b in blocks.items()}
+        k = blocks["attn.k"]
+        assert (k.kind, k.module, k.dim, k.rows) == ("linear", qkv, 8, slice(8, 16))
+        assert k.param() is qkv.weight and torch.equal(k.grad(), qkv.weight.grad[8:16])
+        assert blocks["emb"].grad().shape == (8, 10) and blocks["emb"].gram() is None
+        assert blocks["wide"].gram() is None and blocks["attn.q"].statistic is k.statistic
+        x = emb(ids).reshape(-1, 8)
+        assert torch.allclose(k.gram(), x.T @ x, rtol=1e-12)
+        rows = {r["block"]: r for r in mon.step()}
+    for name, (fro_sq, op_sq) in stats.items():
+        assert rows[name]["act_fro"] ** 2 == pytest.approx(fro_sq, rel=1e-12)
+        assert rows[name]["act_op"] ** 2 == pytest.approx(op_sq, rel=1e-9)
+    with pytest.raises(KeyError, match="no block named 'nope'"):
+        mon.block("nope")
 
 
 # -- loggers -------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from specgrad.linalg import (
     orthogonalize,
     stable_rank,
 )
-from specgrad.linalg import ranks as ranks_module
+from specgrad.linalg import gram as gram_module
 
 F64 = torch.float64
 EPS = torch.finfo(F64).eps
@@ -185,8 +185,8 @@ def test_blocked_gram_product_equals_the_full_product(rows, dim, block, dtype, a
     start = torch.randn(dim, dim, generator=g, dtype=F64)
     start = (start + start.T).to(dtype)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(ranks_module, "GRAM_BLOCK", block)
-        out = ranks_module.gram_product(X, start.clone(), accumulate=accumulate)
+        patch.setattr(gram_module, "GRAM_BLOCK", block)
+        out = gram_module.gram_product(X, start.clone(), accumulate=accumulate)
     ref = X.double().T @ X.double() + (start.double() if accumulate else 0)
     tol = 1e-12 if dtype == F64 else 1e-5
     assert torch.allclose(out.double(), ref, rtol=tol, atol=tol * float(ref.abs().max().clamp_min(1)))

@@ -1,4 +1,4 @@
-"""Rank measures, norms, power iteration and streaming Gram accumulation of ``specgrad.linalg``."""
+"""Rank measures, norms, operator norms and streaming Gram accumulation of ``specgrad.linalg``."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from specgrad.linalg import (
     effective_rank,
     matrix_norms,
     nuclear_rank,
-    operator_norm_estimate,
+    operator_norm,
     stable_rank,
 )
+from specgrad.linalg import eigen as eigen_module
 
 from conftest import gaussian, gen
 
@@ -127,65 +128,91 @@ def test_rank_measures_reject_bad_input():
             measure(torch.ones(3, 3, dtype=torch.int64))
 
 
-# -------------------------------------------------------------- operator norm estimate
+# ------------------------------------------------------------------------ operator norm
 
 
 RANDOM_SHAPES = [(30, 30), (50, 7), (7, 50), (64, 48), (1, 20), (20, 1), (13, 29), (45, 45)]
 
 
-@pytest.mark.parametrize("tol", [1e-3, 1e-6, 1e-9])
-def test_operator_norm_estimate_within_tolerance_on_random_matrices(tol):
+@pytest.fixture(params=["svd", "lanczos"])
+def path(request, monkeypatch):
+    """Small matrices take the exact SVD; with ``DIRECT_BELOW = 0`` they run Lanczos."""
+    if request.param == "lanczos":
+        monkeypatch.setattr(eigen_module, "DIRECT_BELOW", 0)
+    return request.param
+
+
+def assert_top_pair(A, norm, v, rel):
+    true = float(torch.linalg.svdvals(A)[0])
+    assert norm <= true * (1 + 1e-14), (norm, true)  # a Ritz value: a lower bound
+    assert (true - norm) / true <= rel, (true - norm) / true
+    assert v.shape == (A.shape[1],) and v.dtype == F64
+    assert float(v.norm()) == pytest.approx(1.0, rel=1e-12)
+    assert float((A @ v).norm()) == pytest.approx(true, rel=rel)
+
+
+@pytest.mark.parametrize("tol", [1e-3, 1e-6, 1e-10])
+def test_operator_norm_within_tolerance_on_random_matrices(tol, path):
     for i, shape in enumerate(RANDOM_SHAPES):
         A = gaussian(*shape, seed=100 + i)
-        true = float(torch.linalg.matrix_norm(A, 2))
-        # max_iters large enough that the stopping rule, not the cap, ends the iteration
-        est = operator_norm_estimate(A, tol=tol, max_iters=100_000, generator=gen(i))
-        assert est <= true * (1 + 1e-14), (shape, est, true)  # a lower bound
-        assert (true - est) / true <= tol, (shape, (true - est) / true)
+        norm, v = operator_norm(A, tol=tol)
+        assert_top_pair(A, norm, v, rel=tol if path == "lanczos" else 1e-14)
 
 
-def test_operator_norm_estimate_close_top_singular_values():
-    """s_2 / s_1 = 0.99: a step between iterates of 1e-6 still leaves an error ~50x larger;
-    the estimate must not stop there."""
+def test_operator_norm_close_top_singular_values(path):
+    """s_2 / s_1 = 0.99: the residual test, not a small step between iterates, ends Lanczos."""
     s = torch.cat([torch.tensor([1.0, 0.99], dtype=F64), torch.linspace(0.9, 0.1, 28, dtype=F64)])
     A = with_spectrum(40, 30, s, seed=5)
-    true = float(torch.linalg.svdvals(A)[0])
-    est = operator_norm_estimate(A, tol=1e-6, max_iters=100_000, generator=gen(0))
-    assert 0 <= (true - est) / true <= 1e-6
+    norm, v = operator_norm(A, tol=1e-6)
+    assert_top_pair(A, norm, v, rel=1e-6)
 
 
-def test_operator_norm_estimate_is_lower_bound_even_when_capped():
-    A = gaussian(40, 40, seed=6)
-    true = float(torch.linalg.matrix_norm(A, 2))
-    previous = 0.0
-    for iters in (1, 2, 5, 20, 200):
-        est = operator_norm_estimate(A, tol=1e-15, max_iters=iters, generator=gen(1))
-        assert previous - 1e-12 <= est <= true * (1 + 1e-14)
-        previous = est
+def test_operator_norm_of_large_matrices_by_lanczos_warm_started_or_falling_back(monkeypatch):
+    """Above DIRECT_BELOW: a separated top (s_2 / s_1 = 0.9) is found by Lanczos to 1e-10;
+    the vector it returns warm-starts the next call on a nearby matrix, which then takes
+    fewer steps; an isotropic Gaussian's clustered top, which Lanczos does not finish,
+    falls back to the exact SVD."""
+    X = gaussian(600, 300, seed=20)
+    A = with_spectrum(600, 300, torch.cat([torch.ones(1), torch.linspace(0.9, 0.01, 299)]), seed=22)
+    norm, v = operator_norm(A)
+    assert_top_pair(A, norm, v, rel=1e-10)
+    again, u = operator_norm(A)
+    assert again == norm and torch.equal(u, v)  # reproducible: a fixed start
+    steps = []
+    apply = eigen_module._apply
+    monkeypatch.setattr(eigen_module, "_apply", lambda *args: steps.append(1) or apply(*args))
+    B = A + 1e-4 * gaussian(600, 300, seed=21)
+    warm, w = operator_norm(B, start=v)
+    assert_top_pair(B, warm, w, rel=1e-10)
+    warm_steps = len(steps)
+    assert operator_norm(B)[0] == pytest.approx(warm, rel=1e-10)
+    assert warm_steps < len(steps) - warm_steps
+    norm, v = operator_norm(X)
+    assert_top_pair(X, norm, v, rel=1e-10)
+    A32 = torch.relu(X + 0.5).float()
+    assert operator_norm(A32)[0] == pytest.approx(float(torch.linalg.svdvals(A32.double())[0]), rel=1e-10)
 
 
-def test_operator_norm_estimate_exact_cases_and_reproducibility():
-    assert operator_norm_estimate(torch.diag(torch.tensor([3.0, 1.0, 0.5]))) == pytest.approx(
-        3.0, rel=1e-6)
-    assert operator_norm_estimate(torch.zeros(4, 5)) == 0.0
+def test_operator_norm_exact_cases_and_scaling(path):
+    norm, v = operator_norm(torch.diag(torch.tensor([3.0, 1.0, 0.5])))
+    assert norm == pytest.approx(3.0, rel=1e-12) and abs(float(v[0])) == pytest.approx(1.0, rel=1e-12)
+    assert operator_norm(torch.zeros(4, 5))[0] == 0.0
     A = gaussian(12, 9, seed=7)
-    assert operator_norm_estimate(A, generator=gen(3)) == operator_norm_estimate(
-        A, generator=gen(3))
-    v = gaussian(1, 9, seed=8)
-    assert operator_norm_estimate(v, tol=1e-12) == pytest.approx(float(v.norm()), rel=1e-12)
-    assert operator_norm_estimate(A * 1e-100, generator=gen(3)) == pytest.approx(
-        1e-100 * operator_norm_estimate(A, generator=gen(3)), rel=1e-12)
+    assert operator_norm(A)[0] == operator_norm(A)[0]
+    row = gaussian(1, 9, seed=8)
+    assert operator_norm(row)[0] == pytest.approx(float(row.norm()), rel=1e-12)
+    assert operator_norm(A * 1e-100)[0] == pytest.approx(1e-100 * operator_norm(A)[0], rel=1e-12)
+    norm, v = operator_norm(torch.zeros(0, 3))
+    assert norm == 0.0 and v.shape == (3,)
 
 
-def test_operator_norm_estimate_rejects_bad_input():
+def test_operator_norm_rejects_bad_input():
     with pytest.raises(ValueError, match=r"single \(m, n\) matrix, got shape \(2, 3, 3\)"):
-        operator_norm_estimate(torch.ones(2, 3, 3))
-    with pytest.raises(ValueError, match="tol must be positive, got 0.0"):
-        operator_norm_estimate(torch.ones(3, 3), tol=0.0)
-    with pytest.raises(ValueError, match="max_iters must be a positive integer, got 0"):
-        operator_norm_estimate(torch.ones(3, 3), max_iters=0)
+        operator_norm(torch.ones(2, 3, 3))
+    with pytest.raises(ValueError, match=r"tol must be a number in \(0.0, inf\), got 0.0"):
+        operator_norm(torch.ones(3, 3), tol=0.0)
     with pytest.raises(ValueError, match=r"1 non-finite entries \(0 NaN, 1 Inf\)"):
-        operator_norm_estimate(torch.tensor([[1.0, float("inf")]]))
+        operator_norm(torch.tensor([[1.0, float("inf")]]))
 
 
 # ----------------------------------------------------------------- Gram accumulation

@@ -1,11 +1,13 @@
 """The layerwise spectral-advantage diagnostic: ``nr(G_l)`` against ``st(A_{l-1})``."""
 
+from .accumulators import ActivationGram, SketchedActivation, TokenCounts
 from .diagnose import diagnose
 from .loggers import CSVLogger, JSONLinesLogger, TensorBoardLogger, plot_history
-from .monitor import SpectralMonitor, conv2d_patches, first_input
-from .stats import SketchedActivation, TokenCounts, gradient_norms
+from .monitor import Block, SpectralMonitor, conv2d_patches, first_input
 
 __all__ = [
+    "ActivationGram",
+    "Block",
     "CSVLogger",
     "JSONLinesLogger",
     "SketchedActivation",
@@ -15,6 +17,5 @@ __all__ = [
     "conv2d_patches",
     "diagnose",
     "first_input",
-    "gradient_norms",
     "plot_history",
 ]

@@ -9,9 +9,8 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from ..linalg import matrix_view, polar_svd
+from ..linalg import least_squares_smoothness, majorization_step, matrix_view, polar_svd
 from .monitor import SpectralMonitor
-from .stats import ActivationGram
 
 
 def _loss(model: nn.Module, batch, loss_fn: Callable) -> Tensor:
@@ -67,10 +66,9 @@ def diagnose(
     with SpectralMonitor(model, every=1, layers=layers, max_dim=max_dim) as mon:
         loss = _loss(model, batch, loss_fn)
         loss.backward()
-        blocks = {b.name: b for b in mon._blocks}
+        blocks = {name: mon.block(name) for name in mon.blocks}
         # copies: the monitor reuses its buffers after step()
-        grams = {b.name: b.tap.stats.gram.clone() if isinstance(b.tap.stats, ActivationGram) else None
-                 for b in mon._blocks}  # fmt: skip
+        grams = {name: None if (gram := b.gram()) is None else gram.clone() for name, b in blocks.items()}
         mon.step()
         frame = mon.frame()
     frame = frame.drop(columns=["step"])
@@ -91,7 +89,7 @@ def diagnose(
 def _probe(model, batch, loss_fn, block, gram, row, base: float, curvature) -> dict:
     W = block.param()
     G = block.grad().detach().clone()
-    if block.tap.kind == "embedding":
+    if block.kind == "embedding":
         return dict(curvature=math.nan, loss_euclidean=math.nan, loss_spectral=math.nan, measured="n/a", agrees=None)
     view = matrix_view(W.data)
     target = view if block.rows is None else view[block.rows]
@@ -121,12 +119,12 @@ def _probe(model, batch, loss_fn, block, gram, row, base: float, curvature) -> d
         c = second / (GA_sq / n) if GA_sq > 0 else math.nan
     else:
         c = float(curvature)
-    L_F = c * row.act_op**2 / n
-    L_op = c * row.act_fro**2 / n
+    L_F, L_op = least_squares_smoothness(row.act_fro**2, row.act_op**2, int(n), c) if c > 0 else (math.nan, math.nan)
     if not (L_F > 0 and L_op > 0):
         return dict(curvature=c, loss_euclidean=math.nan, loss_spectral=math.nan, measured="n/a", agrees=None)
-    loss_e = loss_at(G / L_F)
-    loss_s = loss_at((row.grad_nuc / L_op) * polar_svd(G.double()).to(G.dtype))
+    loss_e = loss_at(majorization_step(G, L_F, "frobenius"))
+    loss_s = loss_at(majorization_step(G, L_op, "spectral", polar=polar_svd(G.double()).to(G.dtype),
+                                       nuclear=row.grad_nuc))  # fmt: skip
     measured = "spectral" if loss_s < loss_e else "euclidean"
     return dict(curvature=c, loss_euclidean=loss_e, loss_spectral=loss_s, measured=measured,
                 agrees=measured == row.verdict)  # fmt: skip

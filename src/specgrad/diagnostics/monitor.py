@@ -9,7 +9,7 @@ for a Euclidean step and ``||G||_*^2 / (2 L_op)`` for a spectral one, with
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional, Union
 
 import pandas as pd
@@ -18,9 +18,22 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..linalg import Workspace, matrix_view
-from ..linalg.checks import check_positive_int
-from .stats import ActivationGram, gradient_norms_many, make_accumulator, top_eigenpairs
+from ..linalg import Workspace, check_positive_int, frobenius_nuclear_norms, matrix_view, top_eigenpairs
+from .accumulators import ActivationGram, make_accumulator
+
+# -- tuning ------------------------------------------------------------------------------
+# Blocks with up to this many input features get an exact activation Gram (memory
+# O(d_in^2)); wider ones a row sketch. The default of SpectralMonitor's max_dim.
+MAX_DIM = 4096
+# ||A||_op^2 of an exact Gram comes from Lanczos to this relative residual, started from
+# the block's top eigenvector of its last sampled step: within 1e-4 relative whatever the
+# spectral gap, about 1e-8 (residual^2 / gap) with the dominant top of activations.
+LANCZOS_TOL = 1e-4
+# Grams up to this size go to a dense eigh instead (Lanczos steps cost more than it).
+DIRECT_BELOW = 32
+# Rows of the Gaussian sketch of a block wider than max_dim: st(A) within a relative error
+# of order sqrt(st(A) / SKETCH_ROWS), a few percent for the small stable ranks of activations.
+SKETCH_ROWS = 256
 
 ActivationFn = Callable[[nn.Module, tuple, Any], Tensor]
 
@@ -66,18 +79,62 @@ class _Tap:
 
 @dataclass
 class Block:
-    """A weight matrix monitored against the activation of a tap; ``rows`` selects a part
-    of the weight's matrix view (e.g. the Q rows of a fused QKV weight)."""
+    """A weight matrix monitored against the activation that feeds it (read it with
+    :meth:`SpectralMonitor.block`).
+
+    ``name``: the block's name in the records; ``weight``: the parameter or its attribute
+    name on :attr:`module` (looked up at each step); ``rows``: the part of the weight's
+    matrix view this block is (e.g. the Q rows of a fused QKV weight), ``None`` for all.
+    Blocks fed by one module (the parts of a fused weight) share its statistic.
+    """
 
     name: str
-    tap: _Tap
-    weight: Union[str, nn.Parameter]  # a name is looked up on the module at each step
+    _tap: _Tap = field(repr=False)
+    weight: Union[str, nn.Parameter]
     rows: Optional[slice] = None
 
+    @property
+    def module(self) -> nn.Module:
+        """The module whose forward feeds the activation."""
+        return self._tap.module
+
+    @property
+    def kind(self) -> str:
+        """``"linear"``, ``"conv2d"``, ``"embedding"`` or what :meth:`SpectralMonitor.add_block` was given."""
+        return self._tap.kind
+
+    @property
+    def dim(self) -> int:
+        """Width of the activation: the columns of the weight's matrix view (the vocabulary
+        for an embedding)."""
+        return self._tap.dim
+
+    @property
+    def statistic(self) -> Any:
+        """The activation statistic of the current sampled step, ``None`` before any forward
+        fed it: an :class:`~specgrad.diagnostics.accumulators.ActivationGram` (exact, up to
+        ``max_dim`` features), a :class:`~specgrad.diagnostics.accumulators.SketchedActivation`
+        or :class:`~specgrad.diagnostics.accumulators.TokenCounts` (embeddings), each with
+        ``rows``, ``frobenius_sq()`` and ``operator_sq()``. Counted once backward reaches the
+        module's output, and reset by :meth:`SpectralMonitor.step`."""
+        return self._tap.stats
+
+    def gram(self) -> Optional[Tensor]:
+        """The exact activation Gram ``A^T A`` (float64 ``(dim, dim)``) of the current sampled
+        step when the statistic has one, else ``None`` (reading it folds the rows the statistic
+        keeps into the Gram). The monitor reuses the buffer after :meth:`SpectralMonitor.step`:
+        clone it to keep it."""
+        stats = self._tap.stats
+        return stats.gram if isinstance(stats, ActivationGram) else None
+
     def param(self) -> Tensor:
-        return getattr(self.tap.module, self.weight) if isinstance(self.weight, str) else self.weight
+        """The monitored weight (all of it, also when :attr:`rows` selects a part)."""
+        return getattr(self._tap.module, self.weight) if isinstance(self.weight, str) else self.weight
 
     def grad(self) -> Optional[Tensor]:
+        """The gradient of this block: the weight's gradient in its matrix view
+        ``(out, in)`` (an embedding's transposed), rows :attr:`rows`; ``None`` without one.
+        A DTensor shard (FSDP2) is gathered whole."""
         g = self.param().grad
         if g is None:
             return None
@@ -86,7 +143,7 @@ class Block:
         if g.is_sparse:
             g = g.to_dense()
         G = matrix_view(g)
-        if self.tap.kind == "embedding":
+        if self._tap.kind == "embedding":
             G = G.T  # the embedding maps a one-hot (vocab) to width: W^T is (out, in)
         return G if self.rows is None else G[self.rows]
 
@@ -102,11 +159,11 @@ class SpectralMonitor:
 
     Activation statistics are exact for blocks up to ``max_dim`` wide, in memory
     ``O(d_in^2)`` whatever the batch: the rows themselves while they fit in the bytes of a
-    float64 Gram, then the Gram (see :class:`~specgrad.diagnostics.stats.ActivationGram`);
+    float64 Gram, then the Gram (see :class:`~specgrad.diagnostics.accumulators.ActivationGram`);
     wider blocks stream into a row sketch (see
-    :class:`~specgrad.diagnostics.stats.SketchedActivation`). ``||G||_*`` is exact on CPU
+    :class:`~specgrad.diagnostics.accumulators.SketchedActivation`). ``||G||_*`` is exact on CPU
     and within ``min(m, n) * 1e-8`` relative on CUDA (see
-    :func:`~specgrad.diagnostics.stats.gradient_norms_many`). These buffers are kept from one
+    :func:`~specgrad.linalg.frobenius_nuclear_norms`). These buffers are kept from one
     sampled step to the next, so a sampled step allocates little. Only forward passes in training
     mode with gradients enabled whose output reaches ``backward`` count, so eval and
     ``no_grad`` passes are ignored, and the micro-batches of gradient accumulation add up.
@@ -125,7 +182,9 @@ class SpectralMonitor:
     gradient norms are NaN): for a caller that has the gradient's norms already, like
     :class:`~specgrad.optim.Hybrid`, which gets ``||M||_*`` free from ``polar(M)``.
     Records are in :attr:`records` (a list of dicts) and :meth:`frame` (a DataFrame);
-    ``loggers`` receive each sampled step's rows.
+    ``loggers`` receive each sampled step's rows. :attr:`blocks` names the blocks and
+    :meth:`block` gives one (its weight, gradient and activation statistic), e.g. to read
+    a sampled step's statistics between ``backward`` and :meth:`step`.
 
     Example:
         >>> net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1))
@@ -142,7 +201,7 @@ class SpectralMonitor:
         every: int = 10,
         *,
         layers: Optional[Iterable[str]] = None,
-        max_dim: int = 4096,
+        max_dim: int = MAX_DIM,
         loggers: Iterable = (),
         gradients: bool = True,
         distributed: Union[bool, str] = "auto",
@@ -248,7 +307,24 @@ class SpectralMonitor:
 
     @property
     def blocks(self) -> list[str]:
+        """The names of the monitored blocks, in the order of the records."""
         return [b.name for b in self._blocks]
+
+    def block(self, name: str) -> Block:
+        """The monitored block named ``name`` (the first, if several share it).
+
+        Example:
+            >>> net = torch.nn.Sequential(torch.nn.Linear(4, 3))
+            >>> with SpectralMonitor(net, every=1) as mon:
+            ...     net(torch.randn(5, 4)).sum().backward()
+            ...     b = mon.block("0")
+            ...     b.kind, tuple(b.grad().shape), b.statistic.rows, tuple(b.gram().shape)
+            ('linear', (3, 4), 5, (4, 4))
+        """
+        for b in self._blocks:
+            if b.name == name:
+                return b
+        raise KeyError(f"no block named {name!r}; the blocks are {self.blocks}")
 
     # -- hooks -------------------------------------------------------------------------------
     @property
@@ -284,7 +360,7 @@ class SpectralMonitor:
             self._sketch_seed += 1
             seed = self._sketch_seed * self.world + self.rank
             pending = make_accumulator(tap.kind, tap.dim, self.max_dim, device=act.device, seed=seed,
-                                       workspace=self._workspace)  # fmt: skip
+                                       workspace=self._workspace, sketch_rows=SKETCH_ROWS)  # fmt: skip
             if isinstance(pending, ActivationGram):
                 # multiplied (or copied) only once backward reaches the output: a module's
                 # input is kept alive until then anyway, and rows no bigger than a float64
@@ -307,7 +383,8 @@ class SpectralMonitor:
     def _stats(self, tap: _Tap, device) -> Any:
         """The tap's accumulator, kept (and reset) from one sampled step to the next."""
         if tap.stats is None or tap.stats.device != torch.device(device):
-            tap.stats = make_accumulator(tap.kind, tap.dim, self.max_dim, device=device, workspace=self._workspace)
+            tap.stats = make_accumulator(tap.kind, tap.dim, self.max_dim, device=device, workspace=self._workspace,
+                                         sketch_rows=SKETCH_ROWS)  # fmt: skip
         return tap.stats
 
     # -- steps -------------------------------------------------------------------------------
@@ -352,33 +429,31 @@ class SpectralMonitor:
             self._sum_across_ranks()
         todo = []
         for b in self._blocks:
-            stats, G = b.tap.stats, b.grad()
+            stats, G = b.statistic, b.grad()
             if stats is not None and stats.rows > 0 and G is not None:
                 todo.append((b, stats, G))
         # ||A||_op^2 of every exact Gram of this step in one batched call; a tap is computed
         # once however many blocks (parts of a fused weight) it feeds
-        taps = list({id(b.tap): b.tap for b, _, _ in todo}.values())
+        taps = list({id(b._tap): b._tap for b, _, _ in todo}.values())
         grams = [t for t in taps if isinstance(t.stats, ActivationGram)]
-        # Lanczos for all but tiny Grams, started from each tap's top eigenvector of its last
-        # sampled step, to a residual of 1e-4: ||A||_op^2 within 1e-4 relative whatever the
-        # spectral gap (residual^2 / gap, about 1e-8, with the dominant top of activations)
-        pairs = top_eigenpairs([t.stats for t in grams], [t.top_vector for t in grams], tol=1e-4, direct_below=32,
-                               workspace=self._workspace)  # fmt: skip
+        pairs = top_eigenpairs([t.stats.operator(DIRECT_BELOW) for t in grams], [t.top_vector for t in grams],
+                               tol=LANCZOS_TOL, direct_below=DIRECT_BELOW, workspace=self._workspace)  # fmt: skip
         op_sq = {}
         for t, (value, vector) in zip(grams, pairs):
             op_sq[id(t)], t.top_vector = value, vector
         norms = {id(t): (t.stats.frobenius_sq(), op_sq[id(t)] if id(t) in op_sq else t.stats.operator_sq())
                  for t in taps}  # fmt: skip
         nan = (math.nan, math.nan)
-        g_norms = gradient_norms_many([G for _, _, G in todo], self._workspace) if self.gradients else [nan] * len(todo)
+        g_norms = (frobenius_nuclear_norms([G for _, _, G in todo], workspace=self._workspace) if self.gradients
+                   else [nan] * len(todo))  # fmt: skip
         rows = []
         for (b, stats, G), (g_fro, g_nuc) in zip(todo, g_norms):
-            a_fro_sq, a_op_sq = norms[id(b.tap)]
+            a_fro_sq, a_op_sq = norms[id(b._tap)]
             st = a_fro_sq / a_op_sq if a_op_sq > 0 else 0.0
             nr = (g_nuc / g_fro) ** 2 if g_fro > 0 else (math.nan if math.isnan(g_fro) else 0.0)
             ratio = nr / st if st > 0 else math.nan
             rows.append(dict(
-                step=self._step, block=b.name, kind=b.tap.kind, shape=f"{G.shape[0]}x{G.shape[1]}",
+                step=self._step, block=b.name, kind=b.kind, shape=f"{G.shape[0]}x{G.shape[1]}",
                 rows=stats.rows, st_A=st, nr_G=nr, ratio=ratio,
                 verdict="spectral" if ratio >= 1 else "euclidean",
                 grad_fro=g_fro, grad_nuc=g_nuc, act_fro=math.sqrt(a_fro_sq), act_op=math.sqrt(a_op_sq),

@@ -1,4 +1,5 @@
-"""Spectral linear algebra: orthogonalization, spectral maps, rank measures.
+"""Spectral linear algebra: orthogonalization, spectral maps, rank measures, operator and
+nuclear norms, top eigenpairs, Gram accumulation.
 
 Imports nothing else of specgrad.
 """
@@ -28,15 +29,10 @@ from .polar import (
 from .checks import check_matrix, check_nonnegative_int, check_positive_int, check_range, working_dtype
 from .majorization import STEP_NORMS, least_squares_smoothness, majorization_step
 from .workspace import Workspace
-from .ranks import (
-    GramAccumulator,
-    MatrixNorms,
-    effective_rank,
-    matrix_norms,
-    nuclear_rank,
-    operator_norm_estimate,
-    stable_rank,
-)
+from .ranks import MatrixNorms, effective_rank, matrix_norms, nuclear_rank, stable_rank
+from .eigen import GramOf, operator_norm, top_eigenpairs, top_eigenvalues
+from .gram import GramAccumulator
+from .nuclear import frobenius_nuclear_norms
 from .spectral import matrix_view, spectral_map
 
 __all__ = [
@@ -45,6 +41,7 @@ __all__ = [
     "NORMS",
     "NEWTON_SCHULZ",
     "GramAccumulator",
+    "GramOf",
     "MatrixNorms",
     "QuinticSchedule",
     "STEP_NORMS",
@@ -54,13 +51,14 @@ __all__ = [
     "check_positive_int",
     "check_range",
     "effective_rank",
+    "frobenius_nuclear_norms",
     "least_squares_smoothness",
     "majorization_step",
     "matrix_norms",
     "matrix_view",
     "normalize_spectrum",
     "nuclear_rank",
-    "operator_norm_estimate",
+    "operator_norm",
     "optimal_quintic",
     "orthogonality_error",
     "orthogonalize",
@@ -74,6 +72,8 @@ __all__ = [
     "stack_normalized",
     "spectral_map",
     "stable_rank",
+    "top_eigenpairs",
+    "top_eigenvalues",
     "Workspace",
     "working_dtype",
 ]
