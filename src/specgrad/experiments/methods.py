@@ -45,13 +45,12 @@ def parameters(target: Target) -> list[Tensor]:
     return list(target.parameters()) if isinstance(target, nn.Module) else list(target)
 
 
-# -- Euclidean methods ----------------------------------------------------------------------
+# -- Euclidean methods: every parameter takes the rule; ``overrides`` and ``adamw`` are accepted
+# -- and unused, so that one call serves every method of a comparison ----------------------------
 
 
-# ``overrides`` and ``adamw`` are accepted and unused: a Euclidean method trains every parameter.
-
-
-def sgd(target: Target, lr: float, *, momentum: float = 0.0, weight_decay: float = 0.0, overrides=None, adamw=None):
+def sgd(target: Target, lr: float, *, momentum: float = 0.0, weight_decay: float = 0.0, overrides=None,
+        adamw=None):  # fmt: skip
     """``torch.optim.SGD`` on every parameter (``momentum=0``: plain gradient descent)."""
     return torch.optim.SGD(parameters(target), lr=lr, momentum=momentum, weight_decay=weight_decay)
 

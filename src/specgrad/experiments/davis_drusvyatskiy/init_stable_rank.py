@@ -19,7 +19,7 @@ from ..devices import cpu_only
 from ..plots import mean_band, save
 from ..registry import Claim, Experiment, register
 from ..series import curve, finite_or, loglog_slope, seed_runs
-from .operator_norms import fast_stable_rank
+from .stable_ranks import fast_stable_rank
 
 
 @dataclass

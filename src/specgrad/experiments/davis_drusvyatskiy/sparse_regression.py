@@ -11,13 +11,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from ...linalg import majorization_step, nuclear_rank
+from ...linalg import majorization_step, nuclear_rank, operator_norm
 from ...theory.sparse_regression import sparse_regression_problem, squared_relu_net
 from ..devices import cpu_only
 from ..plots import save
 from ..registry import Claim, Experiment, register
 from ..series import at, curve, finite_max, geomean, paired_ratios, positive, rounded, seed_runs
-from .operator_norms import TopSingular
 
 LOSSES = ("half_mse", "mse")
 
@@ -53,7 +52,7 @@ def train(cfg: SparseRegressionConfig, method: str, x, y, W0, advance=lambda n: 
     lr = cfg.specgd_lr if method == "specgd" else cfg.gd_lr
     n = x.shape[0]
     Ws = [w.clone().requires_grad_(True) for w in W0]
-    tops = [TopSingular() for _ in Ws]
+    starts: list = [None] * len(Ws)  # top right singular vector of each A_j at its last norm
     rec: dict[str, list] = {"step": [], "loss": [], "diag_step": []}
     for l in (1, 2, 3):
         rec[f"st_A{l}"] = []
@@ -69,9 +68,9 @@ def train(cfg: SparseRegressionConfig, method: str, x, y, W0, advance=lambda n: 
         diag = t % cfg.record_every == 0
         ops: dict[int, float] = {}
 
-        def op(j: int) -> float:  # ||A_j||_op, computed at most once per step
+        def op(j: int) -> float:  # ||A_j||_op, computed at most once per step, warm-started
             if j not in ops:
-                ops[j] = tops[j](acts[j])
+                ops[j], starts[j] = operator_norm(acts[j], start=starts[j])
             return ops[j]
 
         with torch.no_grad():
