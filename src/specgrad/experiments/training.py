@@ -12,7 +12,7 @@ from torch import nn
 
 from ..data import CharCorpus
 from ..models import GPT, GPTConfig
-from .methods import LM_METHODS, lm_optimizer  # noqa: F401 (their home before methods.py)
+from .methods import LM_METHODS, lm_optimizer  # noqa: F401 (importable from here too)
 
 
 def load_corpus(path: Optional[str]) -> CharCorpus:
