@@ -6,7 +6,8 @@ import pytest
 
 from specgrad.experiments import run_experiment
 from specgrad.experiments.catalog import load_all
-from specgrad.experiments.char_lm import CharLMConfig, analyze, first_reach
+from specgrad.experiments.char_lm.char_lm import CharLMConfig, analyze
+from specgrad.experiments.series import first_reach
 from specgrad.experiments.training import warmup_cosine
 
 load_all()
@@ -52,7 +53,8 @@ def test_diverged_run_stops_before_stepping_on_nan_gradients():
     import torch
 
     from specgrad.data import CharCorpus
-    from specgrad.experiments.training import lm_optimizer, train_lm
+    from specgrad.experiments.methods import lm_optimizer
+    from specgrad.experiments.training import train_lm
     from specgrad.models import GPT, GPTConfig
 
     corpus = CharCorpus("abcdefgh" * 200)

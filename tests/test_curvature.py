@@ -11,12 +11,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import specgrad.experiments.curvature_profile as cp
-import specgrad.experiments.isotropic_curvature as ic
+import specgrad.experiments.isotropic_curvature.curvature_profile as cp
+import specgrad.experiments.isotropic_curvature.isotropic_curvature as ic
 from specgrad.experiments import run_experiment
 from specgrad.linalg import spectral_map
 from specgrad.optim import SpectralDescent
 from specgrad.theory import curvature as cv
+from specgrad.theory import icm_maps
 
 F64 = torch.float64
 
@@ -162,7 +163,7 @@ def test_sampled_power_homogenizes_in_population():
 
 
 def test_icm_map_is_monotone_and_normalized():
-    f = cv.icm_map(cv.quadratic_power(1.0, 1.0, 2.5), samples=512)
+    f = icm_maps.icm_map(cv.quadratic_power(1.0, 1.0, 2.5), samples=512)
     s = torch.linalg.svdvals(torch.randn(40, 20, dtype=F64, generator=torch.Generator().manual_seed(1)))
     out = f(s)
     assert out.dtype == s.dtype and out.shape == s.shape
@@ -172,13 +173,13 @@ def test_icm_map_is_monotone_and_normalized():
     perm = torch.randperm(20, generator=torch.Generator().manual_seed(2))
     torch.testing.assert_close(f(s[perm]), out[perm], rtol=1e-6, atol=1e-8)
     with pytest.raises(ValueError, match="normalize"):
-        cv.icm_map(cv.quadratic(1.0), normalize="sum")
+        icm_maps.icm_map(cv.quadratic(1.0), normalize="sum")
 
 
 def test_spectral_descent_step_is_u_f_s_vt():
     gen = torch.Generator().manual_seed(4)
     G = torch.randn(6, 4, dtype=F64, generator=gen)
-    f = cv.icm_map(cv.quadratic_quartic(0.5, 1.0), input_scale=1.0)
+    f = icm_maps.icm_map(cv.quadratic_quartic(0.5, 1.0), input_scale=1.0)
     W = torch.nn.Parameter(torch.zeros(6, 4, dtype=F64))
     opt = SpectralDescent([W], f=f, lr=0.3)
     W.grad = G.clone()
@@ -193,9 +194,9 @@ def test_icm_map_scale_options():
     """Pure power H: the normalized map does not depend on the gradient's scale;
     normalize='none' returns the model's step itself."""
     s = torch.tensor([3.0, 1.0, 0.2], dtype=F64)
-    f = cv.icm_map(cv.power(4.0))
+    f = icm_maps.icm_map(cv.power(4.0))
     torch.testing.assert_close(f(s), f(100 * s), rtol=1e-8, atol=1e-10)
-    raw = cv.icm_map(cv.power(4.0), normalize="none")(s)
+    raw = icm_maps.icm_map(cv.power(4.0), normalize="none")(s)
     torch.testing.assert_close(raw, torch.from_numpy(cv.quartic_fixed_point(s.numpy(), 1.0)), rtol=1e-9, atol=0)
 
 
@@ -203,13 +204,13 @@ def test_polynomial_approximation_error_bound_holds():
     """The fitted SVD-free polynomial stays within its stated operator-norm error on fresh
     random matrices of its fitting distribution."""
     H = cv.quadratic_power(1.0, 1.0, 4.0)
-    P = cv.fit_icm_polynomial(H, (24, 12), degree=3, fit=20, validation=20)
+    P = icm_maps.fit_icm_polynomial(H, (24, 12), degree=3, fit=20, validation=20)
     assert P.error < 0.2 and P.monotone
-    f = cv.icm_map(H, input_scale=1.0)
-    for G in cv.random_matrices((24, 12), 15, seed=99):
+    f = icm_maps.icm_map(H, input_scale=1.0)
+    for G in icm_maps.random_matrices((24, 12), 15, seed=99):
         err = torch.linalg.matrix_norm(P(G) - spectral_map(G, f), ord=2).item()
         assert err <= P.error
-    G = cv.random_matrices((12, 24), 1, seed=5)[0]  # wide input: the same map on G^T
+    G = icm_maps.random_matrices((12, 24), 1, seed=5)[0]  # wide input: the same map on G^T
     torch.testing.assert_close(P(G), P(G.mT).mT)
 
 

@@ -7,9 +7,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import specgrad.experiments.davis_drusvyatskiy as dd
 from specgrad.experiments import run_experiment
+from specgrad.experiments.davis_drusvyatskiy import init_stable_rank as isr
+from specgrad.experiments.davis_drusvyatskiy import lm_spectra as lms
+from specgrad.experiments.davis_drusvyatskiy import nuclear_rank_growth as nrg
+from specgrad.experiments.davis_drusvyatskiy import random_features as rfe
+from specgrad.experiments.davis_drusvyatskiy import sparse_regression as sre
+from specgrad.experiments.davis_drusvyatskiy.stable_ranks import fast_stable_rank
 from specgrad.linalg import nuclear_rank, polar_svd, stable_rank
+from specgrad.theory import random_features as rf
 
 NAMES = ("init-stable-rank", "random-features", "sparse-regression", "nuclear-rank-growth", "lm-spectra")
 CLAIMS = {
@@ -64,7 +70,7 @@ def test_random_feature_gradient_matches_autograd():
     W_ = W.clone().requires_grad_(True)
     loss = 0.5 / n * (W_ @ A - Y).square().sum()
     loss.backward()
-    value, G = dd.rf_loss_grad(W, A, Y)
+    value, G = rf.least_squares_problem(A, Y).loss_and_gradient(W)
     assert value == pytest.approx(loss.item(), rel=1e-14)
     torch.testing.assert_close(G, W_.grad, rtol=1e-13, atol=1e-15)
 
@@ -72,18 +78,19 @@ def test_random_feature_gradient_matches_autograd():
 def test_gd_and_specgd_steps_match_the_formulas():
     A, Y, W = _tiny_problem(1)
     n = A.shape[1]
-    _, G = dd.rf_loss_grad(W, A, Y)
+    prob = rf.least_squares_problem(A, Y)
+    _, G = prob.loss_and_gradient(W)
     op_sq = float(torch.linalg.matrix_norm(A, ord=2)) ** 2
     fro_sq = float((A * A).sum())
-    torch.testing.assert_close(dd.gd_update(W, G, op_sq, n), W - n / op_sq * G, rtol=1e-14, atol=1e-15)
+    torch.testing.assert_close(prob.step(W, G, "frobenius"), W - n / op_sq * G, rtol=1e-14, atol=1e-15)
     U, S, Vh = torch.linalg.svd(G, full_matrices=False)
     expected = W - n / fro_sq * float(S.sum()) * (U @ Vh)
-    new, s = dd.specgd_update(W, G, fro_sq, n)
-    torch.testing.assert_close(new, expected, rtol=1e-12, atol=1e-13)
-    torch.testing.assert_close(s, S)
-    # the same polar factor as the library's, and the step sizes of the one-step theory
-    torch.testing.assert_close(dd.spectral_direction(G)[1], polar_svd(G), rtol=1e-12, atol=1e-13)
-    assert dd.nuclear_rank_of(S) == pytest.approx(float(nuclear_rank(G)), rel=1e-12)
+    torch.testing.assert_close(prob.step(W, G, "spectral"), expected, rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(prob.step(W, G, "spectral", 0.5), W - 0.5 * n / fro_sq * float(S.sum()) * polar_svd(G),
+                               rtol=1e-12, atol=1e-13)  # fmt: skip
+    # the norms of A the steps use, and its stable rank
+    assert prob.op_sq == pytest.approx(op_sq, rel=1e-12) and prob.fro_sq == pytest.approx(fro_sq, rel=1e-12)
+    assert prob.stable_rank == pytest.approx(float(stable_rank(A)), rel=1e-12)
 
 
 def test_one_step_decreases_match_the_one_step_bounds():
@@ -92,10 +99,11 @@ def test_one_step_decreases_match_the_one_step_bounds():
     ||G||_*^2 / (2 L_op) with L_op = ||A||_F^2 / n (the comparison nr(G) vs st(A))."""
     A, Y, W = _tiny_problem(2)
     n = A.shape[1]
-    f0, G = dd.rf_loss_grad(W, A, Y)
+    prob = rf.least_squares_problem(A, Y)
+    f0, G = prob.loss_and_gradient(W)
     op_sq, fro_sq = float(torch.linalg.matrix_norm(A, ord=2)) ** 2, float((A * A).sum())
-    f_gd = dd.rf_loss_grad(dd.gd_update(W, G, op_sq, n), A, Y)[0]
-    f_spec = dd.rf_loss_grad(dd.specgd_update(W, G, fro_sq, n)[0], A, Y)[0]
+    f_gd = prob.loss_and_gradient(prob.step(W, G, "frobenius"))[0]
+    f_spec = prob.loss_and_gradient(prob.step(W, G, "spectral"))[0]
     S = torch.linalg.svdvals(G)
     assert f0 - f_gd >= float(S.square().sum()) * n / (2 * op_sq) * (1 - 1e-12)
     assert f0 - f_spec >= float(S.sum()) ** 2 * n / (2 * fro_sq) * (1 - 1e-12)
@@ -108,21 +116,23 @@ def test_closed_form_gd_gradients_match_the_iteration():
     W_sharp = torch.randn(k, k, generator=g, dtype=torch.float64) / math.sqrt(k)
     Y = W_sharp @ A
     steps = [0, 1, 2, 5, 9]
-    closed = dd.gd_gradient_singular_values(A, W_sharp, steps)
-    op_sq = float(torch.linalg.matrix_norm(A, ord=2)) ** 2
+    closed = rf.rotated_gd_gradients(A, W_sharp, steps)
+    prob = rf.least_squares_problem(A, Y)
     W = torch.zeros(k, k, dtype=torch.float64)
     for t in range(max(steps) + 1):
-        _, G = dd.rf_loss_grad(W, A, Y)
+        _, G = prob.loss_and_gradient(W)
         if t in steps:
-            torch.testing.assert_close(closed[steps.index(t)], torch.linalg.svdvals(G), rtol=1e-8, atol=1e-12)
-        W = dd.gd_update(W, G, op_sq, n)
+            torch.testing.assert_close(torch.linalg.svdvals(closed[steps.index(t)]), torch.linalg.svdvals(G),
+                                       rtol=1e-8, atol=1e-12)  # fmt: skip
+            assert float(nuclear_rank(closed[steps.index(t)])) == pytest.approx(float(nuclear_rank(G)), rel=1e-8)
+        W = prob.step(W, G, "frobenius")
 
 
 def test_sparse_regression_first_step_matches_a_direct_computation():
-    cfg = dd.SparseRegressionConfig(input_dim=6, hidden=10, samples=20, steps=1, record_every=1)
-    x, y, W0 = dd.sparse_problem(cfg, 0)
+    cfg = sre.SparseRegressionConfig(input_dim=6, hidden=10, samples=20, steps=1, record_every=1)
+    x, y, W0 = sre.problem(cfg, 0)
     for method in ("gd", "specgd"):
-        out = dd._sparse_train(cfg, method, x, y, W0)
+        out = sre.train(cfg, method, x, y, W0)
         Ws = [w.clone().requires_grad_(True) for w in W0]
         acts, h = [x], x
         for W in Ws[:3]:
@@ -149,34 +159,31 @@ def test_sparse_regression_first_step_matches_a_direct_computation():
         assert out["nr_G2"][0] == pytest.approx(float(nuclear_rank(grads[1])), rel=1e-7)
 
 
-def test_top_singular_value_helpers_agree_with_the_svd():
+def test_fast_stable_rank_agrees_with_the_svd():
     g = torch.Generator().manual_seed(4)
-    A = F.relu(torch.randn(300, 280, generator=g, dtype=torch.float64))  # > 256: the ARPACK path
-    exact = float(torch.linalg.matrix_norm(A, ord=2))
-    assert dd.top_singular_value(A) == pytest.approx(exact, rel=1e-9)
-    assert dd.fast_stable_rank(A) == pytest.approx(float(stable_rank(A)), rel=1e-8)
-    top = dd._TopSingular()
-    assert top(A) == pytest.approx(exact, rel=1e-9)
-    assert top(A * 1.001) == pytest.approx(exact * 1.001, rel=1e-9)  # warm start
+    A = F.relu(torch.randn(300, 280, generator=g, dtype=torch.float64))  # > 256: the Lanczos path
+    assert fast_stable_rank(A) == pytest.approx(float(stable_rank(A)), rel=1e-8)
+    assert fast_stable_rank(A[:200]) == pytest.approx(float(stable_rank(A[:200])), rel=1e-12)  # the exact SVD
+    assert fast_stable_rank(torch.zeros(3, 4)) == 0.0
 
 
 # -- spike bounds -----------------------------------------------------------------------------------
 
 
 def test_spike_bound_closed_forms_match_quadrature():
-    assert dd.spike_bound("abs") == pytest.approx(math.pi / 2)
-    assert dd.spike_bound("relu") == pytest.approx(math.pi)
-    assert dd.spike_bound("relu2") == 6.0
+    assert rf.spike_bound("abs") == pytest.approx(math.pi / 2)
+    assert rf.spike_bound("relu") == pytest.approx(math.pi)
+    assert rf.spike_bound("relu2") == 6.0
     for q, p in ((1.0, 0.1), (1.0, 0.01), (2.0, -0.5), (0.3, 0.2)):
-        assert dd.spike_bound("leaky_relu", (q, p)) == pytest.approx(math.pi * (q * q + p * p) / (q - p) ** 2)
+        assert rf.spike_bound("leaky_relu", (q, p)) == pytest.approx(math.pi * (q * q + p * p) / (q - p) ** 2)
     for name in ("abs", "relu", "relu2", "leaky_relu", "gelu"):
-        mean, second = dd.gaussian_moments(dd._scalar_activation(name, dd.LEAKY_SLOPES))
-        assert dd.spike_bound(name) == pytest.approx(second / mean**2, rel=1e-9), name
-    mean, _ = dd.gaussian_moments(dd._scalar_activation("gelu", dd.LEAKY_SLOPES))
+        mean, second = rf.gaussian_moments(rf.scalar_activation(name, rf.LEAKY_SLOPES))
+        assert rf.spike_bound(name) == pytest.approx(second / mean**2, rel=1e-9), name
+    mean, _ = rf.gaussian_moments(rf.scalar_activation("gelu", rf.LEAKY_SLOPES))
     assert mean == pytest.approx(1 / (2 * math.sqrt(math.pi)), rel=1e-10)  # E[g Phi(g)] = E[phi(g)]
-    assert math.isinf(dd.spike_bound("tanh")) and math.isinf(dd.spike_bound("swiglu"))
+    assert math.isinf(rf.spike_bound("tanh")) and math.isinf(rf.spike_bound("swiglu"))
     with pytest.raises(ValueError, match="unknown activation"):
-        dd.spike_bound("softplus")
+        rf.spike_bound("softplus")
 
 
 def test_stable_rank_of_a_wide_relu_layer_approaches_the_bound_from_below():
@@ -184,8 +191,8 @@ def test_stable_rank_of_a_wide_relu_layer_approaches_the_bound_from_below():
     m = d = 256
     Z = torch.randn(m, d, generator=g, dtype=torch.float64) / math.sqrt(d) @ torch.randn(d, 2 * m, generator=g, dtype=torch.float64)
     for name in ("abs", "relu", "relu2"):
-        st = dd.fast_stable_rank(dd.post_activation(name, Z))
-        assert 0.85 * dd.spike_bound(name) < st < dd.spike_bound(name)
+        st = fast_stable_rank(rf.post_activation(name, Z))
+        assert 0.85 * rf.spike_bound(name) < st < rf.spike_bound(name)
 
 
 # -- claim logic on constructed series ---------------------------------------------------------------
@@ -209,12 +216,12 @@ def _init_series(relu, swiglu, deep, mlp_post):
 
 
 def test_init_stable_rank_claims():
-    cfg = dd.InitStableRankConfig(activations=("relu", "swiglu"), widths=(64, 128, 256), gpt_mlps=("gelu",))
-    summary, claims = dd.init_analyze(cfg, _init_series([3.0, 3.05, 3.1], [10.0, 20.0, 40.0], [2.5, 2.0], 8.0))
+    cfg = isr.InitStableRankConfig(activations=("relu", "swiglu"), widths=(64, 128, 256), gpt_mlps=("gelu",))
+    summary, claims = isr.analyze(cfg, _init_series([3.0, 3.05, 3.1], [10.0, 20.0, 40.0], [2.5, 2.0], 8.0))
     assert all(_claims(claims).values()), claims
     assert summary["width/swiglu/loglog_slope"] == pytest.approx(1.0)
     assert summary["max_st_over_bound"] == pytest.approx(3.1 / math.pi)
-    summary, claims = dd.init_analyze(cfg, _init_series([3.0, 4.0, 5.0], [10.0, 10.0, 10.0], [4.0, 2.0], 200.0))
+    summary, claims = isr.analyze(cfg, _init_series([3.0, 4.0, 5.0], [10.0, 10.0, 10.0], [4.0, 2.0], 200.0))
     assert not any(_claims(claims).values()), claims
 
 
@@ -230,13 +237,13 @@ def _rf_series(relu_gd, relu_spec, swiglu_gd, swiglu_spec, relu_nr):
 
 
 def test_random_features_claims():
-    cfg = dd.RandomFeaturesConfig(relu_steps=3, swiglu_steps=3, restart_every=0, mid_step=1)
-    summary, claims = dd.rf_analyze(cfg, _rf_series([1, 0.5, 0.1], [1, 0.01, 0.001], [1, 1e-3, 1e-6], [1, 0.1, 0.01],
+    cfg = rfe.RandomFeaturesConfig(relu_steps=3, swiglu_steps=3, restart_every=0, mid_step=1)
+    summary, claims = rfe.analyze(cfg, _rf_series([1, 0.5, 0.1], [1, 0.01, 0.001], [1, 1e-3, 1e-6], [1, 0.1, 0.01],
                                                     [5, 6, 7]))  # fmt: skip
     assert all(_claims(claims).values()), claims
     assert summary["relu/gd_over_specgd_final"] == pytest.approx(100.0)
     assert summary["relu/gd_min_nr_over_st"] == pytest.approx(5 / 3)
-    summary, claims = dd.rf_analyze(cfg, _rf_series([1, 0.01, 0.001], [1, 0.5, 0.1], [1, 0.1, 0.01], [1, 1e-3, 1e-6],
+    summary, claims = rfe.analyze(cfg, _rf_series([1, 0.01, 0.001], [1, 0.5, 0.1], [1, 0.1, 0.01], [1, 1e-3, 1e-6],
                                                     [5, 2, 7]))  # fmt: skip
     assert not any(_claims(claims).values()), claims
 
@@ -248,13 +255,13 @@ def _sparse_series(gd_loss, spec_loss, st, nr2):
 
 
 def test_sparse_regression_claims():
-    cfg = dd.SparseRegressionConfig(steps=4, early_step=2, record_every=2)
-    summary, claims = dd.sparse_analyze(cfg, _sparse_series([1, 0.9, 0.8, 0.7, 0.6], [1, 0.5, 0.2, 0.1, 0.05],
+    cfg = sre.SparseRegressionConfig(steps=4, early_step=2, record_every=2)
+    summary, claims = sre.analyze(cfg, _sparse_series([1, 0.9, 0.8, 0.7, 0.6], [1, 0.5, 0.2, 0.1, 0.05],
                                                             [5.5, 5.9], [20.0, 3.0]))  # fmt: skip
     assert all(_claims(claims).values()), claims
     assert summary["early_loss_ratio_gd_over_specgd"] == pytest.approx(4.0)
     # SpecGD diverges (nan loss, stored as null), stable ranks above 6.6, nr below st at init
-    summary, claims = dd.sparse_analyze(cfg, _sparse_series([1, 0.9, 0.8, 0.7, 0.6], [1, 2.0, None, None, None],
+    summary, claims = sre.analyze(cfg, _sparse_series([1, 0.9, 0.8, 0.7, 0.6], [1, 2.0, None, None, None],
                                                             [5.5, 9.0], [2.0, 30.0]))  # fmt: skip
     assert not any(_claims(claims).values()), claims
     assert summary["specgd/diverged_runs"] == 1.0
@@ -266,12 +273,12 @@ def _nr_series(nr0, nr1):
 
 
 def test_nuclear_rank_growth_claims():
-    cfg = dd.NuclearRankGrowthConfig(dims=(64, 128, 256))
-    summary, claims = dd.nr_analyze(cfg, _nr_series([7.0, 7.5, 8.0], [21.0, 42.0, 84.0]))
+    cfg = nrg.NuclearRankGrowthConfig(dims=(64, 128, 256))
+    summary, claims = nrg.analyze(cfg, _nr_series([7.0, 7.5, 8.0], [21.0, 42.0, 84.0]))
     assert all(_claims(claims).values()), claims
     assert summary["loglog_slope_nr_one_step"] == pytest.approx(1.0)
     assert summary["linear_slope_nr_one_step"] == pytest.approx(21 / 64)
-    summary, claims = dd.nr_analyze(cfg, _nr_series([7.0, 14.0, 28.0], [21.0, 23.0, 25.0]))
+    summary, claims = nrg.analyze(cfg, _nr_series([7.0, 14.0, 28.0], [21.0, 23.0, 25.0]))
     assert not any(_claims(claims).values()), claims
 
 
@@ -284,12 +291,12 @@ def _lm_series(st_norm, st_post, nr):
 
 
 def test_lm_spectra_claims():
-    cfg = dd.LMSpectraConfig()
-    summary, claims = dd.lm_analyze(cfg, _lm_series(6.0, 8.0, 20.0))
+    cfg = lms.LMSpectraConfig()
+    summary, claims = lms.analyze(cfg, _lm_series(6.0, 8.0, 20.0))
     assert all(_claims(claims).values()), claims
     assert summary["max_mlp_post_st_over_dim"] == pytest.approx(8 / 256)
     assert summary["hidden_median_nr_over_st"] == pytest.approx(20 / 6)
-    summary, claims = dd.lm_analyze(cfg, _lm_series(40.0, 100.0, 20.0))
+    summary, claims = lms.analyze(cfg, _lm_series(40.0, 100.0, 20.0))
     assert not any(_claims(claims).values()), claims
 
 

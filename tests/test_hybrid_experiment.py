@@ -7,15 +7,9 @@ import math
 import pytest
 import torch
 
-import specgrad.experiments.hybrid as hy
+import specgrad.experiments.hybrid.hybrid as hy
 from specgrad.experiments import run_experiment
-from specgrad.experiments.davis_drusvyatskiy import (
-    RandomFeaturesConfig,
-    gd_update,
-    random_feature_problem,
-    rf_loss_grad,
-    specgd_update,
-)
+from specgrad.theory.random_features import random_feature_problem
 
 
 class _Ctx:
@@ -31,17 +25,14 @@ class _Ctx:
 
 def test_least_squares_baselines_are_the_study_steps():
     cfg = hy.HybridConfig(rf_dim=12, rf_feature_dim=6, rf_samples=40, rf_steps=5)
-    rf = RandomFeaturesConfig(dim=12, feature_dim=6, samples=40)
-    prob = random_feature_problem(rf, "relu", 3)
-    A, Y, n = prob["A"], prob["Y"], 40
-    for method, update in (("euclidean", lambda W, G: gd_update(W, G, prob["op_sq"], n, 1.5)),
-                           ("spectral", lambda W, G: specgd_update(W, G, prob["fro_sq"], n, 1.5)[0])):  # fmt: skip
+    prob = random_feature_problem(12, 6, 40, "relu", 3)
+    for method, norm in (("euclidean", "frobenius"), ("spectral", "spectral")):
         W = torch.zeros(12, 12, dtype=torch.float64)
         expected = []
         for _ in range(6):
-            loss, G = rf_loss_grad(W, A, Y)
-            expected.append(max(loss - prob["f_star"], 0.0))
-            W = update(W, G)
+            loss, G = prob.loss_and_gradient(W)
+            expected.append(max(loss - prob.f_star, 0.0))
+            W = prob.step(W, G, norm, 1.5)
         run, _ = hy._least_squares(cfg, "relu-features", method, 1.5, 3, lambda n: None)
         assert run["loss"] == pytest.approx(expected, rel=1e-8, abs=1e-12)
 

@@ -9,8 +9,10 @@ import pytest
 import torch
 from sklearn.metrics import balanced_accuracy_score
 
-import specgrad.experiments.imbalanced as ex
+import specgrad.experiments.imbalanced.depth as exd
+import specgrad.experiments.imbalanced.gmm as ex
 from specgrad.experiments import run_experiment
+from specgrad.experiments.methods import lr_grid
 from specgrad.linalg import polar_svd
 from specgrad.theory import imbalanced as th
 
@@ -167,7 +169,7 @@ def test_specgd_saturation_steps_exact_and_study_formula(depth):
     assert t == th.specgd_saturation_steps(MIX, depth, lr, a0).tolist()
     w = MIX.target.numpy()
     assert th.study_gap(MIX, depth) == pytest.approx((w.max() / w.min()) ** (1 / depth) - 1, rel=1e-12)
-    assert ex.relative_gap(t) == pytest.approx(th.study_gap(MIX, depth), rel=0.03)
+    assert exd.relative_gap(t) == pytest.approx(th.study_gap(MIX, depth), rel=0.03)
     assert t[0] > t[-1]  # the frequent class (larger target) saturates last
 
 
@@ -270,13 +272,13 @@ def _gmm_series(specgd_best: float, euclid_best: float) -> dict:
         curve[peak_step] = peak
         series[f"ce/{m}/seed0"] = {"step": list(range(n)), "val_bal_acc": curve, "bal_acc": curve,
                                    "worst_acc": curve, "minority_acc": curve, "minority_loss": [1.0] * n,
-                                   "lr": [SMALL.lr_grid(m)[1]]}  # fmt: skip
+                                   "lr": [lr_grid(SMALL, m)[1]]}  # fmt: skip
     return series
 
 
 @pytest.mark.parametrize("specgd_best, passes", [(0.8, True), (0.6, False)])
 def test_gmm_claims_follow_the_series(specgd_best, passes):
-    summary, claims = ex.gmm_analyze(SMALL, _gmm_series(specgd_best, 0.7))
+    summary, claims = ex.analyze(SMALL, _gmm_series(specgd_best, 0.7))
     by_id = {c.id: c for c in claims}
     for cid in ("gd-closed-form", "gd-flow-within-bound", "specgd-closed-form", "specgd-equal-rates",
                 "specgd-balanced-accuracy-early"):  # fmt: skip
@@ -291,7 +293,7 @@ def test_gmm_closed_form_claim_fails_on_a_wrong_trajectory():
     run = dict(series["linear/specgd/seed0"])
     run["w2"] = [w * 0.9 for w in run["w2"]]  # the rare class learned more slowly than the others
     series["linear/specgd/seed0"] = run
-    claims = {c.id: c for c in ex.gmm_analyze(SMALL, series)[1]}
+    claims = {c.id: c for c in ex.analyze(SMALL, series)[1]}
     assert not claims["specgd-closed-form"].passed and not claims["specgd-equal-rates"].passed
 
 
@@ -301,12 +303,12 @@ def test_depth_claims_follow_the_series(tmp_path):
     result = run_experiment("imbalanced-depth", "smoke", tmp_path, progress=False)
     claims = {c["id"]: c for c in result["claims"]}
     assert all(c["passed"] for c in claims.values()), claims
-    cfg = ex.DepthConfig(depths=(1, 2), specgd_steps=200, low_snr_mu=0.0)
+    cfg = exd.DepthConfig(depths=(1, 2), specgd_steps=200, low_snr_mu=0.0)
     series = {k: dict(v) for k, v in result["series"].items()}
     for L in cfg.depths:
         g, s = f"gd/snr4/L{L}/seed0", f"specgd/snr4/L{L}/seed0"
         series[g]["t_sat"], series[s]["t_sat"] = series[s]["t_sat"], series[g]["t_sat"]
-    claims = {c.id: c for c in ex.depth_analyze(cfg, series)[1]}
+    claims = {c.id: c for c in exd.analyze(cfg, series)[1]}
     assert not claims["specgd-gap-below-gd"].passed
     assert not claims["specgd-saturation-exact"].passed
 

@@ -11,8 +11,9 @@ import pytest
 import torch
 from sklearn.metrics import balanced_accuracy_score
 
-import specgrad.experiments.long_tail as lt
-from specgrad.data import token_frequency_buckets, zipf_corpus, zipf_entropy_rate
+import specgrad.experiments.imbalanced.long_tail_classification as lt
+import specgrad.experiments.imbalanced.long_tail_tokens as ltt
+from specgrad.data import token_frequency_buckets, zipf_conditional_nll, zipf_corpus, zipf_entropy_rate
 from specgrad.data.longtail import (
     balanced_split,
     digits,
@@ -23,6 +24,7 @@ from specgrad.data.longtail import (
 )
 from specgrad.experiments import run_experiment
 from specgrad.experiments.classification import balanced_accuracy, group_accuracy, shot_groups
+from specgrad.models import GPT, GPTConfig
 
 
 @pytest.mark.parametrize("n_max,n_classes,ratio", [(500, 10, 10.0), (500, 10, 100.0), (100, 10, 100.0),
@@ -176,23 +178,23 @@ def test_zipf_bayes_loss_is_a_distribution_and_matches_entropy_rate():
     V = 40
     prev = torch.arange(V).repeat_interleave(V)
     nxt = torch.arange(V).repeat(V)
-    q = torch.exp(-lt.zipf_conditional_nll(prev, nxt, V, 1.1, n_clusters=4, coherence=0.8)).view(V, V)
+    q = torch.exp(-zipf_conditional_nll(prev, nxt, V, 1.1, n_clusters=4, coherence=0.8)).view(V, V)
     torch.testing.assert_close(q.sum(1), torch.ones(V, dtype=torch.float64), atol=1e-12, rtol=0)
     tokens = zipf_corpus(V, 200_000, 1.1, torch.Generator().manual_seed(0), n_clusters=4, coherence=0.8)
-    nll = lt.zipf_conditional_nll(tokens[:-1], tokens[1:], V, 1.1, n_clusters=4, coherence=0.8)
+    nll = zipf_conditional_nll(tokens[:-1], tokens[1:], V, 1.1, n_clusters=4, coherence=0.8)
     means = nll[: len(nll) // 100 * 100].view(100, -1).mean(1)  # batch means: successive tokens are correlated
     se = float(means.std()) / math.sqrt(len(means))
     assert abs(float(nll.mean()) - zipf_entropy_rate(V, 1.1, n_clusters=4, coherence=0.8)) < 5 * se
 
 
 def test_bucket_losses_match_direct_computation():
-    cfg = lt.LongTailTokensConfig(vocab_size=32, train_tokens=3000, val_tokens=800, n_layer=1, n_head=1,
+    cfg = ltt.LongTailTokensConfig(vocab_size=32, train_tokens=3000, val_tokens=800, n_layer=1, n_head=1,
                                   n_embd=8, context=8, batch_size=4, eval_batches=3, n_buckets=4)  # fmt: skip
-    stream, buckets = lt._token_setup(cfg)
+    stream, buckets = ltt._token_setup(cfg)
     assert torch.equal(buckets, token_frequency_buckets(stream.train, 32, 4))
     torch.manual_seed(0)
-    model = lt.GPT(lt.GPTConfig(vocab_size=32, context=8, n_layer=1, n_head=1, n_embd=8))
-    out = lt.bucket_losses(model, stream, buckets, 4, cfg)
+    model = GPT(GPTConfig(vocab_size=32, context=8, n_layer=1, n_head=1, n_embd=8))
+    out = ltt.bucket_losses(model, stream, buckets, 4, cfg)
     g = torch.Generator().manual_seed(1234)
     ce, b = [], []
     for _ in range(3):
@@ -207,7 +209,7 @@ def test_bucket_losses_match_direct_computation():
             assert float(out["loss"][k]) == pytest.approx(float(ce[b == k].mean()), rel=1e-12)
         else:
             assert math.isnan(float(out["loss"][k]))
-    assert lt.spread([1.0, 3.0, float("nan")]) == (2.0, 1.0)
+    assert ltt.spread([1.0, 3.0, float("nan")]) == (2.0, 1.0)
 
 
 def test_classification_smoke_through_runner(tmp_path):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-import specgrad.experiments.phase_retrieval as pr
+import specgrad.experiments.phase_retrieval.phase_retrieval as pr
 from specgrad.experiments import run_experiment
 from specgrad.optim import Muon
 from specgrad.theory import phase_retrieval as th

@@ -5,18 +5,33 @@ Imports nothing else of specgrad.
 """
 
 from .longtail import LongTailData, balanced_split, digits, long_tail_counts, long_tail_subset, make_long_tail, mnist1d
-from .text import CharCorpus, token_frequency_buckets, zipf_corpus, zipf_entropy_rate
+from .text import (
+    CharCorpus,
+    TokenStream,
+    ZipfChain,
+    random_windows,
+    token_frequency_buckets,
+    zipf_chain,
+    zipf_conditional_nll,
+    zipf_corpus,
+    zipf_entropy_rate,
+)
 
 __all__ = [
     "CharCorpus",
     "LongTailData",
+    "TokenStream",
+    "ZipfChain",
     "balanced_split",
     "digits",
     "long_tail_counts",
     "long_tail_subset",
     "make_long_tail",
     "mnist1d",
+    "random_windows",
     "token_frequency_buckets",
+    "zipf_chain",
+    "zipf_conditional_nll",
     "zipf_corpus",
     "zipf_entropy_rate",
 ]

@@ -5,7 +5,8 @@
   nanoGPT's ``get_batch``.
 * :func:`zipf_corpus`: a learnable token stream whose token frequencies follow
   ``p_k ∝ k^(-exponent)`` exactly, and :func:`zipf_entropy_rate`, the best loss a model can
-  reach on it.
+  reach on it; :func:`zipf_conditional_nll`, the loss of the best predictor per token;
+  :class:`TokenStream`, such a stream with ``get_batch``.
 * :func:`token_frequency_buckets`: token id -> frequency bucket, for per-bucket losses.
 """
 
@@ -16,7 +17,7 @@ import os
 import sys
 import sysconfig
 from pathlib import Path
-from typing import Optional, Union
+from typing import NamedTuple, Optional, Union
 
 import numpy as np
 import torch
@@ -58,11 +59,17 @@ def _stdlib_text(max_chars: int) -> tuple[str, str]:
     return text, f"stdlib {stdlib} (Python {version}, {len(text)} chars)"
 
 
-def _windows(data: Tensor, batch_size: int, context: int,
-             generator: Optional[torch.Generator]) -> tuple[Tensor, Tensor]:  # fmt: skip
-    """``batch_size`` windows of ``data`` at start offsets uniform on
+def random_windows(data: Tensor, batch_size: int, context: int,
+                   generator: Optional[torch.Generator] = None) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """``batch_size`` windows of the 1-D token stream ``data`` at start offsets uniform on
     ``[0, len(data) - context - 1]``: ``x, y`` each ``(batch_size, context)``, ``y`` the next
-    tokens of ``x`` (``CharCorpus.get_batch`` without its checks)."""
+    tokens of ``x`` (``CharCorpus.get_batch`` without its checks).
+
+    Example:
+        >>> x, y = random_windows(torch.arange(10), 2, 3, torch.Generator().manual_seed(0))
+        >>> x.shape, bool((y == x + 1).all())
+        (torch.Size([2, 3]), True)
+    """
     start = torch.randint(len(data) - context, (batch_size, 1), generator=generator)
     windows = data[start + torch.arange(context + 1)]
     return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
@@ -209,7 +216,7 @@ class CharCorpus:
             raise ValueError(
                 f"{split} split has {len(data)} tokens, fewer than context + 1 = {context + 1}"
             )
-        return _windows(data, batch_size, context, generator)
+        return random_windows(data, batch_size, context, generator)
 
     def __len__(self) -> int:
         return len(self.train) + len(self.val)
@@ -222,7 +229,24 @@ class CharCorpus:
 # --------------------------------------------------------------------------- Zipf
 
 
-def _zipf_parts(vocab_size, exponent, n_clusters, coherence):
+class ZipfChain(NamedTuple):
+    """The Markov chain of :func:`zipf_corpus`: token probabilities ``p`` ``(V,)`` float64,
+    each token's ``cluster`` ``(V,)`` int64, and each cluster's total probability
+    ``p_cluster`` ``(n_clusters,)`` float64."""
+
+    p: Tensor
+    cluster: Tensor
+    p_cluster: Tensor
+
+
+def zipf_chain(vocab_size: int, exponent: float = 1.1, n_clusters: int = 8, coherence: float = 0.9) -> ZipfChain:
+    """The parts of :func:`zipf_corpus`'s chain, after checking every setting.
+
+    Example:
+        >>> chain = zipf_chain(4, 1.0, n_clusters=2)
+        >>> [round(v, 4) for v in chain.p.tolist()], chain.cluster.tolist()
+        ([0.48, 0.24, 0.16, 0.12], [0, 1, 0, 1])
+    """
     _check_positive_int(vocab_size, "vocab_size")
     if isinstance(exponent, bool) or not isinstance(exponent, (int, float)) \
             or not math.isfinite(exponent) or exponent <= 0:
@@ -236,7 +260,7 @@ def _zipf_parts(vocab_size, exponent, n_clusters, coherence):
     p = torch.arange(1, vocab_size + 1, dtype=torch.float64).pow(-float(exponent))
     p /= p.sum()
     cluster = torch.arange(vocab_size) % n_clusters
-    return p, cluster, torch.zeros(n_clusters, dtype=torch.float64).index_add_(0, cluster, p)
+    return ZipfChain(p, cluster, torch.zeros(n_clusters, dtype=torch.float64).index_add_(0, cluster, p))
 
 
 def zipf_corpus(vocab_size: int, length: int, exponent: float = 1.1,
@@ -269,7 +293,7 @@ def zipf_corpus(vocab_size: int, length: int, exponent: float = 1.1,
     """
     _check_positive_int(length, "length")
     _check_generator(generator)
-    p, cluster, p_cluster = _zipf_parts(vocab_size, exponent, n_clusters, coherence)
+    p, cluster, p_cluster = zipf_chain(vocab_size, exponent, n_clusters, coherence)
     # The cluster sequence is its own Markov chain: keep with prob. coherence, else redraw
     # from p_cluster. Redraw at every position, then carry the last redraw forward.
     redraw = torch.rand(length, generator=generator, dtype=torch.float64) >= coherence
@@ -298,13 +322,49 @@ def zipf_entropy_rate(vocab_size: int, exponent: float = 1.1, *, n_clusters: int
         >>> round(h_iid, 4), h_markov < h_iid
         (3.4566, True)
     """
-    p, cluster, p_cluster = _zipf_parts(vocab_size, exponent, n_clusters, coherence)
+    p, cluster, p_cluster = zipf_chain(vocab_size, exponent, n_clusters, coherence)
     rate = 0.0
     for c in range(n_clusters):
         q = (1 - coherence) * p + coherence * torch.where(cluster == c, p / p_cluster[c], 0.0)
         q = q[q > 0]
         rate += float(p_cluster[c] * -(q * q.log()).sum())
     return rate
+
+
+def zipf_conditional_nll(prev: Tensor, nxt: Tensor, vocab_size: int, exponent: float = 1.1, *,
+                         n_clusters: int = 8, coherence: float = 0.9) -> Tensor:  # fmt: skip
+    """``-log P(nxt | prev)`` under the chain of :func:`zipf_corpus`, float64 of the shape of
+    ``prev`` (same shape as ``nxt``): the loss of the Bayes predictor, whose mean over a long
+    stream is :func:`zipf_entropy_rate`.
+
+    Example:
+        >>> nll = zipf_conditional_nll(torch.tensor([0, 0]), torch.tensor([0, 1]), 16)
+        >>> bool(nll[0] < nll[1])  # 0 and 1 sit in different clusters
+        True
+    """
+    p, cluster, p_cluster = zipf_chain(vocab_size, exponent, n_clusters, coherence)
+    same = (cluster[prev] == cluster[nxt]).double()
+    q = (1 - coherence) * p[nxt] + coherence * same * p[nxt] / p_cluster[cluster[prev]]
+    return -q.log()
+
+
+class TokenStream:
+    """A token stream split into ``train`` and ``val`` (1-D int64) with :class:`CharCorpus`'s
+    ``get_batch``, so that the language-model training loops accept it.
+
+    Example:
+        >>> stream = TokenStream(torch.arange(20), torch.arange(20, 30), vocab_size=30)
+        >>> x, y = stream.get_batch("val", 2, 4, torch.Generator().manual_seed(0))
+        >>> bool((x >= 20).all()), x.shape
+        (True, torch.Size([2, 4]))
+    """
+
+    def __init__(self, train: Tensor, val: Tensor, vocab_size: int):
+        self.train, self.val, self.vocab_size = train, val, vocab_size
+
+    def get_batch(self, split: str, batch_size: int, context: int,
+                  generator: Optional[torch.Generator] = None) -> tuple[Tensor, Tensor]:  # fmt: skip
+        return random_windows(self.train if split == "train" else self.val, batch_size, context, generator)
 
 
 def token_frequency_buckets(tokens: Tensor, vocab_size: int, n_buckets: int,

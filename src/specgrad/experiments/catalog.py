@@ -1,8 +1,14 @@
-"""Every experiment module, and the studies they reproduce (the report's sections)."""
+"""The studies the experiments reproduce (the report's sections), and discovery of the
+experiments: every module of a study package (a subpackage of :mod:`specgrad.experiments`)
+is imported, and each experiment module registers itself. Adding an experiment is one new
+module in a study package; listing its name in its study's ``experiments`` places it in the
+report's section.
+"""
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from dataclasses import dataclass
 
 
@@ -76,16 +82,19 @@ STUDIES: tuple[Study, ...] = (
     ),
 )
 
-MODULES: tuple[str, ...] = (
-    "char_lm", "davis_drusvyatskiy", "phase_retrieval", "imbalanced", "long_tail", "isotropic_curvature",
-    "curvature_profile", "hybrid",
-)  # fmt: skip
+
+def study_packages() -> list[str]:
+    """Every study package: the subpackages of :mod:`specgrad.experiments`, by full name."""
+    root = importlib.import_module(__package__)
+    return [f"{__package__}.{m.name}" for m in pkgutil.iter_modules(root.__path__) if m.ispkg]
 
 
 def load_all() -> None:
-    """Import every experiment module so that each registers itself."""
-    for module in MODULES:
-        importlib.import_module(f"specgrad.experiments.{module}")
+    """Import every module of every study package, so that each experiment registers itself."""
+    for name in study_packages():
+        package = importlib.import_module(name)
+        for module in pkgutil.iter_modules(package.__path__):
+            importlib.import_module(f"{name}.{module.name}")
 
 
 def study_of(name: str) -> Study | None:

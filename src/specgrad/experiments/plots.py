@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 
@@ -51,3 +52,13 @@ def save(fig, folder: Path, name: str) -> str:
             small = im.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT)
         small.save(path, optimize=True)
     return name
+
+
+def panel_grid(n: int, cols: int = 4, size: tuple[float, float] = (3.4, 2.8), sharex: bool = True):
+    """A figure of ``n`` panels, at most ``cols`` to a row, each ``size`` inches; its axes."""
+    cols = min(n, cols)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(size[0] * cols, size[1] * rows), sharex=sharex, squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat)[:n]

@@ -1,4 +1,5 @@
-"""Training loops shared by the experiments."""
+"""The language-model training loop shared by the experiments, its schedule and its
+learning-rate sweep (the optimizers come from :mod:`.methods`)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,8 @@ import torch
 from torch import nn
 
 from ..data import CharCorpus
-from ..optim import Muon, SpecGD, split_params
-
-LM_METHODS = ("adamw", "muon", "specgd")
+from ..models import GPT, GPTConfig
+from .methods import LM_METHODS, lm_optimizer  # noqa: F401 (importable from here too)
 
 
 def load_corpus(path: Optional[str]) -> CharCorpus:
@@ -51,29 +51,10 @@ def sweep_lowest(grids: dict[str, Sequence[float]], final: Callable[[str, float,
     return sweep, best
 
 
-def lm_optimizer(method: str, model: nn.Module, lr: float, adamw_lr: float, weight_decay: float = 0.1):
-    """The three optimizers of the char-LM comparison, with their stated settings.
-
-    * ``adamw``: AdamW on everything, betas (0.9, 0.99), weight decay on matrices only
-      (nanoGPT's ``shakespeare_char`` recipe).
-    * ``muon``: Muon (Nesterov 0.95, Jordan's 5-step Newton-Schulz, ``"original"`` shape
-      scaling) on hidden matrices; AdamW at ``adamw_lr`` on embeddings, head and norms.
-    * ``specgd``: the same with the exact SVD polar factor (SpecGD with momentum).
-    """
-    if method == "adamw":
-        decay = [p for p in model.parameters() if p.ndim >= 2]
-        rest = [p for p in model.parameters() if p.ndim < 2]
-        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.99))
-    routing = split_params(model)
-    adamw = {"lr": adamw_lr, "betas": (0.9, 0.99), "weight_decay": 0.0}
-    groups = routing.param_groups(spectral={"lr": lr}, adamw=adamw)
-    if method == "muon":
-        return Muon(groups, momentum=0.95, nesterov=True, adamw=adamw)
-    if method == "specgd":
-        return SpecGD(groups, momentum=0.95, nesterov=True, orthogonalizer="svd",
-                      shape_scaling="original", adamw=adamw)  # fmt: skip
-    raise ValueError(f"unknown method {method!r}; choose one of {LM_METHODS}")
+def seeded_gpt(seed: int, device="cpu", **config) -> GPT:
+    """``GPT(GPTConfig(**config))`` initialized after ``torch.manual_seed(seed)``, on ``device``."""
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(**config)).to(device)
 
 
 @torch.no_grad()

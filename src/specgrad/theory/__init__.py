@@ -2,11 +2,19 @@
 
 Imports nothing from :mod:`specgrad.experiments` (dependencies point downward:
 experiments -> theory -> linalg). The phase-retrieval model's functions are re-exported
-here; the other models are used as modules (``specgrad.theory.imbalanced``).
+here; the other models are used as modules (``specgrad.theory.imbalanced``):
+
+* :mod:`.curvature`: the isotropic curvature model and its solver; :mod:`.icm_maps`: its
+  optimal map as an optimizer's spectral map, and an SVD-free polynomial approximation;
+* :mod:`.imbalanced`: imbalanced Gaussian mixtures, closed-form GD/SpecGD trajectories;
+* :mod:`.phase_retrieval`: anisotropic phase retrieval, population gradients;
+* :mod:`.random_features`: random-feature least squares, activations, spike bounds;
+* :mod:`.sparse_regression`: ``y = x1 x2 x3`` and a squared-ReLU network.
 """
 
-from . import curvature, imbalanced
-from .curvature import Curvature, ICMMap, ICMPolynomial, fit_icm_polynomial, icm_map, sphere_moments
+from . import curvature, icm_maps, imbalanced, random_features, sparse_regression
+from .curvature import Curvature, sphere_moments
+from .icm_maps import ICMMap, ICMPolynomial, fit_icm_polynomial, icm_map
 from .phase_retrieval import (
     PhaseRetrievalProblem,
     coefficients,
@@ -26,7 +34,10 @@ from .phase_retrieval import (
 
 __all__ = [
     "curvature",
+    "icm_maps",
     "imbalanced",
+    "random_features",
+    "sparse_regression",
     "Curvature",
     "ICMMap",
     "ICMPolynomial",

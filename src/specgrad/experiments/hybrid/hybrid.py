@@ -33,17 +33,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..models import GPT, GPTConfig
-from ..optim import Hybrid
-from .davis_drusvyatskiy import RandomFeaturesConfig, SparseRegressionConfig, random_feature_problem, sparse_problem
-from .plots import mean_band, save
-from .registry import Claim, Experiment, register
-from .series import by_method, seed_runs
-from .training import final_or_inf, lm_optimizer, load_corpus, sweep_lowest, train_lm
+from ...optim import Hybrid
+from ...theory.random_features import random_feature_problem
+from ...theory.sparse_regression import sparse_regression_problem
+from ..methods import lm_adamw_rule, lm_optimizer, lr_grid, lr_grid_field, make
+from ..plots import mean_band, save
+from ..registry import Claim, Experiment, register
+from ..series import by_method, seed_runs
+from ..training import final_or_inf, load_corpus, seeded_gpt, sweep_lowest, train_lm
 
 TASKS = ("relu-features", "swiglu-features", "sparse-regression", "char-lm")
 METHODS = ("euclidean", "spectral", "hybrid")
 COLORS = {"euclidean": "C0", "spectral": "C3", "hybrid": "C2"}
+SR_BASE_SEED = 42  # sparse-regression's base_seed: seed k draws the data and init of that experiment's seed k
 
 
 @dataclass
@@ -54,13 +56,14 @@ class HybridConfig:
     rf_feature_dim: int = 50
     rf_samples: int = 400
     rf_steps: int = 200
-    rf_lrs: tuple[float, ...] = (1.0, 1.5, 1.9)  # multipliers of the majorization step (< 2: descent)
+    # multipliers of the majorization step (< 2: descent)
+    rf_lrs: tuple[float, ...] = lr_grid_field("relu-features/*", "swiglu-features/*", default=(1.0, 1.5, 1.9))
     # sparse regression (squared-ReLU MLP, 4 layers)
     sr_input_dim: int = 128
     sr_hidden: int = 128
     sr_samples: int = 512
     sr_steps: int = 200
-    sr_lrs: tuple[float, ...] = (0.05, 0.1, 0.2)
+    sr_lrs: tuple[float, ...] = lr_grid_field("sparse-regression/*", default=(0.05, 0.1, 0.2))
     # char-LM
     corpus: Optional[str] = None  # a text file; None: the embedded standard-library corpus
     lm_layers: int = 2
@@ -74,16 +77,11 @@ class HybridConfig:
     lm_eval_batches: int = 8
     lm_every: int = 10  # Hybrid's measurement interval on the char-LM
     lm_sweep_iters: int = 300
-    adamw_lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2)
-    muon_lrs: tuple[float, ...] = (0.02, 0.05, 0.1)
-    hybrid_lrs: tuple[float, ...] = (0.02, 0.05, 0.1)  # its spectral steps are Muon's
+    adamw_lrs: tuple[float, ...] = lr_grid_field("char-lm/euclidean", default=(1e-3, 3e-3, 1e-2))
+    muon_lrs: tuple[float, ...] = lr_grid_field("char-lm/spectral", default=(0.02, 0.05, 0.1))
+    hybrid_lrs: tuple[float, ...] = lr_grid_field("char-lm/hybrid", default=(0.02, 0.05, 0.1))  # spectral steps: Muon's
     tune_seed: int = 1000  # the tuning runs use their own data and init
     tolerance: float = 0.02  # "within noise": hybrid / better pure <= 1 + tolerance (paired median)
-
-    def lrs(self, task: str, method: str) -> tuple[float, ...]:
-        if task == "char-lm":
-            return {"euclidean": self.adamw_lrs, "spectral": self.muon_lrs, "hybrid": self.hybrid_lrs}[method]
-        return self.rf_lrs if task.endswith("features") else self.sr_lrs
 
     def steps(self, task: str) -> int:
         return {"char-lm": self.lm_iters, "sparse-regression": self.sr_steps}.get(task, self.rf_steps)
@@ -123,17 +121,17 @@ def _full_batch(opt: Hybrid, loss_fn, steps: int, advance, f_star: float = 0.0) 
     return out, _decisions(opt)
 
 
-def _least_squares(cfg: HybridConfig, task: str, method: str, lr: float, seed: int, advance) -> tuple[dict, dict]:
+def _least_squares(cfg: HybridConfig, task: str, method: str, lr: float, seed: int, advance,
+                   device="cpu") -> tuple[dict, dict]:  # fmt: skip
     act = task.split("-")[0]
-    rf = RandomFeaturesConfig(dim=cfg.rf_dim, feature_dim=cfg.rf_feature_dim, samples=cfg.rf_samples)
-    prob = random_feature_problem(rf, act, seed)
-    A, Y = prob["A"], prob["Y"]
-    net = nn.Sequential(nn.Identity(), nn.Linear(cfg.rf_dim, cfg.rf_dim, bias=False)).double()
+    prob = random_feature_problem(cfg.rf_dim, cfg.rf_feature_dim, cfg.rf_samples, act, seed)
+    A, Y = prob.A.to(device), prob.Y.to(device)
+    net = nn.Sequential(nn.Identity(), nn.Linear(cfg.rf_dim, cfg.rf_dim, bias=False)).double().to(device)
     nn.init.zeros_(net[1].weight)
-    opt = Hybrid(net, lr=lr, every=1, decision="decrease", force=_force(method), momentum=0.0,
-                 orthogonalizer="svd", overrides={"1.weight": "spectral"})  # fmt: skip
+    opt = make("hybrid", net, lr, every=1, decision="decrease", force=_force(method), momentum=0.0,
+               orthogonalizer="svd", overrides={"1.weight": "spectral"})  # fmt: skip
     return _full_batch(opt, lambda: 0.5 * (net(A.T) - Y.T).square().sum(1).mean(), cfg.rf_steps, advance,
-                       prob["f_star"])  # fmt: skip
+                       prob.f_star)  # fmt: skip
 
 
 class _SquaredReLU(nn.Module):
@@ -141,33 +139,30 @@ class _SquaredReLU(nn.Module):
         return torch.relu(x).square()
 
 
-def _sparse(cfg: HybridConfig, method: str, lr: float, seed: int, advance) -> tuple[dict, dict]:
-    sr = SparseRegressionConfig(input_dim=cfg.sr_input_dim, hidden=cfg.sr_hidden, samples=cfg.sr_samples)
-    x, y, Ws = sparse_problem(sr, seed)
+def _sparse(cfg: HybridConfig, method: str, lr: float, seed: int, advance, device="cpu") -> tuple[dict, dict]:
+    x, y, Ws = sparse_regression_problem(cfg.sr_input_dim, cfg.sr_hidden, cfg.sr_samples, SR_BASE_SEED + seed)
+    x, y = x.to(device), y.to(device)
     layers = []
     for k, W in enumerate(Ws):
         lin = nn.Linear(W.shape[1], W.shape[0], bias=False).double()
         lin.weight.data.copy_(W)
         layers += [lin] + ([_SquaredReLU()] if k < len(Ws) - 1 else [])
-    net = nn.Sequential(*layers)
+    net = nn.Sequential(*layers).to(device)
     ends = {"0.weight": "euclidean", "6.weight": "euclidean"}
-    opt = Hybrid(net, lr=lr, every=1, decision="decrease", momentum=0.0, orthogonalizer="svd",
-                 force=_force(method, {"*": "spectral", **ends}),
-                 overrides={"0.weight": "spectral", "6.weight": "spectral"})  # fmt: skip
+    opt = make("hybrid", net, lr, every=1, decision="decrease", momentum=0.0, orthogonalizer="svd",
+               force=_force(method, {"*": "spectral", **ends}),
+               overrides={"0.weight": "spectral", "6.weight": "spectral"})  # fmt: skip
     return _full_batch(opt, lambda: 0.5 * (net(x) - y).square().mean(), cfg.sr_steps, advance)
 
 
 def _char_lm(cfg: HybridConfig, method: str, lr: float, adamw_lr: float, iters: int, seed: int,
              ctx) -> tuple[dict, dict]:  # fmt: skip
     corpus = load_corpus(cfg.corpus)
-    torch.manual_seed(seed)
-    conf = GPTConfig(vocab_size=corpus.vocab_size, context=cfg.lm_context, n_layer=cfg.lm_layers,
-                     n_head=cfg.lm_heads, n_embd=cfg.lm_width)  # fmt: skip
-    model = GPT(conf).to(ctx.device)
+    model = seeded_gpt(seed, ctx.device, vocab_size=corpus.vocab_size, context=cfg.lm_context, n_layer=cfg.lm_layers,
+                       n_head=cfg.lm_heads, n_embd=cfg.lm_width)  # fmt: skip
     if method == "hybrid":  # Muon's settings when spectral, AdamW's lr when Euclidean
-        adamw = {"lr": adamw_lr, "betas": (0.9, 0.99), "weight_decay": 0.0}
-        opt = Hybrid(model, lr=lr, every=cfg.lm_every, shape_scaling="original", euclidean_scale=adamw_lr / lr,
-                     betas=(0.9, 0.99), adamw=adamw)  # fmt: skip
+        opt = make("hybrid", model, lr, every=cfg.lm_every, shape_scaling="original", euclidean_scale=adamw_lr / lr,
+                   betas=(0.9, 0.99), adamw=lm_adamw_rule(adamw_lr))  # fmt: skip
     else:
         opt = lm_optimizer("adamw" if method == "euclidean" else "muon", model, lr, adamw_lr)
     out = train_lm(model, corpus, opt, iters=iters, batch_size=cfg.lm_batch, context=cfg.lm_context,
@@ -185,9 +180,9 @@ def _run(cfg: HybridConfig, task: str, method: str, lr: float, seed: int, ctx, a
     if task == "char-lm":
         return _char_lm(cfg, method, lr, adamw_lr, iters or cfg.lm_iters, seed, ctx)
     if task == "sparse-regression":
-        return _sparse(cfg, method, lr, seed, ctx.advance)
+        return _sparse(cfg, method, lr, seed, ctx.advance, ctx.device)
     if task in ("relu-features", "swiglu-features"):
-        return _least_squares(cfg, task, method, lr, seed, ctx.advance)
+        return _least_squares(cfg, task, method, lr, seed, ctx.advance, ctx.device)
     raise ValueError(f"unknown task {task!r}; choose from {TASKS}")
 
 
@@ -198,7 +193,7 @@ def tune(cfg: HybridConfig, ctx) -> dict:
     def cost(task):
         return cfg.lm_sweep_iters if task == "char-lm" else cfg.steps(task)
 
-    ctx.steps(sum(len(cfg.lrs(t, m)) * cost(t) for t in cfg.tasks for m in METHODS), "lr sweep")
+    ctx.steps(sum(len(lr_grid(cfg, f"{t}/{m}")) * cost(t) for t in cfg.tasks for m in METHODS), "lr sweep")
 
     def final(key, lr, best):
         task, method = key.rsplit("/", 1)
@@ -206,7 +201,7 @@ def tune(cfg: HybridConfig, ctx) -> dict:
         run, _ = _run(cfg, task, method, lr, cfg.tune_seed, ctx, adamw_lr, cfg.lm_sweep_iters)
         return final_or_inf(run["loss"])
 
-    sweep, best = sweep_lowest({f"{t}/{m}": cfg.lrs(t, m) for t in cfg.tasks for m in METHODS}, final)
+    sweep, best = sweep_lowest({f"{t}/{m}": lr_grid(cfg, f"{t}/{m}") for t in cfg.tasks for m in METHODS}, final)
     return {"sweep_final_loss": sweep, "best_lr": best}
 
 

@@ -38,16 +38,16 @@ import numpy as np
 import torch
 from scipy.optimize import least_squares
 
-from ..data import CharCorpus
-from ..linalg import polar_svd
-from ..models import GPT, GPTConfig
-from ..optim import SpectralDescent, split_params
-from ..theory import curvature as cv
-from .char_lm import first_reach
-from .plots import band_plot, save
-from .registry import Claim, Experiment, register
-from .series import by_method
-from .training import final_or_inf, lm_optimizer, load_corpus, sweep_lowest, train_lm
+from ...data import CharCorpus
+from ...linalg import polar_svd
+from ...models import GPT
+from ...optim import split_params
+from ...theory import curvature as cv
+from ..methods import lm_adamw_rule, lm_optimizer, lr_grid, lr_grid_field, make
+from ..plots import band_plot, save
+from ..registry import Claim, Experiment, register
+from ..series import by_method, first_reach
+from ..training import final_or_inf, load_corpus, seeded_gpt, sweep_lowest, train_lm
 
 METHODS = ("adamw", "muon", "icm")
 STUDY_ALPHA = (0.2, 0.5)
@@ -74,41 +74,16 @@ class CurvatureProfileConfig:
     fit_small: int = 3  # radii at each end for the local exponents
     fit_large: int = 4
     methods: tuple[str, ...] = METHODS
-    adamw_lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2)
-    muon_lrs: tuple[float, ...] = (0.02, 0.05, 0.1)
-    icm_lrs: tuple[float, ...] = (0.02, 0.05, 0.1)
+    adamw_lrs: tuple[float, ...] = lr_grid_field("adamw", default=(1e-3, 3e-3, 1e-2))
+    muon_lrs: tuple[float, ...] = lr_grid_field("muon", default=(0.02, 0.05, 0.1))
+    icm_lrs: tuple[float, ...] = lr_grid_field("icm", default=(0.02, 0.05, 0.1))
     sweep_iters: int = 100
     icm_samples: int = 1024  # Monte Carlo sample of the non-polynomial part of H
 
-    def lrs(self, method: str) -> tuple[float, ...]:
-        return getattr(self, f"{method}_lrs")
-
 
 def make_model(cfg: CurvatureProfileConfig, corpus: CharCorpus, seed: int, device) -> GPT:
-    torch.manual_seed(seed)
-    conf = GPTConfig(vocab_size=corpus.vocab_size, context=cfg.context, n_layer=cfg.n_layer,
-                     n_head=cfg.n_head, n_embd=cfg.n_embd)  # fmt: skip
-    return GPT(conf).to(device)
-
-
-def icm_optimizer(model: torch.nn.Module, lr: float, adamw_lr: float, H: cv.Curvature, samples: int = 1024):
-    """``SpectralDescent`` with the curvature-optimal map on hidden matrices (Nesterov momentum
-    0.95, ``"original"`` shape scaling, as Muon in :func:`lm_optimizer`), AdamW on the rest."""
-    adamw = {"lr": adamw_lr, "betas": (0.9, 0.99), "weight_decay": 0.0}
-    groups = split_params(model).param_groups(spectral={"lr": lr}, adamw=adamw)
-    f = cv.icm_map(H, samples=samples)
-    log = {"homogenization": [], "raw_step": []}
-
-    def logged(s):
-        out = f(s)
-        s_np, out_np = (x.detach().cpu().double().numpy() for x in (s, out))
-        log["homogenization"].append(cv.homogenization_ratio(s_np, out_np))
-        log["raw_step"].append(float(f.last_solution.q.max()))  # ||s*||_op before normalization
-        return out
-
-    opt = SpectralDescent(groups, f=logged, momentum=0.95, nesterov=True, shape_scaling="original", adamw=adamw)
-    opt.icm_log = log  # per call: homogenization ratio of the map, the model's own step size
-    return opt
+    return seeded_gpt(seed, device, vocab_size=corpus.vocab_size, context=cfg.context, n_layer=cfg.n_layer,
+                      n_head=cfg.n_head, n_embd=cfg.n_embd)  # fmt: skip
 
 
 def curvature_from(params: dict) -> cv.Curvature:
@@ -116,8 +91,11 @@ def curvature_from(params: dict) -> cv.Curvature:
 
 
 def _optimizer(method, model, lr, adamw_lr, H, cfg):
+    """``adamw`` and ``muon`` as in the char-LM comparison; ``icm``: the curvature-optimal map
+    of ``H`` on the hidden matrices with Muon's momentum and shape scaling."""
     if method == "icm":
-        return icm_optimizer(model, lr, adamw_lr, H, cfg.icm_samples)
+        return make("icm", model, lr, H=H, samples=cfg.icm_samples, momentum=0.95, nesterov=True,
+                    shape_scaling="original", adamw=lm_adamw_rule(adamw_lr))  # fmt: skip
     return lm_optimizer(method, model, lr, adamw_lr)
 
 
@@ -249,7 +227,7 @@ def tune(cfg: CurvatureProfileConfig, ctx) -> dict:
     n_mat = len(split_params(make_model(cfg, corpus, 0, "cpu")).names("spectral"))
     methods = ["adamw"] + [m for m in cfg.methods if m != "adamw"]
     total = 2 * cfg.measure_iters + 2 * _measure_total(cfg, n_mat)
-    total += sum(len(cfg.lrs(m)) for m in methods) * cfg.sweep_iters
+    total += sum(len(lr_grid(cfg, m)) for m in methods) * cfg.sweep_iters
     ctx.steps(total, "measure + lr sweep")
     profiles, fits = {}, {}
     for method, lr in (("adamw", cfg.measure_adamw_lr), ("muon", cfg.measure_muon_lr)):
@@ -265,7 +243,7 @@ def tune(cfg: CurvatureProfileConfig, ctx) -> dict:
         _, out = _train(cfg, corpus, method, lr, best.get("adamw", lr), cfg.sweep_iters, 0, ctx, H)
         return final_or_inf(out["val_loss"])
 
-    sweep, best = sweep_lowest({m: cfg.lrs(m) for m in methods}, final)
+    sweep, best = sweep_lowest({m: lr_grid(cfg, m) for m in methods}, final)
     return {"H": H_params, "H_fit_muon_model": fits["muon"], "sweep_val_loss": sweep, "best_lr": best,
             "rule": "best final validation loss after sweep_iters steps on seed 0"}  # fmt: skip
 

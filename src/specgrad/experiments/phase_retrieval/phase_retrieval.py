@@ -27,7 +27,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-from ..theory.phase_retrieval import (
+from ...theory.phase_retrieval import (
     PhaseRetrievalProblem,
     gd_growth_factors,
     gd_stability_limit,
@@ -35,9 +35,11 @@ from ..theory.phase_retrieval import (
     spiked_problem,
     train,
 )
-from .plots import mean_band, save
-from .registry import Claim, Experiment, register
-from .series import curve, finite_mean, first_at_least, geomean, seed_runs
+from ..devices import cpu_only
+from ..methods import lr_grid, lr_grid_field
+from ..plots import mean_band, save
+from ..registry import Claim, Experiment, register
+from ..series import curve, finite_mean, first_at_least, geomean, seed_runs
 
 METHODS = ("gd", "specgd", "muon")
 COLORS = {"gd": "C0", "specgd": "C3", "muon": "C2"}
@@ -59,18 +61,21 @@ class PhaseRetrievalConfig:
     power_normalization: str = "trace"
     finite_ns: tuple[int, ...] = (500, 1000, 2000)  # fixed training sets (at sweep_lambda), n each
     online_n: int = 500  # a run with a fresh batch of online_n samples every step (0: skip it)
-    gd_lrs: tuple[float, ...] = (0.01, 0.014, 0.02, 0.03, 0.05, 0.07, 0.1, 0.14, 0.2, 0.3, 0.5)  # x m
-    specgd_lrs: tuple[float, ...] = (0.02, 0.03, 0.05, 0.07, 0.1, 0.14, 0.2, 0.3, 0.5, 0.7, 1.0)
-    muon_lrs: tuple[float, ...] = (0.02, 0.03, 0.05, 0.07, 0.1, 0.14, 0.2, 0.3, 0.5, 0.7, 1.0)
+    gd_lrs: tuple[float, ...] = lr_grid_field("gd", default=(0.01, 0.014, 0.02, 0.03, 0.05, 0.07, 0.1, 0.14, 0.2, 0.3,
+                                                             0.5))  # x m
+    specgd_lrs: tuple[float, ...] = lr_grid_field("specgd", default=(0.02, 0.03, 0.05, 0.07, 0.1, 0.14, 0.2, 0.3, 0.5,
+                                                                     0.7, 1.0))
+    muon_lrs: tuple[float, ...] = lr_grid_field("muon", default=(0.02, 0.03, 0.05, 0.07, 0.1, 0.14, 0.2, 0.3, 0.5, 0.7,
+                                                                 1.0))
     muon_momentum: float = 0.95
     target: float = 0.9  # alignment threshold
     early_steps: int = 3  # window of the measured early GD growth factors
 
-    def lr_grid(self, method: str, m: int) -> tuple[float, ...]:
-        """Step sizes tried for ``method``; GD's grid is in units of ``m`` (the population
+    def step_sizes(self, method: str, m: int) -> tuple[float, ...]:
+        """Step sizes tried for ``method``: its grid, GD's in units of ``m`` (the population
         gradient carries a ``1/m``, so GD's growth factors are ``1 + (lr/m) kappa``)."""
-        grid = getattr(self, f"{method}_lrs")
-        return tuple(x * m for x in grid) if method == "gd" else tuple(grid)
+        grid = lr_grid(self, method)
+        return tuple(x * m for x in grid) if method == "gd" else grid
 
 
 @dataclass(frozen=True)
@@ -161,13 +166,14 @@ def early_growth(a, b, k: int) -> dict[str, float]:
 
 
 def _progress_total(cfg: PhaseRetrievalConfig, conds, grids: bool) -> int:
-    per = sum(len(cfg.lr_grid(meth, c.m)) if grids else 1 for c in conds for meth in cfg.methods)
+    per = sum(len(cfg.step_sizes(meth, c.m)) if grids else 1 for c in conds for meth in cfg.methods)
     return per * cfg.steps
 
 
 def tune(cfg: PhaseRetrievalConfig, ctx) -> dict:
     """Every step size of every method's grid on every condition, seed 0; the fewest steps
     to stable alignment wins (ties: the lower final population loss)."""
+    cpu_only(ctx, "phase-retrieval", "float64 population gradients")
     conds = conditions(cfg)
     ctx.steps(_progress_total(cfg, conds, True), "step-size sweep")
     sweep, best = {}, {}
@@ -175,7 +181,7 @@ def tune(cfg: PhaseRetrievalConfig, ctx) -> dict:
         for method in cfg.methods:
             key = f"{method}/{cond.name}"
             scores = {}
-            for lr in cfg.lr_grid(method, cond.m):
+            for lr in cfg.step_sizes(method, cond.m):
                 out = _train(cfg, cond, method, lr, 0, lambda _: ctx.advance())
                 final = out["loss"][-1] if math.isfinite(out["loss"][-1]) else math.inf
                 scores[lr] = (steps_to_stable(out["alignment"], cfg.target), final)
@@ -186,6 +192,7 @@ def tune(cfg: PhaseRetrievalConfig, ctx) -> dict:
 
 
 def run_seed(cfg: PhaseRetrievalConfig, seed: int, ctx) -> dict:
+    cpu_only(ctx, "phase-retrieval", "float64 population gradients")
     conds = conditions(cfg)
     best = ctx.tuning["best_lr"]
     ctx.steps(_progress_total(cfg, conds, False), "training")
@@ -195,7 +202,6 @@ def run_seed(cfg: PhaseRetrievalConfig, seed: int, ctx) -> dict:
             key = f"{method}/{cond.name}"
             out[key] = run_one(cfg, cond, method, float(best[key]), seed, lambda _: ctx.advance())
     return out
-
 
 
 def _spearman(x, y) -> float:
@@ -220,7 +226,7 @@ def _run_summary(cfg: PhaseRetrievalConfig, cond: Condition, method: str, runs: 
     stable = [steps_to_stable(r["alignment"], cfg.target) for r in runs]
     out = {
         "lr": lr,
-        "lr_at_grid_top": float(lr >= max(cfg.lr_grid(method, cond.m)) * (1 - 1e-12)),
+        "lr_at_grid_top": float(lr >= max(cfg.step_sizes(method, cond.m)) * (1 - 1e-12)),
         "steps_to_align": _median(stable),
         "steps_to_align_mean": finite_mean(stable),
         "first_hit_align": _median([steps_to_first(r["alignment"], cfg.target) for r in runs]),
@@ -296,7 +302,6 @@ def analyze(cfg: PhaseRetrievalConfig, series: dict) -> tuple[dict, list[Claim]]
               1.5, "min"),
     ]  # fmt: skip
     return summary, claims
-
 
 
 def _xmax(cfg, summary, names) -> int:

@@ -14,7 +14,7 @@ and its solver live in :mod:`specgrad.theory.curvature`. For gradients with whit
 5. Newton-Schulz (Jordan's 5 steps) is not monotone, so it can reverse the order of
    singular values; Polar Express is compared alongside.
 
-The companion experiment ``curvature-profile`` (:mod:`specgrad.experiments.curvature_profile`)
+The companion experiment ``curvature-profile`` (:mod:`.curvature_profile`)
 measures ``H`` on a tiny GPT.
 """
 
@@ -27,10 +27,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from ..linalg import as_schedule, polar_express_schedule
-from ..theory import curvature as cv
-from .plots import save
-from .registry import Claim, Experiment, register
+from ...linalg import as_schedule, polar_express_schedule
+from ...theory import curvature as cv
+from ..devices import cpu_only
+from ..plots import save
+from ..registry import Claim, Experiment, register
 
 FAMILIES = ("quadratic", "power3", "quartic", "quad_quartic", "quad_power", "kink", "kink_smooth")
 SUPER = ("power3", "quartic", "quad_quartic", "quad_power")  # super-quadratic families
@@ -101,6 +102,7 @@ def largest_reversal(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def run_seed(cfg: IsotropicCurvatureConfig, seed: int, ctx) -> dict:
+    cpu_only(ctx, "isotropic-curvature", "float64 numpy solver")
     fams = families(cfg)
     ctx.steps(len(cfg.betas) * (len(fams) + 1), "solving")
     out: dict[str, dict] = {}

@@ -10,16 +10,16 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
-import numpy as np
 import matplotlib.pyplot as plt
-import torch
+import numpy as np
 
-from ..data import CharCorpus
-from ..models import GPT, GPTConfig
-from .plots import band_plot, save
-from .registry import Claim, Experiment, register
-from .series import by_method
-from .training import LM_METHODS, final_or_inf, lm_optimizer, load_corpus, sweep_lowest, train_lm
+from ...data import CharCorpus
+from ...models import GPT
+from ..methods import LM_METHODS, lm_optimizer, lr_grid, lr_grid_field
+from ..plots import band_plot, save
+from ..registry import Claim, Experiment, register
+from ..series import by_method, first_reach
+from ..training import final_or_inf, load_corpus, seeded_gpt, sweep_lowest, train_lm
 
 
 @dataclass
@@ -36,20 +36,15 @@ class CharLMConfig:
     eval_every: int = 50
     eval_batches: int = 20
     methods: tuple[str, ...] = LM_METHODS
-    adamw_lrs: tuple[float, ...] = (1e-3, 3e-3)
-    muon_lrs: tuple[float, ...] = (0.02, 0.05)
-    specgd_lrs: tuple[float, ...] = (0.02, 0.05)
+    adamw_lrs: tuple[float, ...] = lr_grid_field("adamw", default=(1e-3, 3e-3))
+    muon_lrs: tuple[float, ...] = lr_grid_field("muon", default=(0.02, 0.05))
+    specgd_lrs: tuple[float, ...] = lr_grid_field("specgd", default=(0.02, 0.05))
     sweep_iters: int = 500  # each candidate lr trains this long (seed 0) in the tuning stage
-
-    def lrs(self, method: str) -> tuple[float, ...]:
-        return getattr(self, f"{method}_lrs")
 
 
 def _model(cfg: CharLMConfig, corpus: CharCorpus, seed: int, device) -> GPT:
-    torch.manual_seed(seed)
-    conf = GPTConfig(vocab_size=corpus.vocab_size, context=cfg.context, n_layer=cfg.n_layer,
-                     n_head=cfg.n_head, n_embd=cfg.n_embd, mlp=cfg.mlp)  # fmt: skip
-    return GPT(conf).to(device)
+    return seeded_gpt(seed, device, vocab_size=corpus.vocab_size, context=cfg.context, n_layer=cfg.n_layer,
+                      n_head=cfg.n_head, n_embd=cfg.n_embd, mlp=cfg.mlp)  # fmt: skip
 
 
 def _train(cfg, corpus, method, lr, adamw_lr, iters, seed, ctx):
@@ -66,13 +61,13 @@ def tune(cfg: CharLMConfig, ctx) -> dict:
     rule of the other methods (embeddings, head, norms)."""
     corpus = load_corpus(cfg.corpus)
     methods = ["adamw"] + [m for m in cfg.methods if m != "adamw"]
-    ctx.steps(sum(len(cfg.lrs(m)) for m in methods) * cfg.sweep_iters, "lr sweep")
+    ctx.steps(sum(len(lr_grid(cfg, m)) for m in methods) * cfg.sweep_iters, "lr sweep")
 
     def final(method, lr, best):
         out = _train(cfg, corpus, method, lr, best.get("adamw", lr), cfg.sweep_iters, 0, ctx)
         return final_or_inf(out["val_loss"])
 
-    sweep, best = sweep_lowest({m: cfg.lrs(m) for m in methods}, final)
+    sweep, best = sweep_lowest({m: lr_grid(cfg, m) for m in methods}, final)
     return {"sweep_val_loss": sweep, "best_lr": best}
 
 
@@ -81,18 +76,6 @@ def run_seed(cfg: CharLMConfig, seed: int, ctx) -> dict:
     best = ctx.tuning["best_lr"]
     ctx.steps(len(cfg.methods) * cfg.iters, "training")
     return {m: _train(cfg, corpus, m, best[m], best["adamw"], cfg.iters, seed, ctx) for m in cfg.methods}
-
-
-def first_reach(steps, values, target: float) -> float:
-    """First ``steps[i]`` with ``values[i] <= target`` (linear interpolation between
-    evaluations), or ``nan`` if never reached."""
-    for i, v in enumerate(values):
-        if v <= target:
-            if i == 0:
-                return float(steps[0])
-            v0, s0 = values[i - 1], steps[i - 1]
-            return float(s0 + (steps[i] - s0) * (v0 - target) / (v0 - v))
-    return math.nan
 
 
 def analyze(cfg: CharLMConfig, series: dict) -> tuple[dict, list[Claim]]:

@@ -1,0 +1,1 @@
+"""Muon vs AdamW on a character-level language model: :mod:`.char_lm` (``char-lm``)."""
