@@ -254,3 +254,25 @@ def test_progress_off_a_terminal_is_a_line_per_phase_with_the_time_left(tmp_path
     assert any("toy seed 0 toy: 0/3" in line for line in lines)
     assert any("toy seed 1 toy: 3/3, 0:00 spent, 0:00 left" in line for line in lines)
     assert any("toy [smoke] seeds: 2/2" in line for line in lines)
+
+
+def test_reproduce_runs_the_quickest_first_and_reports_each_result(tmp_path, monkeypatch):
+    from specgrad.experiments import registry
+    from specgrad.experiments.catalog import load_all
+    from specgrad.experiments.runner import reproduce
+
+    load_all()
+
+    def toy(name, minutes):
+        return Experiment(name, "", ToyConfig, toy_run_seed, toy_analyze, presets={"smoke": {"steps": 2}},
+                          seeds={"smoke": 1}, minutes=minutes)  # fmt: skip
+
+    toys = [toy("a-unknown", {}), toy("b-slow", {"smoke": 5.0}), toy("c-fast", {"smoke": 0.2, "quick": 9.0})]
+    monkeypatch.setattr(registry, "EXPERIMENTS", {t.name: t for t in toys})
+    finished = []
+    status = reproduce("smoke", tmp_path, progress=False, on_result=lambda name, result: finished.append(name))
+    assert finished == ["c-fast", "b-slow", "a-unknown"] and set(status.values()) == {"ok"}
+    finished.clear()
+    reproduce("smoke", tmp_path, only=["b-slow", "a-unknown"], progress=False,
+              on_result=lambda name, result: finished.append(name))  # fmt: skip
+    assert finished == ["b-slow", "a-unknown"]  # the order asked for
