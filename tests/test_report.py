@@ -8,7 +8,7 @@ import pytest
 from specgrad.experiments import run_experiment, write_json
 from specgrad.experiments.catalog import load_all
 from specgrad.experiments.runner import reproduce
-from specgrad.report import build_report, load_results
+from specgrad.report import build_report, load_results, unreadable
 
 load_all()
 
@@ -31,6 +31,34 @@ def test_report_lists_every_claim_and_shows_failures(results):
     assert "RuntimeError: boom" in page and "Other experiments" in page
     assert "<img src='char-lm/val_loss.png'" in page  # relative: the folder can be zipped
     assert "http" not in page.split("<body")[1]  # nothing fetched from a network
+
+
+def test_one_corrupt_result_among_good_ones_marks_only_that_experiment(results, tmp_path):
+    folder = tmp_path / "results"
+    shutil.copytree(results, folder)
+    bad = {
+        "random-features": '{"experiment": "random-features", "claims": [{"id": "x"',  # truncated
+        "phase-retrieval": "[1, 2, 3]",  # JSON, but not a result
+        "hybrid": '{"claims": [{"id": "c", "statement": "s"}]}',  # a claim without its verdict
+        "init-stable-rank": b"\xff\xfe not text",
+    }
+    for name, content in bad.items():
+        path = folder / name / "result.json"
+        path.parent.mkdir()
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    (folder / "lm-spectra").mkdir()
+    (folder / "lm-spectra" / "error.json").write_text('{"message": ')
+    loaded = load_results(folder)
+    assert set(unreadable(loaded)) == set(bad) | {"lm-spectra"}
+    assert loaded["char-lm"]["claims"] and loaded["broken"]["error"]["message"] == "RuntimeError: boom"
+    page = build_report(folder).read_text()
+    for c in loaded["char-lm"]["claims"]:  # the good result is all there
+        assert f"data-claim='char-lm:{c['id']}'" in page
+    assert "RuntimeError: boom" in page
+    for name in (*bad, "lm-spectra"):
+        bad_file = folder / name / ("error.json" if name == "lm-spectra" else "result.json")
+        assert f"Unreadable: {bad_file}" in page
+        assert f"<a href='#{name}'>{name}</a></td><td>-</td><td class=fail>unreadable</td>" in page
 
 
 def test_reproduce_records_a_failing_experiment_and_goes_on(tmp_path, monkeypatch):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from specgrad import cli
-from specgrad.experiments import EXPERIMENTS, Claim, Experiment, UsageError, register, run_experiment
+from specgrad.experiments import EXPERIMENTS, Claim, Experiment, UsageError, register, run_experiment, write_json
 
 CALLS: list[int] = []
 
@@ -183,3 +183,96 @@ def test_demo_preset_defaults_to_quick():
     own = Experiment("demo-toy2", "", ToyConfig, toy_run_seed, toy_analyze,
                      presets={"quick": {"steps": 10}, "demo": {"steps": 4}}, seeds={"quick": 3, "demo": 1})  # fmt: skip
     assert own.make_config("demo").steps == 4 and own.seeds["demo"] == 1
+
+
+def test_bounds_describe_what_is_allowed():
+    from specgrad.experiments.registry import Bounds, check_setting
+
+    assert Bounds(ge=1).describe() == ">= 1"
+    assert Bounds(gt=0, le=1).describe() == "in (0, 1]"
+    assert Bounds(lt=2.5).describe() == "< 2.5"
+    assert Bounds(choices=("a", "b")).describe() == "one of 'a', 'b'"
+    assert Bounds().describe() == "finite" and Bounds(finite=False).describe() == "any value"
+    check_setting("x", float("inf"), Bounds(finite=False))
+    check_setting("x", None, Bounds(ge=1))  # an Optional left unset
+    check_setting("flag", True, Bounds(ge=2))  # bounds speak of numbers, not flags
+    with pytest.raises(UsageError, match=r"every value of setting 'lrs' must be finite, got nan in 0.1,nan"):
+        check_setting("lrs", (0.1, float("nan")))
+
+
+def test_configs_declare_bounds_and_cross_field_rules():
+    from dataclasses import field
+
+    from specgrad.experiments.registry import bounds, setting
+
+    @dataclass
+    class Cfg:
+        n: int = setting(2, ge=1)
+        k: int = field(default=1, metadata=bounds(ge=0))
+        p: float = setting(0.5, gt=0, lt=1)
+
+        def __post_init__(self):
+            if self.k == 7:
+                raise ValueError("k must not be 7")
+
+        def validate(self):
+            if self.k > self.n:
+                raise ValueError(f"k ({self.k}) must be at most n ({self.n})")
+
+    exp = Experiment("bounds-toy", "", Cfg, toy_run_seed, toy_analyze, presets={"quick": {"n": 4}})
+    assert exp.make_config("quick", {"k": "3", "p": "0.25"}) == Cfg(n=4, k=3, p=0.25)
+    for override, match in [({"k": "-1"}, "setting 'k' must be >= 0, got -1"),
+                            ({"p": "1"}, r"setting 'p' must be in \(0, 1\), got 1.0"),
+                            ({"k": "5", "n": "4"}, r"bounds-toy: k \(5\) must be at most n \(4\)"),
+                            ({"k": "7", "n": "8"}, "bounds-toy: k must not be 7")]:  # fmt: skip
+        with pytest.raises(UsageError, match=match):
+            exp.make_config("quick", override)
+    with pytest.raises(ValueError, match="setting 'n' must be >= 1, got 0"):  # a preset is checked when defined
+        Experiment("bounds-toy2", "", Cfg, toy_run_seed, toy_analyze, presets={"smoke": {"n": 0}})
+
+
+def test_another_config_replaces_one_that_holds_no_work(tmp_path):
+    write_json(tmp_path / "toy" / "config.json", {"experiment": "toy", "preset": "smoke", "config": {"steps": 99}})
+    result = run_experiment("toy", "smoke", tmp_path, progress=False)
+    assert json.loads((tmp_path / "toy" / "config.json").read_text())["config"] == result["config"]
+
+
+def test_progress_off_a_terminal_is_a_line_per_phase_with_the_time_left(tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from specgrad.experiments.runner import ProgressDisplay
+
+    buffer = io.StringIO()
+    console = Console(file=buffer)
+    assert not console.is_terminal
+    with ProgressDisplay(console, every=0.0) as display:
+        run_experiment("toy", "smoke", tmp_path, console=console, progress=display)
+    lines = buffer.getvalue().splitlines()
+    assert any("toy [smoke] seeds: 0/2" in line for line in lines)
+    assert any("toy seed 0 toy: 0/3" in line for line in lines)
+    assert any("toy seed 1 toy: 3/3, 0:00 spent, 0:00 left" in line for line in lines)
+    assert any("toy [smoke] seeds: 2/2" in line for line in lines)
+
+
+def test_reproduce_runs_the_quickest_first_and_reports_each_result(tmp_path, monkeypatch):
+    from specgrad.experiments import registry
+    from specgrad.experiments.catalog import load_all
+    from specgrad.experiments.runner import reproduce
+
+    load_all()
+
+    def toy(name, minutes):
+        return Experiment(name, "", ToyConfig, toy_run_seed, toy_analyze, presets={"smoke": {"steps": 2}},
+                          seeds={"smoke": 1}, minutes=minutes)  # fmt: skip
+
+    toys = [toy("a-unknown", {}), toy("b-slow", {"smoke": 5.0}), toy("c-fast", {"smoke": 0.2, "quick": 9.0})]
+    monkeypatch.setattr(registry, "EXPERIMENTS", {t.name: t for t in toys})
+    finished = []
+    status = reproduce("smoke", tmp_path, progress=False, on_result=lambda name, result: finished.append(name))
+    assert finished == ["c-fast", "b-slow", "a-unknown"] and set(status.values()) == {"ok"}
+    finished.clear()
+    reproduce("smoke", tmp_path, only=["b-slow", "a-unknown"], progress=False,
+              on_result=lambda name, result: finished.append(name))  # fmt: skip
+    assert finished == ["b-slow", "a-unknown"]  # the order asked for

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from . import __version__
 
@@ -12,7 +13,10 @@ def _demo(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from .demo import linalg_table
+    from .experiments import UsageError
 
+    if args.size < 2:
+        raise UsageError(f"--size must be at least 2, got {args.size}")
     Console().print(linalg_table(size=args.size, seed=args.seed))
     return 0
 
@@ -25,17 +29,29 @@ def _list(args: argparse.Namespace) -> int:
     from .experiments.catalog import load_all
 
     load_all()
-    table = Table(title="experiments (specgrad run NAME --preset PRESET)")
-    table.add_column("name")
-    table.add_column("what it shows")
-    for p in PRESETS:
-        table.add_column(p)
+    # the name is what one types: never cut or wrapped, however narrow the terminal
+    table = Table(title="experiments (specgrad run NAME --preset PRESET)", show_lines=True)
+    table.add_column("name", no_wrap=True, min_width=max(map(len, EXPERIMENTS), default=4))
+    table.add_column("what it shows", ratio=1)
+    table.add_column("size per preset", ratio=1)
     for name in sorted(EXPERIMENTS):
         exp = EXPERIMENTS[name]
-        sizes = [exp.size(exp.make_config(p)) for p in PRESETS]
-        table.add_row(name, exp.description, *sizes)
+        sizes = "\n".join(f"{p}: {exp.size(exp.make_config(p))}" for p in PRESETS)
+        table.add_row(name, exp.description, sizes)
     Console().print(table)
     return 0
+
+
+def _print_claims(console, name: str, out: str, result: dict) -> None:
+    from rich.markup import escape
+
+    for c in result["claims"]:
+        mark = "[green]PASS[/]" if c["passed"] else "[red]FAIL[/]"
+        op = ">=" if c["direction"] == "min" else "<="
+        value = "n/a" if c["value"] is None else f"{c['value']:.4g}"  # NaN/Inf are stored as null
+        line = f"{c['id']}: {value} {op} {c['threshold']:.4g}  ({c['statement']})"
+        console.print(f"{mark} {escape(line)}", soft_wrap=True)  # one line each, also in a log file
+    console.print(f"result: {escape(out)}/{name}/result.json", soft_wrap=True)
 
 
 def _parse_sets(pairs: list[str]) -> dict[str, str]:
@@ -61,44 +77,49 @@ def _run(args: argparse.Namespace) -> int:
         args.name, args.preset, args.out, seeds=args.seeds, device=args.device,
         overrides=_parse_sets(args.set), force=args.force,
     )  # fmt: skip
-    console = Console()
-    for c in result["claims"]:
-        mark = "[green]PASS[/]" if c["passed"] else "[red]FAIL[/]"
-        op = ">=" if c["direction"] == "min" else "<="
-        value = "n/a" if c["value"] is None else f"{c['value']:.4g}"  # NaN/Inf are stored as null
-        console.print(f"{mark} {c['id']}: {value} {op} {c['threshold']:.4g}  ({c['statement']})")
-    console.print(f"result: {args.out}/{args.name}/result.json")
+    _print_claims(Console(), args.name, args.out, result)
     return 0
 
 
 def _reproduce(args: argparse.Namespace) -> int:
     from rich.console import Console
+    from rich.markup import escape
 
     from .experiments.runner import reproduce
-    from .report import build_report
+    from .report import build_report, load_results
 
     only = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else None
-    status = reproduce(args.preset, args.out, only=only, device=args.device)
-    path = build_report(args.out)
-    failed = [n for n, s in status.items() if s != "ok"]
     console = Console()
+    status = reproduce(args.preset, args.out, only=only, device=args.device,
+                       on_result=lambda name, result: _print_claims(console, name, args.out, result))  # fmt: skip
+    results = load_results(Path(args.out))
+    _warn_unreadable(results)
+    path = build_report(args.out, results)
+    failed = [n for n, s in status.items() if s != "ok"]
     if failed:
         console.print(f"[red]{len(failed)} experiment(s) failed[/]: {', '.join(failed)} (see the report)")
-    console.print(f"report: {path.resolve()}")
+    console.print(f"report: {escape(str(path.resolve()))}", soft_wrap=True)
     return 1 if failed else 0
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .report import build_report
+    from .experiments import UsageError
+    from .report import build_report, load_results
 
-    try:
-        path = build_report(args.folder)
-    except ValueError as e:
-        from .experiments import UsageError
-
-        raise UsageError(str(e)) from None
-    print(f"report: {path.resolve()}")
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        raise UsageError(f"no results folder at {str(folder)!r}")
+    results = load_results(folder)
+    _warn_unreadable(results)
+    print(f"report: {build_report(folder, results).resolve()}")
     return 0
+
+
+def _warn_unreadable(results: dict) -> None:
+    from .report import unreadable
+
+    for name, bad in unreadable(results).items():
+        print(f"specgrad report: {name} is marked unreadable: {bad['file']}: {bad['message']}", file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"specgrad {args.command}: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the disk filled up, a folder went away: not a bug to trace
+        print(f"specgrad {args.command}: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted; finished seeds are saved, rerun the same command to resume", file=sys.stderr)
         return 130

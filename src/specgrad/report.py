@@ -11,13 +11,13 @@ import html
 import json
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 from typing import Optional
 
 from . import __version__
 from .experiments.catalog import STUDIES, Study
+from .experiments.runner import write_text
 
 CSS = """
 body { font: 15px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1100px; padding: 0 1em; color: #222 }
@@ -56,20 +56,64 @@ def _num(v) -> str:
 
 
 def load_results(folder: Path) -> dict[str, dict]:
-    """``{experiment: result dict}``, with ``{"error": ...}`` for failed experiments."""
+    """``{experiment: result dict}`` for every subfolder of ``folder`` with a result: its
+    ``result.json``, ``{"error": ...}`` (its ``error.json``) when the experiment failed
+    since, or ``{"unreadable": {"file": ..., "message": ...}}`` when that file cannot be
+    read or is not a result, so one bad file marks one experiment, not the report."""
     out = {}
-    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+    for sub in sorted(p for p in Path(folder).iterdir() if p.is_dir()):
         result, error = sub / "result.json", sub / "error.json"
         if error.exists() and (not result.exists() or error.stat().st_mtime > result.stat().st_mtime):
-            out[sub.name] = {"error": json.loads(error.read_text())}
+            out[sub.name] = _read(error, _check_error, lambda obj: {"error": obj})
         elif result.exists():
-            out[sub.name] = json.loads(result.read_text())
+            out[sub.name] = _read(result, _check_result, lambda obj: obj)
     return out
+
+
+def unreadable(results: dict[str, dict]) -> dict[str, dict]:
+    """The entries of :func:`load_results` whose file could not be read:
+    ``{experiment: {"file": path, "message": why}}``."""
+    return {name: r["unreadable"] for name, r in results.items() if "unreadable" in r}
+
+
+def _read(path: Path, check, wrap) -> dict:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+        check(obj)
+    except OSError as e:
+        return {"unreadable": {"file": str(path), "message": e.strerror or str(e)}}
+    except ValueError as e:  # not JSON, not UTF-8, or not the shape of a result
+        return {"unreadable": {"file": str(path), "message": str(e)}}
+    return wrap(obj)
+
+
+def _expect(ok: bool, what: str) -> None:
+    if not ok:
+        raise ValueError(what)
+
+
+def _check_error(obj) -> None:
+    _expect(isinstance(obj, dict) and isinstance(obj.get("message", ""), str), "not an error record")
+
+
+def _check_result(obj) -> None:
+    """Raise ``ValueError`` unless ``obj`` has the fields of a result file that the page shows."""
+    _expect(isinstance(obj, dict), "not a JSON object")
+    for key, typ in (("claims", list), ("summary", dict), ("series", dict), ("figures", list), ("env", dict)):
+        _expect(isinstance(obj.get(key, typ()), typ), f"{key!r} is not a {typ.__name__}")
+    for c in obj.get("claims", []):
+        _expect(isinstance(c, dict) and {"id", "statement", "passed", "value", "threshold"} <= set(c),
+                "a claim lacks one of id, statement, passed, value, threshold")
+    _expect(all(isinstance(f, str) for f in obj.get("figures", [])), "a figure is not a file name")
+    seconds = obj.get("env", {}).get("seconds", 0.0)
+    _expect(seconds is None or isinstance(seconds, (int, float)), "env.seconds is not a number")
 
 
 def _status(result: Optional[dict]) -> tuple[str, str]:
     if result is None:
         return "missing", "not run"
+    if "unreadable" in result:
+        return "fail", "unreadable"
     if "error" in result:
         return "fail", "error"
     claims = result.get("claims", [])
@@ -94,6 +138,11 @@ def _claims_table(name: str, result: dict) -> str:
 def _experiment_section(name: str, result: Optional[dict]) -> str:
     if result is None:
         return f"<h3 id='{_e(name)}'>{_e(name)}</h3><p class=missing>Not run.</p>"
+    if "unreadable" in result:
+        bad = result["unreadable"]
+        return (f"<h3 id='{_e(name)}'>{_e(name)}</h3><p class=fail>Unreadable: {_e(bad['file'])}: "
+                f"{_e(bad['message'])}</p><p class=muted>Rerun the experiment (the same command resumes "
+                f"from its saved seeds) or restore the file.</p>")  # fmt: skip
     if "error" in result:
         err = result["error"]
         return (f"<h3 id='{_e(name)}'>{_e(name)}</h3><p class=fail>Failed: {_e(err.get('message', ''))}</p>"
@@ -134,7 +183,7 @@ def render(results: dict[str, dict], studies: tuple[Study, ...] = STUDIES) -> st
             result = results.get(name)
             parts.append(_experiment_section(name, result))
             cls, text = _status(result)
-            claims = result.get("claims", []) if result and "error" not in result else []
+            claims = result.get("claims", []) if result and not {"error", "unreadable"} & set(result) else []
             link = f"<td><a href='#{_e(name)}'>{_e(name)}</a></td>"
             if not claims:
                 rows.append(f"{link}<td>-</td><td class={cls}>{_e(text)}</td></tr>")
@@ -145,14 +194,14 @@ def render(results: dict[str, dict], studies: tuple[Study, ...] = STUDIES) -> st
         head = f"<td rowspan={len(rows)}><a href='#study-{_e(study.key)}'>{_e(study.title.split(' (')[0])}</a></td>"
         summary_rows += ["<tr>" + (head if k == 0 else "") + row for k, row in enumerate(rows)]
         body.append("".join(parts))
-    envs = [r.get("env", {}) for r in results.values() if "env" in r]
+    envs = [r["env"] for r in results.values() if "env" in r]
     devices = sorted({e.get("device", "?") for e in envs}) or ["-"]
     torch_versions = sorted({e.get("torch", "?") for e in envs}) or ["-"]
     env_rows = {
         "specgrad": __version__, "torch": ", ".join(torch_versions), "device": ", ".join(devices),
         "python": platform.python_version(), "platform": platform.platform(),
         "built": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "total seconds": _num(sum(e.get("seconds", 0.0) for e in envs)),
+        "total seconds": _num(sum(e.get("seconds") or 0.0 for e in envs)),
     }  # fmt: skip
     counts = [r for r in summary_rows if "class=pass" in r], [r for r in summary_rows if "class=fail" in r]
     return f"""<!doctype html>
@@ -170,15 +219,12 @@ def render(results: dict[str, dict], studies: tuple[Study, ...] = STUDIES) -> st
 """
 
 
-def build_report(folder: os.PathLike | str) -> Path:
-    """Write ``folder/report.html`` from the results in ``folder`` and return its path."""
+def build_report(folder: os.PathLike | str, results: Optional[dict[str, dict]] = None) -> Path:
+    """Write ``folder/report.html`` from ``results`` (default: :func:`load_results` of
+    ``folder``) and return its path."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"no results folder at {str(folder)!r}")
-    page = render(load_results(folder))
     path = folder / "report.html"
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".report.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(page)
-    os.replace(tmp, path)
+    write_text(path, render(load_results(folder) if results is None else results))
     return path
