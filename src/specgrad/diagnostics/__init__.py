@@ -2,8 +2,9 @@
 
 from .accumulators import ActivationGram, SketchedActivation, TokenCounts
 from .diagnose import diagnose
+from .inputs import conv1d_patches, conv2d_patches, first_input, model_blocks
 from .loggers import CSVLogger, JSONLinesLogger, TensorBoardLogger, plot_history
-from .monitor import Block, SpectralMonitor, conv2d_patches, first_input
+from .monitor import Block, SpectralMonitor
 
 __all__ = [
     "ActivationGram",
@@ -14,8 +15,10 @@ __all__ = [
     "SpectralMonitor",
     "TensorBoardLogger",
     "TokenCounts",
+    "conv1d_patches",
     "conv2d_patches",
     "diagnose",
     "first_input",
+    "model_blocks",
     "plot_history",
 ]

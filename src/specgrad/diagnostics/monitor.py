@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Optional, Union
+from typing import Any, Iterable, Mapping, Optional, Union
 
 import pandas as pd
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..linalg import Workspace, check_positive_int, frobenius_nuclear_norms, matrix_view, top_eigenpairs
+from ..linalg import Workspace, check_positive_int, frobenius_nuclear_norms, top_eigenpairs
+from ..views import MatrixView
 from .accumulators import ActivationGram, make_accumulator
+from .inputs import (ActivationFn, BlockSpec, Getter, Skip, clean, conv2d_patches, first_input, model_blocks, untie,
+                     user_getter, whole_view)
 
 # -- tuning ------------------------------------------------------------------------------
 # Blocks with up to this many input features get an exact activation Gram (memory
@@ -35,46 +37,27 @@ DIRECT_BELOW = 32
 # of order sqrt(st(A) / SKETCH_ROWS), a few percent for the small stable ranks of activations.
 SKETCH_ROWS = 256
 
-ActivationFn = Callable[[nn.Module, tuple, Any], Tensor]
-
-
-def first_input(module: nn.Module, args: tuple, output: Any) -> Tensor:
-    """The default activation getter: the module's first positional input."""
-    return args[0]
-
-
-def conv2d_patches(module: nn.Conv2d, args: tuple, output: Any) -> Tensor:
-    """Unfolded input patches of a ``Conv2d``: ``(N * L, in * kh * kw)``, the activation the
-    weight's matrix view ``(out, in * kh * kw)`` multiplies."""
-    x = args[0]
-    if x.ndim == 3:
-        x = x.unsqueeze(0)
-    cols = F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)
-    return cols.transpose(1, 2).reshape(-1, cols.shape[1])
-
-
-def _conv_supported(m: nn.Conv2d) -> Optional[str]:
-    if m.groups != 1:
-        return "grouped convolution"
-    if isinstance(m.padding, str):
-        return f"string padding {m.padding!r}"
-    if m.padding_mode != "zeros":
-        return f"padding_mode {m.padding_mode!r}"
-    return None
-
-
 @dataclass
 class _Tap:
-    """One module's forward hook (present on sampled steps), its activation getter and
-    accumulated statistics."""
+    """One activation the monitor measures (a module's input, a part of it, an expert's
+    tokens), its getter and accumulated statistics."""
 
     module: nn.Module
     kind: str
     dim: int
-    activation: ActivationFn
+    activation: Getter
     stats: Any = None
-    handle: Any = None
     top_vector: Optional[Tensor] = None  # of the last sampled step's Gram: the next Lanczos start
+
+
+@dataclass
+class _Hooked:
+    """A module's forward hook (present on sampled steps) and the taps it feeds."""
+
+    module: nn.Module
+    taps: list = field(default_factory=list)
+    pre: list = field(default_factory=list)  # forward pre-hooks the getters need
+    handles: list = field(default_factory=list)
 
 
 @dataclass
@@ -83,15 +66,24 @@ class Block:
     :meth:`SpectralMonitor.block`).
 
     ``name``: the block's name in the records; ``weight``: the parameter or its attribute
-    name on :attr:`module` (looked up at each step); ``rows``: the part of the weight's
-    matrix view this block is (e.g. the Q rows of a fused QKV weight), ``None`` for all.
-    Blocks fed by one module (the parts of a fused weight) share its statistic.
+    name on :attr:`owner` (looked up at each step); ``view`` and ``index``: the block is
+    matrix ``index`` of ``view.matrices(weight)`` (a :class:`~specgrad.views.MatrixView`:
+    ``Conv1D`` transposed, fused q/k/v as three, an expert stack as one per expert);
+    ``rows``: the part of that matrix this block is (a part of :meth:`SpectralMonitor.add_fused`),
+    ``None`` for all. ``parameter``: the weight's name in ``named_parameters()``;
+    ``uses``: every module that uses the weight when it is tied (an embedding and its
+    output head), else ``()``. Blocks fed by one activation share its statistic.
     """
 
     name: str
     _tap: _Tap = field(repr=False)
     weight: Union[str, nn.Parameter]
     rows: Optional[slice] = None
+    view: Optional[MatrixView] = None
+    index: int = 0
+    parameter: str = ""
+    uses: tuple = ()
+    _owner: Optional[nn.Module] = field(default=None, repr=False)
 
     @property
     def module(self) -> nn.Module:
@@ -99,14 +91,21 @@ class Block:
         return self._tap.module
 
     @property
+    def owner(self) -> nn.Module:
+        """The module that holds the weight (the :attr:`module`, except for
+        ``MultiheadAttention.out_proj``, fed by its parent's forward)."""
+        return self._owner if self._owner is not None else self._tap.module
+
+    @property
     def kind(self) -> str:
-        """``"linear"``, ``"conv2d"``, ``"embedding"`` or what :meth:`SpectralMonitor.add_block` was given."""
+        """``"linear"``, ``"conv2d"``, ``"conv1d"``, ``"embedding"``, ``"expert"`` or what
+        :meth:`SpectralMonitor.add_block` was given."""
         return self._tap.kind
 
     @property
     def dim(self) -> int:
-        """Width of the activation: the columns of the weight's matrix view (the vocabulary
-        for an embedding)."""
+        """Width of the activation: the columns of the block's matrix (the vocabulary for
+        an embedding)."""
         return self._tap.dim
 
     @property
@@ -128,13 +127,18 @@ class Block:
         return stats.gram if isinstance(stats, ActivationGram) else None
 
     def param(self) -> Tensor:
-        """The monitored weight (all of it, also when :attr:`rows` selects a part)."""
-        return getattr(self._tap.module, self.weight) if isinstance(self.weight, str) else self.weight
+        """The monitored weight (all of it, also when the block is a part of it)."""
+        return getattr(self.owner, self.weight) if isinstance(self.weight, str) else self.weight
+
+    def matrix(self, t: Tensor) -> Tensor:
+        """This block's matrix ``(out, in)`` of ``t``, a tensor shaped like the weight."""
+        M = self.view.matrices(t)[self.index]
+        return M if self.rows is None else M[self.rows]
 
     def grad(self) -> Optional[Tensor]:
-        """The gradient of this block: the weight's gradient in its matrix view
-        ``(out, in)`` (an embedding's transposed), rows :attr:`rows`; ``None`` without one.
-        A DTensor shard (FSDP2) is gathered whole."""
+        """The gradient of this block, ``(out, in)`` (:meth:`matrix` of the weight's
+        gradient: an embedding's and a ``Conv1D``'s transposed); ``None`` without one. A
+        DTensor shard (FSDP2) is gathered whole."""
         g = self.param().grad
         if g is None:
             return None
@@ -142,20 +146,35 @@ class Block:
             g = g.full_tensor()
         if g.is_sparse:
             g = g.to_dense()
-        G = matrix_view(g)
-        if self._tap.kind == "embedding":
-            G = G.T  # the embedding maps a one-hot (vocab) to width: W^T is (out, in)
-        return G if self.rows is None else G[self.rows]
+        return self.matrix(g)
 
 
 class SpectralMonitor:
     """Record, per block and on every ``every``-th step, ``st(A)`` of the incoming
     activation and ``nr(G)`` of the weight's gradient.
 
-    Blocks: every ``nn.Linear`` (any leading dims; tokens are rows), ``nn.Conv2d`` (input
-    patches unfolded; weight viewed as ``(out, in*kh*kw)``) and ``nn.Embedding`` (the
-    token-indicator matrix: ``st = 1/p_max`` from token counts) of ``model``, or those named
-    in ``layers``; more with :meth:`add_block` and :meth:`add_fused`.
+    Blocks: every matrix of ``model`` whose input the monitor can see, one per matrix of the
+    weight's matrix view (:mod:`specgrad.views`; see :mod:`specgrad.diagnostics.inputs`):
+    ``nn.Linear`` (any leading dims; tokens are rows), ``nn.Conv1d``/``nn.Conv2d`` (input
+    patches unfolded; weight viewed as ``(out, in*k)``), ``nn.Embedding`` (the
+    token-indicator matrix: ``st = 1/p_max`` from token counts), transformers' ``Conv1D``
+    (read transposed; GPT-2's ``c_attn`` as blocks ``q``, ``k``, ``v``),
+    ``nn.MultiheadAttention`` (``q``, ``k``, ``v`` fed by query, key and value;
+    ``out_proj`` by the attention output, recomputed on sampled steps) and transformers
+    expert stacks (one block per expert, fed by the tokens routed to it) — or those of the
+    modules named in ``layers``; more with :meth:`add_block` and :meth:`add_fused`.
+    ``views`` (by parameter name, e.g. ``split_params(model, per_head=True).views()``)
+    replaces the view a parameter gets from its module. A weight tied to several modules
+    (an embedding and its output head) is one block, its combined gradient measured
+    against the input of its multiplying use; :attr:`Block.uses` names every use.
+    Matrices the monitor cannot see (frozen, grouped convolutions, parameters of modules
+    it does not know) are in :attr:`skipped` (block name -> reason); :meth:`coverage`
+    lists both.
+
+    A compiled model (``torch.compile(model)``, or compiled submodules) is hooked on its
+    original modules, under names without ``_orig_mod.``; on sampled steps it runs eagerly
+    (``torch.compiler.set_stance("force_eager")`` during its forward), since a compiled
+    graph does not call hooks added after it was traced; the other steps run compiled.
 
     Activation statistics are exact for blocks up to ``max_dim`` wide, in memory
     ``O(d_in^2)`` whatever the batch: the rows themselves while they fit in the bytes of a
@@ -181,10 +200,11 @@ class SpectralMonitor:
     With ``gradients=False`` only the activation statistics are computed (``nr_G`` and the
     gradient norms are NaN): for a caller that has the gradient's norms already, like
     :class:`~specgrad.optim.Hybrid`, which gets ``||M||_*`` free from ``polar(M)``.
-    Records are in :attr:`records` (a list of dicts) and :meth:`frame` (a DataFrame);
-    ``loggers`` receive each sampled step's rows. :attr:`blocks` names the blocks and
-    :meth:`block` gives one (its weight, gradient and activation statistic), e.g. to read
-    a sampled step's statistics between ``backward`` and :meth:`step`.
+    Records are in :attr:`records` (a list of dicts) and :meth:`frame` (a DataFrame); the
+    verdict is ``"spectral"`` (``nr >= st``), ``"euclidean"`` or ``"no gradient"`` (an
+    all-zero gradient). ``loggers`` receive each sampled step's rows. :attr:`blocks` names
+    the blocks and :meth:`block` gives one (its weight, gradient and activation statistic),
+    e.g. to read a sampled step's statistics between ``backward`` and :meth:`step`.
 
     Example:
         >>> net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1))
@@ -206,6 +226,7 @@ class SpectralMonitor:
         gradients: bool = True,
         distributed: Union[bool, str] = "auto",
         group: Optional[Any] = None,
+        views: Optional[Mapping[str, MatrixView]] = None,
     ):
         check_positive_int(every, "every")
         check_positive_int(max_dim, "max_dim")
@@ -223,43 +244,67 @@ class SpectralMonitor:
         self.loggers = list(loggers) if self.rank == 0 else []
         self.records: list[dict] = []
         self.skipped: dict[str, str] = {}
-        self._taps: dict[int, _Tap] = {}
+        self._skips: list[Skip] = []
+        self._taps: dict[tuple, _Tap] = {}
+        self._hooked: dict[int, _Hooked] = {}
         self._blocks: list[Block] = []
         self._step = 0
         self._sketch_seed = 0
         self._workspace = Workspace()  # scratch shared by the blocks' products and norms
         self._open = True
-        names = None if layers is None else list(layers)
-        modules = dict(model.named_modules())
-        if names is not None:
+        self._compiled = [m for m in model.modules() if isinstance(getattr(m, "_orig_mod", None), nn.Module)]
+        if self._compiled and not hasattr(torch.compiler, "set_stance"):
+            raise ValueError("a compiled model needs torch >= 2.6 (torch.compiler.set_stance) to be monitored; "
+                             "pass model._orig_mod and run the monitored steps uncompiled")  # fmt: skip
+        self._stance_handles: list = []
+        self._stances: list = []
+        self._pnames = {id(p): clean(n) for n, p in model.named_parameters()}
+        modules = {clean(n): m for n, m in model.named_modules()}
+        specs, skips = model_blocks(model, views)
+        if layers is not None:
+            names = [clean(n) for n in layers]
             missing = [n for n in names if n not in modules]
             if missing:
                 raise ValueError(f"no modules named {missing}; some that exist: {list(modules)[1:8]}")
-        for name, module in modules.items():
-            if names is not None and name not in names:
-                continue
-            if isinstance(module, nn.Linear):
-                self.add_block(name, module)
-            elif isinstance(module, nn.Conv2d):
-                reason = _conv_supported(module)
-                if reason:
-                    self.skipped[name] = reason
-                else:
-                    self.add_block(name, module, activation=conv2d_patches, kind="conv2d")
-            elif isinstance(module, nn.Embedding):
-                self.add_block(name, module, kind="embedding")
-            elif names is not None:
-                raise ValueError(f"module {name!r} ({type(module).__name__}) needs add_block with an activation getter")
+            specs = [s for s in specs if s.owner_name in names]
+            skips = [s for s in skips if s.owner_name in names]
+            seen = {s.owner_name for s in specs} | {s.owner_name for s in skips}
+            for n in names:
+                if n not in seen:
+                    raise ValueError(f"module {n!r} ({type(modules[n]).__name__}) needs add_block with an activation getter")
+        uses: dict[int, list[str]] = {}
+        for n, m in modules.items():
+            for p in m.parameters(recurse=False):
+                if n not in uses.setdefault(id(p), []):
+                    uses[id(p)].append(n)
+        for spec in untie(specs, uses):
+            tied = tuple(uses.get(id(spec.weight), ())) if len(uses.get(id(spec.weight), ())) > 1 else ()
+            self._register(spec, tied)
+        for skip in skips:
+            self._skips.append(skip)
+            self.skipped[skip.name] = skip.reason
+        self._arm()
 
     # -- registration ------------------------------------------------------------------------
-    def _tap(self, module: nn.Module, kind: str, activation: ActivationFn, dim: int) -> _Tap:
-        tap = self._taps.get(id(module))
+    def _tap(self, module: nn.Module, key, kind: str, activation: Getter, dim: int, pre=None) -> _Tap:
+        tap = self._taps.get((id(module), key))
         if tap is None:
-            tap = self._taps[id(module)] = _Tap(module, kind, dim, activation)
-            self._arm([tap])
-        elif tap.activation is not activation:
-            raise ValueError(f"module {type(module).__name__} is already tapped with another activation getter")
+            tap = self._taps[(id(module), key)] = _Tap(module, kind, dim, activation)
+            hooked = self._hooked.setdefault(id(module), _Hooked(module))
+            hooked.taps.append(tap)
+            if pre is not None and pre not in hooked.pre:
+                hooked.pre.append(pre)
+                self._disarm(hooked)
+            self._arm([hooked])
+        elif (tap.kind, tap.dim) != (kind, dim):
+            raise ValueError(f"module {type(module).__name__} is already tapped as kind {tap.kind!r} of width {tap.dim}, "
+                             f"not {kind!r} of width {dim}")  # fmt: skip
         return tap
+
+    def _register(self, spec: BlockSpec, uses: tuple = ()) -> None:
+        tap = self._tap(spec.module, spec.key, spec.kind, spec.activation, spec.dim, spec.pre)
+        owner = spec.owner if spec.owner is not spec.module else None
+        self._blocks.append(Block(spec.name, tap, spec.attr, None, spec.view, spec.index, spec.parameter, uses, owner))
 
     def add_block(
         self,
@@ -271,24 +316,38 @@ class SpectralMonitor:
         kind: str = "linear",
         rows: Optional[slice] = None,
         in_features: Optional[int] = None,
+        view: Optional[MatrixView] = None,
+        index: int = 0,
     ) -> "SpectralMonitor":
         """Monitor ``weight`` of ``module`` against ``activation(module, args, output)``,
-        a tensor ``(..., in_features)`` (or token ids for ``kind="embedding"``)."""
+        a tensor ``(..., in_features)`` (or token ids for ``kind="embedding"``).
+
+        The block is matrix ``index`` of ``view`` (default: the whole weight as its module
+        reads it, e.g. transposed for transformers' ``Conv1D`` and an embedding, one matrix
+        per expert of an expert stack), rows ``rows`` of it.
+
+        Example:
+            >>> experts = torch.nn.Module()
+            >>> experts.w = torch.nn.Parameter(torch.randn(4, 6, 3))  # 4 experts, (out, in) = (6, 3)
+            >>> mon = SpectralMonitor(torch.nn.Sequential(), every=1)
+            >>> mon = mon.add_block("expert2", experts, weight="w", index=2, activation=lambda m, a, o: a[0])
+            >>> str(mon.block("expert2").view), mon.block("expert2").dim
+            ('4 x (6, 3)', 3)
+        """
         W = getattr(module, weight) if isinstance(weight, str) else weight
         if not isinstance(W, Tensor) or W.ndim < 2:
             raise ValueError(f"block {name!r}: weight must be a tensor with >= 2 dims, got {type(W).__name__}")
-        if kind == "embedding":
-            dim = W.shape[0]
-        else:
-            dim = in_features if in_features is not None else matrix_view(W).shape[1]
-        tap = self._tap(module, kind, activation, dim)
-        self._blocks.append(Block(name or type(module).__name__, tap, weight, rows))
+        view = view if view is not None else whole_view(module, weight, W, kind)
+        dim = in_features if in_features is not None else view.cols
+        tap = self._tap(module, activation, kind, user_getter(activation), dim)
+        self._blocks.append(Block(name or type(module).__name__, tap, weight, rows, view, index, self._pnames.get(id(W), "")))
         return self
 
     def add_fused(self, name: str, module: nn.Module, parts: Iterable[str] = ("q", "k", "v"),
                   weight: Union[str, nn.Parameter] = "weight", **kwargs) -> "SpectralMonitor":  # fmt: skip
-        """Monitor a fused weight (e.g. QKV ``(3d, d)``) as equal row blocks, one per part,
-        all fed by the same activation; blocks are named ``f"{name}.{part}"``.
+        """Monitor a fused weight (e.g. QKV ``(3d, d)``, or GPT-2's ``c_attn`` stored
+        ``(d, 3d)``) as equal row blocks of its matrix view, one per part, all fed by the
+        same activation; blocks are named ``f"{name}.{part}"``.
 
         Example:
             >>> qkv = torch.nn.Linear(4, 12)
@@ -297,12 +356,13 @@ class SpectralMonitor:
         """
         parts = list(parts)
         W = getattr(module, weight) if isinstance(weight, str) else weight
-        out = matrix_view(W).shape[0]
+        view = kwargs.pop("view", None) or whole_view(module, weight, W, kwargs.get("kind", "linear"))
+        out = view.rows
         if out % len(parts):
             raise ValueError(f"{out} rows do not split into {len(parts)} equal parts")
         size = out // len(parts)
         for k, part in enumerate(parts):
-            self.add_block(f"{name}.{part}", module, weight=weight, rows=slice(k * size, (k + 1) * size), **kwargs)
+            self.add_block(f"{name}.{part}", module, weight=weight, rows=slice(k * size, (k + 1) * size), view=view, **kwargs)
         return self
 
     @property
@@ -326,25 +386,65 @@ class SpectralMonitor:
                 return b
         raise KeyError(f"no block named {name!r}; the blocks are {self.blocks}")
 
+    def coverage(self) -> pd.DataFrame:
+        """Every matrix of the model, monitored or not: one row per block with ``block``,
+        ``parameter``, ``view`` (of the whole parameter), ``status`` (``"monitored"`` or
+        ``"skipped"``) and ``reason``.
+
+        Example:
+            >>> net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Conv2d(4, 4, 3, groups=2))
+            >>> SpectralMonitor(net).coverage()[["block", "status", "reason"]].values.tolist()
+            [['0', 'monitored', ''], ['1', 'skipped', 'grouped convolution']]
+        """
+        rows = [dict(block=b.name, parameter=b.parameter, view=str(b.view), status="monitored", reason="")
+                for b in self._blocks]  # fmt: skip
+        rows += [dict(block=s.name, parameter=s.parameter, view=s.view, status="skipped", reason=s.reason)
+                 for s in self._skips]  # fmt: skip
+        return pd.DataFrame(rows, columns=["block", "parameter", "view", "status", "reason"])
+
     # -- hooks -------------------------------------------------------------------------------
     @property
     def sampling(self) -> bool:
         """Whether the current step is recorded."""
         return self._open and self._step % self.every == 0
 
-    def _arm(self, taps: Optional[Iterable[_Tap]] = None) -> None:
-        """Hook the taps (default: all) for a sampled step and unhook them for the others,
+    def _arm(self, hooked: Optional[Iterable[_Hooked]] = None) -> None:
+        """Hook the modules (default: all) for a sampled step and unhook them for the others,
         which then run the model exactly as if it were not monitored."""
         on = self.sampling
-        for tap in self._taps.values() if taps is None else taps:
-            if on and tap.handle is None:
-                tap.handle = tap.module.register_forward_hook(self._make_hook(tap))
-            elif not on and tap.handle is not None:
-                tap.handle.remove()
-                tap.handle = None
+        for h in self._hooked.values() if hooked is None else hooked:
+            if on and not h.handles:
+                h.handles = [h.module.register_forward_pre_hook(p, with_kwargs=True) for p in h.pre]
+                h.handles.append(h.module.register_forward_hook(self._make_hook(h), with_kwargs=True))
+            elif not on:
+                self._disarm(h)
+        if hooked is None:
+            if on and not self._stance_handles:
+                for m in self._compiled:
+                    self._stance_handles += [m.register_forward_pre_hook(self._eager),
+                                             m.register_forward_hook(self._compiled_again, always_call=True)]  # fmt: skip
+            elif not on:
+                for handle in self._stance_handles:
+                    handle.remove()
+                self._stance_handles = []
 
-    def _make_hook(self, tap: _Tap):
-        def hook(module, args, output):
+    @staticmethod
+    def _disarm(h: _Hooked) -> None:
+        for handle in h.handles:
+            handle.remove()
+        h.handles = []
+
+    def _eager(self, module, args) -> None:
+        stance = torch.compiler.set_stance("force_eager")
+        stance.__enter__()
+        self._stances.append(stance)
+
+    def _compiled_again(self, module, args, output) -> None:
+        if self._stances:
+            self._stances.pop().__exit__(None, None, None)
+
+    def _make_hook(self, hooked: _Hooked):
+        def hook(module, args, kwargs, output):
             # attached on sampled steps only (see _arm), so sampling needs no test here
             if not (module.training and torch.is_grad_enabled()):
                 return
@@ -353,28 +453,36 @@ class SpectralMonitor:
             )  # fmt: skip
             if out is None or not out.requires_grad:
                 return
-            act = tap.activation(module, args, output)
-            # a fresh seed per accumulator: micro-batches (and repeated calls of one module)
-            # must be sketched independently, or their sketches add up to Phi (A_1 + A_2)
-            # and across ranks, whose sketches are summed too
-            self._sketch_seed += 1
-            seed = self._sketch_seed * self.world + self.rank
-            pending = make_accumulator(tap.kind, tap.dim, self.max_dim, device=act.device, seed=seed,
+            inputs = (*args, *kwargs.values())
+            cache: dict = {}  # shared by the getters of this call
+            pending = []
+            for tap in hooked.taps:
+                act = tap.activation(module, args, kwargs, output, cache)
+                if act is None:
+                    continue
+                # a fresh seed per accumulator: micro-batches (and repeated calls of one module)
+                # must be sketched independently, or their sketches add up to Phi (A_1 + A_2)
+                # and across ranks, whose sketches are summed too
+                self._sketch_seed += 1
+                seed = self._sketch_seed * self.world + self.rank
+                acc = make_accumulator(tap.kind, tap.dim, self.max_dim, device=act.device, seed=seed,
                                        workspace=self._workspace, sketch_rows=SKETCH_ROWS)  # fmt: skip
-            if isinstance(pending, ActivationGram):
-                # multiplied (or copied) only once backward reaches the output: a module's
-                # input is kept alive until then anyway, and rows no bigger than a float64
-                # Gram bound the memory; other activations (unfolded patches) are multiplied now
-                small = act.numel() * act.element_size() <= 8 * tap.dim**2
-                pending.update(act, borrow=small or any(act is a for a in args))
-            else:
-                pending.update(act)
+                if isinstance(acc, ActivationGram):
+                    # multiplied (or copied) only once backward reaches the output: a module's
+                    # input is kept alive until then anyway, and rows no bigger than a float64
+                    # Gram bound the memory; other activations (unfolded patches) are multiplied now
+                    small = act.numel() * act.element_size() <= 8 * tap.dim**2
+                    acc.update(act, borrow=small or any(act is a for a in inputs))
+                else:
+                    acc.update(act)
+                pending.append((tap, acc))
             done = []
 
             def commit(grad):
                 if not done and self._open:
                     done.append(True)
-                    self._stats(tap, pending.device).merge(pending)
+                    for tap, acc in pending:
+                        self._stats(tap, acc.device).merge(acc)
 
             out.register_hook(commit)
 
@@ -429,9 +537,11 @@ class SpectralMonitor:
             self._sum_across_ranks()
         todo = []
         for b in self._blocks:
-            stats, G = b.statistic, b.grad()
-            if stats is not None and stats.rows > 0 and G is not None:
-                todo.append((b, stats, G))
+            stats = b.statistic
+            if stats is not None and stats.rows > 0:
+                G = b.grad()
+                if G is not None:
+                    todo.append((b, stats, G))
         # ||A||_op^2 of every exact Gram of this step in one batched call; a tap is computed
         # once however many blocks (parts of a fused weight) it feeds
         taps = list({id(b._tap): b._tap for b, _, _ in todo}.values())
@@ -452,10 +562,10 @@ class SpectralMonitor:
             st = a_fro_sq / a_op_sq if a_op_sq > 0 else 0.0
             nr = (g_nuc / g_fro) ** 2 if g_fro > 0 else (math.nan if math.isnan(g_fro) else 0.0)
             ratio = nr / st if st > 0 else math.nan
+            verdict = "no gradient" if g_fro == 0 else "spectral" if ratio >= 1 else "euclidean"
             rows.append(dict(
                 step=self._step, block=b.name, kind=b.kind, shape=f"{G.shape[0]}x{G.shape[1]}",
-                rows=stats.rows, st_A=st, nr_G=nr, ratio=ratio,
-                verdict="spectral" if ratio >= 1 else "euclidean",
+                rows=stats.rows, st_A=st, nr_G=nr, ratio=ratio, verdict=verdict,
                 grad_fro=g_fro, grad_nuc=g_nuc, act_fro=math.sqrt(a_fro_sq), act_op=math.sqrt(a_op_sq),
             ))  # fmt: skip
         return rows
@@ -469,8 +579,12 @@ class SpectralMonitor:
         """Remove every hook and drop every reference to the model."""
         self._open = False
         self._arm()
+        while self._stances:
+            self._stances.pop().__exit__(None, None, None)
         self._taps.clear()
+        self._hooked.clear()
         self._blocks.clear()
+        self._compiled = []
         for logger in self.loggers:
             logger.close()
 
