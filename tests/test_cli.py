@@ -98,6 +98,17 @@ def test_a_setting_out_of_range_is_one_line_and_writes_nothing(tmp_path, capsys,
     assert not out.exists()
 
 
+@pytest.mark.parametrize("name, pair", [
+    ("random-features", "dim=0"), ("random-features", "samples=0"), ("random-features", "feature_dim=-3"),
+    ("random-features", "relu_steps=-5"), ("sparse-regression", "steps=-5"), ("phase-retrieval", "init_scale=nan"),
+    ("long-tail-classification", "routing=5x"),
+])  # fmt: skip
+def test_the_experiments_bad_settings_of_the_issue_are_one_line(tmp_path, capsys, name, pair):
+    out = tmp_path / "out"
+    assert cli.main(["run", name, "--out", str(out), "--set", pair]) == 2
+    assert f"setting {pair.split('=')[0]!r}" in one_line(capsys)
+    assert not out.exists()
+
 def test_the_corrected_rerun_is_not_refused(tmp_path, capsys):
     out = str(tmp_path)
     assert cli.main(["run", "bounded-toy", "--out", out, "--set", "steps=-5"]) == 2

@@ -15,7 +15,7 @@ from ...linalg import nuclear_rank
 from ...theory.random_features import post_activation, rotated_gd_gradients
 from ..devices import cpu_only
 from ..plots import mean_band, save
-from ..registry import Claim, Experiment, register
+from ..registry import Claim, Experiment, register, setting
 from ..series import curve, finite_or, loglog_slope, rounded, seed_runs
 from .stable_ranks import fast_stable_rank
 
@@ -26,7 +26,7 @@ class NuclearRankGrowthConfig:
     input_ratio: float = 0.5  # d = input_ratio * k
     sample_ratio: float = 2.0  # n = sample_ratio * k
     activation: str = "relu"
-    steps: int = 1024
+    steps: int = setting(1024, ge=1)
     record_points: int = 64  # nr recorded at steps 0..8 and this many log-spaced steps up to `steps`
 
 

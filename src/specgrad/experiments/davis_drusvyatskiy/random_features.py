@@ -17,7 +17,7 @@ from ...linalg import nuclear_rank
 from ...theory.random_features import RandomFeatureProblem, random_feature_problem
 from ..devices import cpu_only
 from ..plots import mean_band, save
-from ..registry import Claim, Experiment, register
+from ..registry import Claim, Experiment, register, setting
 from ..series import at, curve, finite_max, geomean, key_of, paired_ratios, rounded, seed_runs
 
 NORMS = {"gd": "frobenius", "specgd": "spectral"}  # each method's majorization step
@@ -25,15 +25,15 @@ NORMS = {"gd": "frobenius", "specgd": "spectral"}  # each method's majorization 
 
 @dataclass
 class RandomFeaturesConfig:
-    dim: int = 100  # W and W# are dim x dim; A = sigma(V X) has dim rows
-    feature_dim: int = 50  # X is feature_dim x samples, V is dim x feature_dim (entries N(0, 1/feature_dim))
-    samples: int = 400
+    dim: int = setting(100, ge=1)  # W and W# are dim x dim; A = sigma(V X) has dim rows
+    feature_dim: int = setting(50, ge=1)  # X is feature_dim x samples, V is dim x feature_dim (entries N(0, 1/feature_dim))
+    samples: int = setting(400, ge=1)
     activations: tuple[str, ...] = ("relu", "swiglu")
-    relu_steps: int = 1000
-    swiglu_steps: int = 400
-    restart_every: int = 100  # SpecGD restarted from the GD iterate every this many steps (0: none)
+    relu_steps: int = setting(1000, ge=1)
+    swiglu_steps: int = setting(400, ge=1)
+    restart_every: int = setting(100, ge=0)  # SpecGD restarted from the GD iterate every this many steps (0: none)
     restart_from_peak: bool = True  # ... and from the GD step where nr(G) peaks
-    mid_step: int = 100  # step of the mid-run gap ratio in the summary
+    mid_step: int = setting(100, ge=0)  # step of the mid-run gap ratio in the summary
 
     def steps(self, activation: str) -> int:
         return self.swiglu_steps if activation == "swiglu" else self.relu_steps

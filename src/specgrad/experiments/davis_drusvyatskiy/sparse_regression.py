@@ -15,7 +15,7 @@ from ...linalg import majorization_step, nuclear_rank, operator_norm
 from ...theory.sparse_regression import sparse_regression_problem, squared_relu_net
 from ..devices import cpu_only
 from ..plots import save
-from ..registry import Claim, Experiment, register
+from ..registry import Claim, Experiment, register, setting
 from ..series import at, curve, finite_max, geomean, paired_ratios, positive, rounded, seed_runs
 
 LOSSES = ("half_mse", "mse")
@@ -25,8 +25,8 @@ LOSSES = ("half_mse", "mse")
 class SparseRegressionConfig:
     input_dim: int = 128
     hidden: int = 512
-    samples: int = 512
-    steps: int = 400
+    samples: int = setting(512, ge=1)
+    steps: int = setting(400, ge=1)
     gd_lr: float = 0.081
     specgd_lr: float = 0.1
     spectral_layers: tuple[int, ...] = (2, 3)  # 1-based; the others take the Euclidean step

@@ -35,7 +35,7 @@ from ..classification import per_class_accuracy, per_class_loss
 from ..devices import cpu_only
 from ..methods import lr_grid, lr_grid_field, make
 from ..plots import mean_band, save
-from ..registry import Claim, Experiment, register
+from ..registry import Claim, Experiment, register, setting
 from ..series import finite_mean, seed_runs
 
 LINEAR_METHODS = ("gd", "ngd", "specgd")
@@ -67,7 +67,7 @@ class GMMConfig:
     n_train: int = 3000
     val_per_class: int = 50
     test_per_class: int = 200
-    steps: int = 200
+    steps: int = setting(200, ge=1)
     methods: tuple[str, ...] = CE_METHODS
     muon_momentum: float = 0.9
     gd_lrs: tuple[float, ...] = lr_grid_field("gd", default=(0.3, 1.0, 3.0, 10.0, 30.0))

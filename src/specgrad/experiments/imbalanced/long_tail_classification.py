@@ -33,7 +33,7 @@ from ...data.longtail import LongTailData, digits, make_long_tail, mnist1d
 from ..classification import group_means, per_class_accuracy, shot_groups
 from ..methods import lr_grid, lr_grid_field, make
 from ..plots import mean_band, panel_grid, save
-from ..registry import Claim, Experiment, register
+from ..registry import Claim, Experiment, register, setting
 from ..series import curve, finite_mean, first_at_least, geomean, seed_runs
 
 CLS_METHODS = ("sgd", "adamw", "muon", "shampoo", "specgd")
@@ -54,7 +54,7 @@ class LongTailConfig:
     depths: tuple[int, ...] = (2, 4)  # number of linear layers
     width: int = 128
     methods: tuple[str, ...] = CLS_METHODS
-    routing: str = "all"  # "all": every weight matrix spectral; "hidden": split_params' defaults
+    routing: str = setting("all", choices=("all", "hidden"))  # "all": every weight matrix spectral; "hidden": split_params' defaults
     epochs: int = 30
     batch_size: int = 64
     digits_n_max: int = 100  # head-class training count; digits has >= 174 samples per class

@@ -31,7 +31,7 @@ from ...linalg import as_schedule, polar_express_schedule
 from ...theory import curvature as cv
 from ..devices import cpu_only
 from ..plots import save
-from ..registry import Claim, Experiment, register
+from ..registry import Claim, Experiment, register, setting
 
 FAMILIES = ("quadratic", "power3", "quartic", "quad_quartic", "quad_power", "kink", "kink_smooth")
 SUPER = ("power3", "quartic", "quad_quartic", "quad_power")  # super-quadratic families
@@ -52,7 +52,7 @@ class IsotropicCurvatureConfig:
     kink_left: float = 0.01  # left slope of both kinks at r = 1
     kink_right: float = 1e4  # right slope of the smoothed kink ("kink" is its infinite-slope limit)
     kink_width: float = 1e-5
-    samples: int = 8192  # Monte Carlo sample of the non-polynomial families
+    samples: int = setting(8192, ge=1)  # Monte Carlo sample of the non-polynomial families
     ns_steps: int = 5
     grid: int = 2001  # points of the scalar-map figure on [1e-3, 1]
 

@@ -38,7 +38,7 @@ from ...theory.phase_retrieval import (
 from ..devices import cpu_only
 from ..methods import lr_grid, lr_grid_field
 from ..plots import mean_band, save
-from ..registry import Claim, Experiment, register
+from ..registry import Claim, Experiment, register, setting
 from ..series import curve, finite_mean, first_at_least, geomean, seed_runs
 
 METHODS = ("gd", "specgd", "muon")
@@ -49,8 +49,8 @@ COLORS = {"gd": "C0", "specgd": "C3", "muon": "C2"}
 class PhaseRetrievalConfig:
     d: int = 100
     m: int = 10
-    init_scale: float = 1e-3  # rows of W_0 have norm ~ init_scale (entries N(0, init_scale^2/d))
-    steps: int = 400
+    init_scale: float = setting(1e-3, gt=0)  # rows of W_0 have norm ~ init_scale (entries N(0, init_scale^2/d))
+    steps: int = setting(400, ge=1)
     lambdas: tuple[float, ...] = (0.0, 2.0, 5.0, 10.0, 20.0)
     methods: tuple[str, ...] = METHODS
     sweep_lambda: float = 20.0  # the lam of the d, m and sample-size sweeps
