@@ -93,7 +93,7 @@ def _worker(rank, world, port, layout, layers, width, steps, out):
 
 
 def predicted_bytes(layout: str, shapes, world: int, itemsize: int = 4) -> int:
-    from specgrad.optim.distributed import _shard_rows, assign_owners, orth_cost
+    from specgrad.optim.distributed import assign_owners, orth_cost, shard_rows
 
     if world == 1:
         return 0
@@ -101,7 +101,7 @@ def predicted_bytes(layout: str, shapes, world: int, itemsize: int = 4) -> int:
     if layout == "ddp":
         load = [sum(m * n for (m, n), o in zip(shapes, owners) if o == r) for r in range(world)]
         return world * max(load) * itemsize  # all_gather fills W buffers, own one included
-    rows = [_shard_rows(m, world) for m, _ in shapes]
+    rows = [shard_rows(m, world) for m, _ in shapes]
     pair = max(sum((rows[i][s][1] - rows[i][s][0]) * shapes[i][1] for i in range(len(shapes)) if owners[i] == d)
                for s in range(world) for d in range(world))  # fmt: skip
     return 2 * world * pair * itemsize

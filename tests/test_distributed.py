@@ -1,4 +1,4 @@
-"""Muon and SpecGD on torch.distributed: 2 gloo processes spawned by each test.
+"""Muon, SpecGD and Hybrid on torch.distributed: 2 gloo processes spawned by each test.
 
 DDP (replicated parameters, work split by cost) and FSDP2 (DTensor shards, uneven) must
 give the parameters of the single-process run on the same global batch; gradient-None
@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from specgrad.diagnostics import SpectralMonitor
-from specgrad.optim import Muon, SpecGD
+from specgrad.optim import Hybrid, Muon, SpecGD
 
 WORLD = 2
 STEPS = 4
@@ -192,7 +192,41 @@ def monitor(rank, kind, out):
     return {"records": monitored_run(wrapped, X, Y, distribute=True, max_dim=5 if kind == "sketch" else 4096)}
 
 
-SCENARIOS = {"ddp": ddp, "fsdp": fsdp, "grad_none": grad_none, "checkpoint": checkpoint, "monitor": monitor}
+def hybrid_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 7), nn.Tanh(), nn.Linear(7, 5), nn.Tanh(), nn.Linear(5, 5), nn.Tanh(),
+                         nn.Linear(5, 3))  # fmt: skip
+
+
+def hybrid_run(m, X, Y, **kw):
+    """Hybrid (measuring every step, no hysteresis) on the two hidden blocks; the parameters
+    and the choices."""
+    opt = Hybrid(m, lr=0.05, every=1, hysteresis=0.0, euclidean="sgd", **kw)
+    for _ in range(STEPS):
+        opt.zero_grad()
+        nn.functional.mse_loss(m(X), Y).backward()
+        opt.step()
+    opt.close()
+    params = (m.module if isinstance(m, nn.parallel.DistributedDataParallel) else m).parameters()
+    return {"params": [(p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone() for p in params],
+            "choices": opt.decisions()["choice"].tolist()}  # fmt: skip
+
+
+def hybrid(rank, kind, out):
+    X, Y = _local_batch(rank)
+    if kind == "ddp":
+        return hybrid_run(nn.parallel.DistributedDataParallel(hybrid_model()), X, Y, distribute=True)
+    from torch.distributed.fsdp import fully_shard
+
+    m = hybrid_model()
+    for k in (0, 2, 4, 6):
+        fully_shard(m[k])
+    fully_shard(m)
+    return hybrid_run(m, X, Y)
+
+
+SCENARIOS = {"ddp": ddp, "fsdp": fsdp, "grad_none": grad_none, "checkpoint": checkpoint, "monitor": monitor,
+             "hybrid": hybrid}
 
 
 def spawn(scenario, kind, tmp_path, timeout=120):
@@ -214,6 +248,19 @@ def test_ddp_matches_single_process(kind, tmp_path):
     expected = single_process(kind)
     for r in spawn("ddp", kind, tmp_path):
         for a, b in zip(r["params"], expected):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["ddp", "fsdp"])
+def test_hybrid_matches_single_process(kind, tmp_path):
+    """Hybrid takes the chain's distributed spectral map (split across ranks under DDP with
+    distribute=True, by owner rank of FSDP2 shards) and its monitor measures the global
+    batch: the same choices and parameters as one process."""
+    expected = hybrid_run(hybrid_model(), *batch())
+    assert sorted(set(expected["choices"])) == ["euclidean", "spectral"]
+    for r in spawn("hybrid", kind, tmp_path):
+        assert r["choices"] == expected["choices"]
+        for a, b in zip(r["params"], expected["params"]):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 

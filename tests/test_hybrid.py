@@ -1,13 +1,14 @@
 """The condition-driven Hybrid optimizer: decisions follow nr(M) vs st(A), steps follow the
 stated rules, and switching has hysteresis."""
 
+import copy
 
 import pytest
 import torch
 from torch import nn
 
 from specgrad.linalg import polar_svd
-from specgrad.optim import Hybrid
+from specgrad.optim import Hybrid, Muon, split_params
 
 
 def random_features(act: str, seed: int = 0):
@@ -69,7 +70,7 @@ def test_ratio_rule_switches_with_hysteresis_only():
     seq = [(2.0, 1.0), (0.9, 1.0), (0.85, 1.0), (0.7, 1.0), (1.1, 1.0), (1.2, 1.0), (1.3, 1.0)]
     choices = []
     for nr, st in seq:
-        opt._decide(p, state, nr, st, group)
+        opt.decider.ratio_rule(p, state, nr, st, group)
         choices.append(bool(state["spectral"]))
     # 0.9 and 0.85 sit inside the band (1/1.25, 1.25): no flap; 0.7 leaves it; 1.1, 1.2 stay; 1.3 returns
     assert choices == [True, True, True, False, False, False, True]
@@ -171,3 +172,141 @@ def test_a_block_turning_spectral_takes_the_spectral_step_at_once():
     scale = 0.2 * 64**0.5
     torch.testing.assert_close(before - W.detach(), 1e-2 * scale * polar_svd(W.grad), rtol=1e-4, atol=1e-6)
     opt.close()
+
+
+class TinyResNet(nn.Module):
+    """A stem, one residual block of 3x3 convs with BatchNorm, a strided conv and a head."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv1 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.down = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = torch.relu(x + self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
+        return self.head(torch.relu(self.down(x)).mean((2, 3)))
+
+
+class PosEmbedNet(nn.Module):
+    """A ViT-like position embedding ``(1, 65, 96)`` added to the tokens, then an MLP."""
+
+    def __init__(self):
+        super().__init__()
+        self.pos_embed = nn.Parameter(0.02 * torch.randn(1, 65, 96))
+        self.proj = nn.Linear(96, 96)
+        self.mid = nn.Linear(96, 96)
+        self.head = nn.Linear(96, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.proj(x + self.pos_embed))
+        return self.head(torch.relu(self.mid(h)).mean(1))
+
+
+def train_classifier(net, opt, x, y, steps=20):
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(net(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.mark.parametrize("euclidean", ["adamw", "sgd"])
+def test_hybrid_trains_a_conv_net_on_the_matrix_views(euclidean):
+    torch.manual_seed(0)
+    net = TinyResNet()
+    # conv2 takes the Euclidean rule throughout, the others what the test says
+    opt = Hybrid(net, lr=1e-2, every=2, euclidean=euclidean, force={"conv2.*": "euclidean"}, adamw={"lr": 1e-2})
+    x, y = torch.randn(32, 3, 8, 8), torch.randint(0, 10, (32,))
+    losses = train_classifier(net, opt, x, y)
+    assert losses[-1] < 0.8 * losses[0]
+    assert all(torch.isfinite(p).all() for p in net.parameters())
+    log = opt.decisions()
+    assert set(log["block"]) == {"conv1.weight", "conv2.weight", "down.weight"}  # stem and head take AdamW
+    assert sorted(log["step"].unique().tolist()) == list(range(0, 20, 2))
+    assert (log["nr"] > 0).all() and (log["st"] >= 1).all()
+    assert set(log[log["block"] == "conv2.weight"]["choice"]) == {"euclidean"}
+    assert opt.state[net.down.weight]["exp_avg"].shape == net.down.weight.shape  # (16, 8, 3, 3)
+    opt.close()
+    assert all(not m._forward_hooks for m in net.modules())
+
+
+def test_forced_spectral_hybrid_on_convs_is_muon_on_the_matrix_views():
+    """force="spectral" is Muon (same momentum, shape scaling, polar factor of the
+    (out, in*kh*kw) view) on the routed convs and AdamW on the rest."""
+    torch.manual_seed(0)
+    a, b = TinyResNet(), TinyResNet()
+    b.load_state_dict(a.state_dict())
+    adamw = {"lr": 1e-3, "betas": (0.9, 0.95), "eps": 1e-8, "weight_decay": 0.0}
+    hyb = Hybrid(a, lr=1e-2, every=1, force="spectral", adamw=adamw)
+    routing = split_params(b)
+    muon = Muon(routing.param_groups(spectral={"lr": 1e-2, "shape_scaling": "match_rms_adamw"}, adamw=adamw))
+    x, y = torch.randn(16, 3, 8, 8), torch.randint(0, 10, (16,))
+    for net, opt in ((a, hyb), (b, muon)):
+        train_classifier(net, opt, x, y, steps=4)
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    hyb.close()
+
+
+def test_hybrid_trains_a_3d_position_embedding():
+    torch.manual_seed(0)
+    net = PosEmbedNet()
+    opt = Hybrid(net, lr=1e-2, every=2, overrides={"pos_embed": "spectral"}, adamw={"lr": 1e-2})
+    x, y = torch.randn(16, 65, 96), torch.randint(0, 4, (16,))
+    before = net.pos_embed.detach().clone()
+    losses = train_classifier(net, opt, x, y)
+    assert losses[-1] < 0.8 * losses[0]
+    assert all(torch.isfinite(p).all() for p in net.parameters())
+    assert not torch.equal(net.pos_embed.detach(), before)
+    assert opt.state[net.pos_embed]["exp_avg"].shape == (1, 65, 96)
+    log = opt.decisions()
+    assert set(log["block"]) == {"mid.weight"}  # no layer feeds pos_embed: it keeps its rule
+    assert len(log) == 10
+    opt.close()
+
+
+def test_state_dict_round_trip_continues_identically():
+    def make():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 32),
+                             nn.ReLU(), nn.Linear(32, 1))  # fmt: skip
+
+    x, y = torch.randn(64, 8), torch.randn(64, 1)
+
+    def train(net, opt, steps):
+        for _ in range(steps):
+            opt.zero_grad()
+            nn.functional.mse_loss(net(x), y).backward()
+            opt.step()
+
+    net = make()
+    opt = Hybrid(net, lr=1e-2, every=1, hysteresis=0.0)
+    train(net, opt, 5)
+    saved_net, saved_opt = copy.deepcopy(net.state_dict()), copy.deepcopy(opt.state_dict())
+    train(net, opt, 5)
+    resumed = make()
+    resumed.load_state_dict(saved_net)
+    opt2 = Hybrid(resumed, lr=1e-2, every=1, hysteresis=0.0)
+    opt2.load_state_dict(saved_opt)
+    train(resumed, opt2, 5)
+    for p, q in zip(net.parameters(), resumed.parameters()):
+        assert torch.equal(p, q)
+    assert opt.decisions()["choice"].tolist()[-4:] == opt2.decisions()["choice"].tolist()[-4:]
+    opt.close()
+    opt2.close()
+
+
+def test_a_failing_constructor_leaves_no_hooks():
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 1))
+    with pytest.raises(ValueError, match="momentum"):
+        Hybrid(net, momentum=1.5)
+    assert all(not m._forward_hooks for m in net.modules())

@@ -11,6 +11,7 @@ from conftest import cuda_only, data, mlp, rel, train
 from specgrad.linalg import polar_svd
 from specgrad.optim import (
     FAST,
+    ChainOptimizer,
     Muon,
     NonFiniteGradError,
     NormalizedGD,
@@ -20,6 +21,19 @@ from specgrad.optim import (
     SpectralDescent,
     shape_scale,
     split_params,
+)
+from specgrad.optim.shampoo import ShampooPrecondition
+from specgrad.optim.transforms import (
+    Adam,
+    ApplyLR,
+    AsMatrix,
+    DecoupledWeightDecay,
+    Momentum,
+    NuclearStep,
+    Orthogonalize,
+    Scale,
+    ShapeScale,
+    Sign,
 )
 
 JORDAN = (3.4445, -4.7750, 2.0315)
@@ -381,6 +395,48 @@ def test_other_optimizers_reject_bad_hyperparameters():
         SpectralDescent(ps, f=3)
     with pytest.raises(ValueError, match="unknown algorithm"):
         Muon([{"params": ps, "algorithm": "lion"}])
+
+
+LINKS = [Momentum(), Orthogonalize(), NuclearStep(), ShapeScale(), Scale("euclidean_scale"), Adam(),
+         DecoupledWeightDecay(), ShampooPrecondition()]  # fmt: skip
+
+
+@pytest.mark.parametrize("link", LINKS, ids=lambda t: type(t).__name__)
+def test_each_link_owns_its_hyperparameters(link):
+    """A link's defaults pass its own check, and a bad value of each key it declares is
+    refused naming that key."""
+    link.validate(dict(link.defaults))
+    for key in link.defaults:
+        with pytest.raises(ValueError, match=key):
+            link.validate({**link.defaults, key: "bad"})
+
+
+def test_a_chain_fills_and_checks_its_groups_from_its_links():
+    class Signum(ChainOptimizer):
+        rule = "signum"
+
+        def chain(self):
+            return [Momentum(), Sign(), DecoupledWeightDecay(), ApplyLR()]
+
+    W = nn.Parameter(torch.zeros(2, 2))
+    opt = Signum([W], {"lr": 0.1, "momentum": 0.5})
+    group = opt.param_groups[0]
+    assert (group["momentum"], group["nesterov"], group["weight_decay"]) == (0.5, False, 0.0)
+    with pytest.raises(ValueError, match="nesterov must be True or False"):
+        Signum([W], {"lr": 0.1, "nesterov": "yes"})
+    with pytest.raises(ValueError, match="lr must be a number"):
+        Signum([W], {})
+    # SpecGD's groups carry the orthogonalizer keys it takes no argument for; a state_dict
+    # saved without them loads and steps
+    opt = SpecGD([W], orthogonalizer="newton_schulz")
+    assert (opt.param_groups[0]["ns_norm"], opt.param_groups[0]["ns_gram"]) == ("frobenius", False)
+    saved = opt.state_dict()
+    for g in saved["param_groups"]:  # as saved before Orthogonalize read these keys
+        del g["ns_norm"], g["ns_gram"]
+    opt.load_state_dict(saved)
+    assert opt.param_groups[0]["ns_norm"] == "frobenius"
+    W.grad = torch.eye(2)
+    opt.step()
 
 
 def test_shape_scale_presets():

@@ -2,7 +2,9 @@
 
 ``Muon``, ``SpecGD``, ``SpectralDescent``, ``Shampoo``, ``NormalizedGD`` and ``SignDescent``
 are presets of :class:`ChainOptimizer`; each sends parameters with fewer than 2 dims to an
-AdamW rule, and :func:`split_params` decides the rest per layer.
+AdamW rule, and :func:`split_params` decides the rest per layer. ``Hybrid`` is Muon's chain
+with the spectral map replaced by a switch (:mod:`specgrad.optim.switch`) between a spectral
+and a Euclidean sub-chain, fed by a decision (:mod:`specgrad.optim.decision`).
 """
 
 from .chain import ChainOptimizer, NonFiniteGradError

@@ -16,7 +16,6 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ..linalg.checks import check_range
 from .distributed import check_grads_agree, is_sharded
 from .transforms import Transform, Updates, adamw_chain
 
@@ -27,27 +26,13 @@ class NonFiniteGradError(FloatingPointError):
     """A gradient holds NaN or Inf; raised before any parameter or state is written."""
 
 
-def validate_common(group: dict) -> None:
-    """Checks shared by every rule: lr, weight decay, momentum, betas, eps."""
-    check_range("lr", group["lr"], 0.0)
-    check_range("weight_decay", group.get("weight_decay", 0.0), 0.0)
-    if "momentum" in group:
-        check_range("momentum", group["momentum"], 0.0, 1.0)
-    if "betas" in group:
-        betas = group["betas"]
-        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
-            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-        check_range("betas[0]", betas[0], 0.0, 1.0)
-        check_range("betas[1]", betas[1], 0.0, 1.0)
-    if "eps" in group:
-        check_range("eps", group["eps"], 0.0, lo_open=True)
-
-
 class ChainOptimizer(Optimizer):
     """Base of specgrad's optimizers.
 
-    Subclasses set ``rule`` (the algorithm name of matrix parameters), ``chain()``
-    (the transforms of that rule) and ``validate(group)``. Parameters passed straight from
+    Subclasses set ``rule`` (the algorithm name of matrix parameters) and ``chain()`` (the
+    transforms of that rule), and pass their constructor's hyperparameters as ``defaults``.
+    A param group gets those, then the ``defaults`` of its chain's links for any key still
+    missing, and is checked by each link's ``validate``. Parameters passed straight from
     ``model.parameters()`` are split: those with fewer than 2 dims go to an ``"adamw"``
     group with the ``adamw_*`` hyperparameters. A group may also name its rule explicitly:
     ``{"params": [...], "algorithm": "adamw", "lr": 3e-4}``.
@@ -79,16 +64,24 @@ class ChainOptimizer(Optimizer):
         unknown = set(self._adamw_defaults) - set(ADAMW_DEFAULTS)
         if unknown:
             raise ValueError(f"unknown AdamW settings {sorted(unknown)}; allowed: {sorted(ADAMW_DEFAULTS)}")
-        validate_common(self._adamw_defaults)
         self._chains: dict[str, list[Transform]] = {self.rule: self.chain(), "adamw": adamw_chain()}
+        self._complete(dict(self._adamw_defaults), "adamw")  # checked even if no parameter takes them
         super().__init__(params, {**defaults, "algorithm": self.rule})
 
     # -- what subclasses provide -------------------------------------------------------
     def chain(self) -> list[Transform]:
         raise NotImplementedError
 
-    def validate(self, group: dict) -> None:
-        validate_common(group)
+    def _complete(self, group: dict, algorithm: str) -> dict:
+        """Fill ``group``'s missing keys from the ``defaults`` of its chain's links, then let
+        each link check the values it reads."""
+        chain = self._chains[algorithm]
+        for t in chain:
+            for k, v in t.defaults.items():
+                group.setdefault(k, v)
+        for t in chain:
+            t.validate(group)
+        return group
 
     # -- param groups --------------------------------------------------------------------
     def add_param_group(self, param_group: dict) -> None:
@@ -129,10 +122,15 @@ class ChainOptimizer(Optimizer):
         if group["algorithm"] == self.rule:
             for k, v in self.defaults.items():
                 group.setdefault(k, v)
-            self.validate(group)
-        else:
-            validate_common(group)
-        super().add_param_group(group)
+        super().add_param_group(self._complete(group, group["algorithm"]))
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        if "_chains" in self.__dict__:  # load_state_dict: groups saved before a link gained a key
+            for group in self.param_groups:
+                for t in self._chains[group["algorithm"]]:
+                    for k, v in t.defaults.items():
+                        group.setdefault(k, v)
 
     # -- the step --------------------------------------------------------------------------
     def _describe(self, gi: int, pi: int, p: Tensor) -> str:

@@ -68,11 +68,18 @@ def assign_owners(costs: Sequence[float], world: int) -> list[int]:
 
 
 def is_sharded(t: Tensor) -> bool:
+    """Whether ``t`` is a DTensor (an FSDP2 shard of a parameter, its gradient or state)."""
     return isinstance(t, DTensor)
 
 
-def _shard_rows(rows: int, world: int) -> list[tuple[int, int]]:
-    """Row ranges of ``Shard(0)`` over ``world`` ranks (``torch.chunk`` semantics)."""
+def shard_rows(rows: int, world: int) -> list[tuple[int, int]]:
+    """Row ranges ``[(start, stop)]`` of ``Shard(0)`` over ``world`` ranks (``torch.chunk``
+    semantics: equal blocks of ``ceil(rows / world)``, the last ones shorter or empty).
+
+    Example:
+        >>> shard_rows(7, 2)
+        [(0, 4), (4, 7)]
+    """
     size = -(-rows // world) if rows else 0
     return [(min(r * size, rows), min((r + 1) * size, rows)) for r in range(world)]
 
@@ -109,7 +116,7 @@ def exchange_sharded(shards: list[Tensor], shapes: list[tuple[int, int]], owners
     every result."""
     rank, world = dist.get_rank(group), dist.get_world_size(group)
     dtype, device = shards[0].dtype, shards[0].device
-    ranges = [_shard_rows(m, world) for m, _ in shapes]
+    ranges = [shard_rows(m, world) for m, _ in shapes]
 
     def block(i: int, r: int) -> int:
         lo, hi = ranges[i][r]

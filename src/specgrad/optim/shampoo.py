@@ -7,8 +7,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..linalg.checks import check_range
-from .chain import ChainOptimizer, validate_common
+from ..linalg import check_positive_int, check_range
+from .chain import ChainOptimizer
 from .distributed import is_sharded
 from .transforms import ApplyLR, AsMatrix, DecoupledWeightDecay, Momentum, Transform
 
@@ -34,7 +34,26 @@ class ShampooPrecondition(Transform):
     longer than ``max_precond_dim`` keeps only the diagonal of its statistic. With
     ``grafting`` ``"adam"``/``"sgd"`` the step takes Shampoo's direction and the Frobenius
     norm of the Adam / SGD update of the same ``M`` (Agarwal et al., "Disentangling
-    adaptive gradient methods from learning rates", 2020)."""
+    adaptive gradient methods from learning rates", 2020).
+
+    Reads ``stat_decay`` (``None`` or in ``(0, 1)``), ``precondition_frequency`` and
+    ``max_precond_dim`` (positive integers), ``eps`` (the relative eigenvalue floor,
+    positive), ``grafting`` (one of :data:`GRAFTINGS`), ``graft_beta2`` (in ``[0, 1)``) and
+    ``graft_eps`` (positive); defaults as :class:`Shampoo`'s."""
+
+    defaults = {"stat_decay": None, "precondition_frequency": 10, "max_precond_dim": 1024, "eps": 1e-6,
+                "grafting": "adam", "graft_beta2": 0.999, "graft_eps": 1e-8}  # fmt: skip
+
+    def validate(self, group):
+        if group["stat_decay"] is not None:
+            check_range("stat_decay", group["stat_decay"], 0.0, 1.0, lo_open=True)
+        check_positive_int(group["precondition_frequency"], "precondition_frequency")
+        check_positive_int(group["max_precond_dim"], "max_precond_dim")
+        check_range("eps", group["eps"], 0.0, lo_open=True)
+        if group["grafting"] not in GRAFTINGS:
+            raise ValueError(f"grafting must be one of {GRAFTINGS}, got {group['grafting']!r}")
+        check_range("graft_beta2", group["graft_beta2"], 0.0, 1.0)
+        check_range("graft_eps", group["graft_eps"], 0.0, lo_open=True)
 
     def _sides(self, G: Tensor, group: dict):
         return [d > group["max_precond_dim"] for d in G.shape]
@@ -138,16 +157,3 @@ class Shampoo(ChainOptimizer):
 
     def chain(self):
         return [Momentum(), AsMatrix(), ShampooPrecondition(), DecoupledWeightDecay(), ApplyLR()]
-
-    def validate(self, group):
-        validate_common(group)
-        if group["stat_decay"] is not None:
-            check_range("stat_decay", group["stat_decay"], 0.0, 1.0, lo_open=True)
-        for key in ("precondition_frequency", "max_precond_dim"):
-            v = group[key]
-            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                raise ValueError(f"{key} must be a positive integer, got {v!r}")
-        if group["grafting"] not in GRAFTINGS:
-            raise ValueError(f"grafting must be one of {GRAFTINGS}, got {group['grafting']!r}")
-        check_range("graft_beta2", group["graft_beta2"], 0.0, 1.0)
-        check_range("graft_eps", group["graft_eps"], 0.0, lo_open=True)

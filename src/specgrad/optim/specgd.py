@@ -8,7 +8,6 @@ import torch
 from torch import Tensor
 
 from .chain import ChainOptimizer
-from .muon import validate_orthogonalizer, validate_spectral
 from .transforms import (
     ApplyLR,
     AsMatrix,
@@ -19,8 +18,6 @@ from .transforms import (
     ShapeScale,
     SpectralFunction,
 )
-
-STEP_SIZES = ("fixed", "nuclear")
 
 
 class SpecGD(ChainOptimizer):
@@ -73,12 +70,6 @@ class SpecGD(ChainOptimizer):
         return [Momentum(), AsMatrix(), Orthogonalize(), NuclearStep(), ShapeScale(),
                 DecoupledWeightDecay(), ApplyLR()]  # fmt: skip
 
-    def validate(self, group):
-        validate_spectral(group)
-        validate_orthogonalizer(group)
-        if group["step_size"] not in STEP_SIZES:
-            raise ValueError(f"step_size must be one of {STEP_SIZES}, got {group['step_size']!r}")
-
 
 class SpectralDescent(ChainOptimizer):
     """Any spectral map as the update: ``W <- W - lr * U f(S) V^T`` for ``M = U S V^T``
@@ -121,6 +112,3 @@ class SpectralDescent(ChainOptimizer):
     def chain(self):
         return [Momentum(), AsMatrix(), SpectralFunction(lambda: self.f), ShapeScale(),
                 DecoupledWeightDecay(), ApplyLR()]  # fmt: skip
-
-    def validate(self, group):
-        validate_spectral(group)

@@ -8,14 +8,20 @@ with some links swapped. A transform works on a whole parameter group at once (s
 spectral map can batch same-shape matrices), reads its hyperparameters from the group at
 call time (so LR schedulers and ``param_groups`` edits take effect), and keeps its state in
 the optimizer's per-parameter ``state`` dicts (so ``state_dict`` sees everything).
+
+Each transform owns its hyperparameters, as an optax transformation does its arguments: it
+declares the group keys it reads in ``defaults`` and checks their values in ``validate``.
+:class:`~specgrad.optim.ChainOptimizer` fills and checks a param group by asking the links
+of the group's chain, so a preset only lists its chain and its constructor's defaults.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -23,8 +29,8 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 import torch.distributed as dist
 
-from ..linalg import Workspace, matrix_view, orthogonalize_many
-from ..linalg.spectral import spectral_map
+from ..linalg import (METHODS, NORMS, Workspace, as_schedule, check_positive_int, check_range, matrix_view,
+                      orthogonalize_many, spectral_map)
 from .distributed import DTensor, assign_owners, exchange_replicated, exchange_sharded, is_sharded, orth_cost
 
 
@@ -49,9 +55,26 @@ class Updates:
         if not self.scales:
             self.scales = [1.0] * len(self.params)
 
+    def subset(self, idx: list[int]) -> "Updates":
+        """The updates of ``params[i]`` for ``i`` in ``idx``, as a new group-wide update (the
+        lists are new; the tensors and state dicts are shared)."""
+        pick = lambda xs: [xs[i] for i in idx]  # noqa: E731
+        return Updates(self.group, pick(self.params), pick(self.states), pick(self.updates), pick(self.scales),
+                       distributed=self.distributed)  # fmt: skip
+
 
 class Transform:
-    """One link of the chain: ``init`` fills per-parameter state, ``__call__`` edits updates."""
+    """One link of the chain.
+
+    ``defaults`` maps the group keys the link reads to the value a group that lacks one
+    gets; ``validate(group)`` raises ``ValueError`` naming a key whose value it cannot use;
+    ``init`` fills per-parameter state; ``__call__`` edits the updates.
+    """
+
+    defaults: dict[str, Any] = {}
+
+    def validate(self, group: dict) -> None:
+        pass
 
     def init(self, p: Tensor, state: dict, group: dict) -> None:
         pass
@@ -62,16 +85,24 @@ class Transform:
 
 class Momentum(Transform):
     """EMA momentum ``buf <- mu buf + (1 - mu) g``; the update is ``buf``, or with Nesterov
-    ``(1 - mu) g + mu buf``. Reads ``momentum`` and ``nesterov``; ``momentum=0`` is a no-op.
+    ``(1 - mu) g + mu buf``. ``momentum=0`` is a no-op.
 
+    Reads ``momentum`` (in ``[0, 1)``, default 0) and ``nesterov`` (bool, default False).
     This is the form of ``torch.optim.Muon``; a spectral map is scale invariant, so it
     matches the heavy-ball form ``buf <- mu buf + g`` up to the constant ``1/(1 - mu)``.
     """
 
+    defaults = {"momentum": 0.0, "nesterov": False}
+
     def __init__(self):
-        # Nesterov outputs on CPU, reused from step to step: fresh ones are page-faulted in on
-        # every step there (see specgrad.linalg.Workspace)
+        # the Nesterov outputs, kept from step to step on CPU: there a fresh tensor is fresh
+        # memory the operating system must map in on every step (see specgrad.linalg.Workspace)
         self._nesterov = WeakIdKeyDictionary()
+
+    def validate(self, group):
+        check_range("momentum", group["momentum"], 0.0, 1.0)
+        if not isinstance(group["nesterov"], bool):
+            raise ValueError(f"nesterov must be True or False, got {group['nesterov']!r}")
 
     def __call__(self, u):
         mu = u.group["momentum"]
@@ -156,17 +187,44 @@ class SpectralMap(Transform):
                 for b, x in zip(local, u.updates)]  # fmt: skip
 
 
+NS_DTYPES = (None, torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
 class Orthogonalize(SpectralMap):
     """Replace each matrix update by its (approximate) polar factor, batching same shapes.
 
-    Reads ``orthogonalizer`` (``"newton_schulz"``, ``"polar_express"``, ``"svd"``),
-    ``ns_steps``, ``ns_coefficients``, ``ns_dtype`` (precision of the iteration; ``None``
-    keeps the update's) and, when present, ``ns_norm`` and ``ns_gram`` (see
-    :func:`~specgrad.linalg.quintic_iteration`).
+    Reads ``orthogonalizer`` (``"newton_schulz"`` (default), ``"polar_express"``,
+    ``"svd"``), ``ns_steps`` (default 5), ``ns_coefficients`` (default ``"jordan"``),
+    ``ns_dtype`` (precision of the iteration; default ``None`` keeps the update's),
+    ``ns_norm`` (default ``"frobenius"``) and ``ns_gram`` (default False); see
+    :func:`~specgrad.linalg.quintic_iteration`.
     """
+
+    defaults = {"orthogonalizer": "newton_schulz", "ns_steps": 5, "ns_coefficients": "jordan", "ns_dtype": None,
+                "ns_norm": "frobenius", "ns_gram": False}  # fmt: skip
 
     def __init__(self):
         self.workspace = Workspace()  # the batches' buffers, reused from step to step
+
+    def validate(self, group):
+        method, dtype, gram = group["orthogonalizer"], group["ns_dtype"], group["ns_gram"]
+        if method not in METHODS:
+            raise ValueError(f"orthogonalizer must be one of {METHODS}, got {method!r}")
+        check_positive_int(group["ns_steps"], "ns_steps")
+        try:
+            as_schedule(group["ns_coefficients"])
+        except ValueError as e:
+            raise ValueError(f"ns_coefficients: {e}") from None
+        if dtype not in NS_DTYPES:
+            raise ValueError(f"ns_dtype must be None or a floating dtype, got {dtype!r}")
+        if group["ns_norm"] not in NORMS:
+            raise ValueError(f"ns_norm must be one of {NORMS}, got {group['ns_norm']!r}")
+        if not (isinstance(gram, bool) or gram == "auto"):
+            raise ValueError(f"ns_gram must be True, False or 'auto', got {gram!r}")
+        if gram and method == "polar_express" and dtype in (torch.bfloat16, torch.float16):
+            warnings.warn("ns_gram with orthogonalizer='polar_express' (safety 1.01) can diverge in half precision; "
+                          "pass ns_coefficients=polar_express_schedule(steps, safety=1.03) as specgrad.optim.FAST does",
+                          RuntimeWarning, stacklevel=2)  # fmt: skip
 
     def compute(self, mats, group):
         return orthogonalize_many(mats, group["orthogonalizer"], group["ns_steps"], coefficients=group["ns_coefficients"],
@@ -188,11 +246,20 @@ class SpectralFunction(SpectralMap):
         return [spectral_map(x, f) for x in mats]
 
 
+STEP_SIZES = ("fixed", "nuclear")
+
+
 class NuclearStep(Transform):
-    """Scale each step by ``||G||_* = <G, polar(G)>`` when ``group["step_size"] ==
-    "nuclear"`` (the steepest descent step under the spectral norm; exact for the SVD polar
-    factor). Runs after :class:`Orthogonalize`: the inner product is free once ``polar(G)``
-    exists, on sharded matrices too (a local sum, then one reduction)."""
+    """Scale each step by ``||G||_* = <G, polar(G)>`` when ``step_size`` is ``"nuclear"``
+    (the steepest descent step under the spectral norm; exact for the SVD polar factor);
+    ``"fixed"`` (default) leaves it. Runs after :class:`Orthogonalize`: the inner product is
+    free once ``polar(G)`` exists, on sharded matrices too (a local sum, then one reduction)."""
+
+    defaults = {"step_size": "fixed"}
+
+    def validate(self, group):
+        if group["step_size"] not in STEP_SIZES:
+            raise ValueError(f"step_size must be one of {STEP_SIZES}, got {group['step_size']!r}")
 
     def __call__(self, u):
         if u.group["step_size"] != "nuclear":
@@ -225,12 +292,45 @@ SHAPE_SCALINGS = ("original", "match_rms_adamw", "spectral", "none")
 
 
 class ShapeScale(Transform):
-    """Multiply each matrix's lr by :func:`shape_scale` of group ``shape_scaling``."""
+    """Multiply each matrix's lr by :func:`shape_scale` of ``shape_scaling`` (one of
+    :data:`SHAPE_SCALINGS`; default ``"none"``)."""
+
+    defaults = {"shape_scaling": "none"}
+
+    def validate(self, group):
+        if group["shape_scaling"] not in SHAPE_SCALINGS:
+            raise ValueError(f"shape_scaling must be one of {SHAPE_SCALINGS}, got {group['shape_scaling']!r}")
 
     def __call__(self, u):
         preset = u.group["shape_scaling"]
         for i, x in enumerate(u.updates):
             u.scales[i] *= shape_scale(preset, x.shape[0], x.shape[1])
+
+
+class MatchPolarNorm(Transform):
+    """Rescale each matrix update ``M`` (``m x n``) to ``sqrt(min(m, n))``, the Frobenius norm
+    of its polar factor: a Euclidean direction with the size of a spectral step. Zero stays
+    zero."""
+
+    def __call__(self, u):
+        for i, (x, norm) in enumerate(zip(u.updates, torch._foreach_norm(u.updates))):
+            fro = _scalar(norm)
+            u.scales[i] *= math.sqrt(min(x.shape)) / fro if fro > 0 else 0.0
+
+
+class Scale(Transform):
+    """Multiply each lr by the group's ``key`` (a positive number, default 1)."""
+
+    def __init__(self, key: str):
+        self.key = key
+        self.defaults = {key: 1.0}
+
+    def validate(self, group):
+        check_range(self.key, group[self.key], 0.0, lo_open=True)
+
+    def __call__(self, u):
+        s = u.group[self.key]
+        u.scales = [x * s for x in u.scales]
 
 
 class FrobeniusNormalize(Transform):
@@ -248,9 +348,28 @@ class Sign(Transform):
         u.updates = [x.sign() for x in u.updates]
 
 
+class RawGradient(Transform):
+    """Start over from each parameter's gradient (in the parameter's shape): for a rule
+    that ignores what the links before it did, like Adam inside :class:`~specgrad.optim.Hybrid`."""
+
+    def __call__(self, u):
+        u.updates = [p.grad for p in u.params]
+
+
 class Adam(Transform):
     """Adam's direction ``m_hat / (sqrt(v_hat) + eps)`` with bias correction. Reads
-    ``betas`` and ``eps``; keeps ``exp_avg``, ``exp_avg_sq`` and ``step``."""
+    ``betas`` (a pair in ``[0, 1)``, default ``(0.9, 0.999)``) and ``eps`` (positive,
+    default 1e-8); keeps ``exp_avg`` and ``exp_avg_sq``, shaped like the parameter."""
+
+    defaults = {"betas": (0.9, 0.999), "eps": 1e-8}
+
+    def validate(self, group):
+        betas = group["betas"]
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+        check_range("betas[0]", betas[0], 0.0, 1.0)
+        check_range("betas[1]", betas[1], 0.0, 1.0)
+        check_range("eps", group["eps"], 0.0, lo_open=True)
 
     def init(self, p, state, group):
         state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
@@ -274,7 +393,13 @@ class Adam(Transform):
 
 class DecoupledWeightDecay(Transform):
     """``p <- (1 - lr * weight_decay) p`` with the group's unscaled ``lr`` (the AdamW and
-    ``torch.optim.Muon`` convention). Applied to the parameters, not the update."""
+    ``torch.optim.Muon`` convention). Applied to the parameters, not the update. Reads
+    ``weight_decay`` (at least 0, default 0)."""
+
+    defaults = {"weight_decay": 0.0}
+
+    def validate(self, group):
+        check_range("weight_decay", group["weight_decay"], 0.0)
 
     def __call__(self, u):
         wd = u.group["weight_decay"]
@@ -283,7 +408,11 @@ class DecoupledWeightDecay(Transform):
 
 
 class ApplyLR(Transform):
-    """``p <- p - lr * scale_i * update_i``; the last link."""
+    """``p <- p - lr * scale_i * update_i``; the last link. Reads ``lr`` (at least 0), which
+    has no default: every optimizer sets its own."""
+
+    def validate(self, group):
+        check_range("lr", group.get("lr"), 0.0)
 
     def __call__(self, u):
         lr = u.group["lr"]
