@@ -16,6 +16,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.optim import Optimizer
 
+from ..views import MatrixView
 from .distributed import check_grads_agree, is_sharded
 from .transforms import Transform, Updates, adamw_chain
 
@@ -51,6 +52,10 @@ class ChainOptimizer(Optimizer):
 
     rule: str = ""
     matrix_only: bool = True  # route parameters with < 2 dims to the AdamW rule
+    # whether the chain acts on a parameter's matrix view (a group's "matrix_views", as
+    # split_params gives them: Conv1D transposed, fused q/k/v and expert stacks as batches);
+    # a chain that does not reads every weight as (out, in * ...)
+    uses_views: bool = True
 
     def __init__(self, params, defaults: dict, *, adamw: Optional[dict] = None, nonfinite: str = "raise",
                  distribute: bool = False):  # fmt: skip
@@ -65,6 +70,7 @@ class ChainOptimizer(Optimizer):
         if unknown:
             raise ValueError(f"unknown AdamW settings {sorted(unknown)}; allowed: {sorted(ADAMW_DEFAULTS)}")
         self._chains: dict[str, list[Transform]] = {self.rule: self.chain(), "adamw": adamw_chain()}
+        self.matrix_views: dict[Tensor, MatrixView] = {}  # by parameter: kept out of state_dict
         self._complete(dict(self._adamw_defaults), "adamw")  # checked even if no parameter takes them
         super().__init__(params, {**defaults, "algorithm": self.rule})
 
@@ -87,8 +93,15 @@ class ChainOptimizer(Optimizer):
     def add_param_group(self, param_group: dict) -> None:
         if not isinstance(param_group, dict):
             raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
+        param_group = dict(param_group)
         params = param_group["params"]
         params = [params] if isinstance(params, Tensor) else list(params)
+        views = param_group.pop("matrix_views", None) or []
+        if views and len(views) != len(params):
+            raise ValueError(f"matrix_views has {len(views)} entries for {len(params)} parameters")
+        for p, view in zip(params, views):
+            if view is not None and self.uses_views:
+                self.matrix_views[p[1] if isinstance(p, tuple) else p] = view
         algorithm = param_group.get("algorithm", self.rule)
         if algorithm not in self._chains:
             raise ValueError(f"unknown algorithm {algorithm!r}; choose one of {sorted(self._chains)}")
@@ -195,7 +208,8 @@ class ChainOptimizer(Optimizer):
                         t.init(p, state, group)
                 states.append(state)
             torch._foreach_add_([st["step"] for st in states], 1)
-            u = Updates(group, params, states, [p.grad for p in params], distributed=distributed)
+            u = Updates(group, params, states, [p.grad for p in params], distributed=distributed,
+                        views=[self.matrix_views.get(p) for p in params])
             for t in chain:
                 t(u)
         return loss

@@ -108,6 +108,7 @@ class Hybrid(ChainOptimizer):
     """
 
     rule = "hybrid"
+    uses_views = False  # preconditions / decides on (out, in * ...) as before
 
     def __init__(
         self,

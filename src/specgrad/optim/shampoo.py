@@ -129,6 +129,7 @@ class Shampoo(ChainOptimizer):
     """
 
     rule = "shampoo"
+    uses_views = False  # preconditions / decides on (out, in * ...) as before
 
     def __init__(
         self,

@@ -50,6 +50,7 @@ class Updates:
     scales: list[float] = field(default_factory=list)
     distributed: bool = False  # split spectral work across ranks (replicated parameters)
     before_map: list[Tensor] = field(default_factory=list)  # the updates a spectral map replaced
+    views: list = field(default_factory=list)  # each param's MatrixView, or None: (out, in * ...)
 
     def __post_init__(self):
         if not self.scales:
@@ -60,7 +61,13 @@ class Updates:
         lists are new; the tensors and state dicts are shared)."""
         pick = lambda xs: [xs[i] for i in idx]  # noqa: E731
         return Updates(self.group, pick(self.params), pick(self.states), pick(self.updates), pick(self.scales),
-                       distributed=self.distributed)  # fmt: skip
+                       distributed=self.distributed, views=pick(self.views) if self.views else [])  # fmt: skip
+
+    def view(self, i: int):
+        """``params[i]``'s :class:`~specgrad.views.MatrixView` when it is not the plain
+        ``(out, in * ...)`` reading, else ``None``."""
+        v = self.views[i] if self.views else None
+        return None if v is None or v.is_plain or is_sharded(self.params[i]) else v
 
 
 class Transform:
@@ -130,10 +137,20 @@ class Momentum(Transform):
 
 
 class AsMatrix(Transform):
-    """View every update as a matrix: conv ``(out, in, kh, kw)`` becomes ``(out, in*kh*kw)``."""
+    """View every update as its matrix view (:mod:`specgrad.views`): conv ``(out, in, kh, kw)``
+    becomes ``(out, in*kh*kw)``, a ``Conv1D`` weight its transpose, and a view of several
+    matrices (fused q/k/v, an expert stack) a batch ``(B, m, n)``."""
 
     def __call__(self, u):
-        u.updates = [matrix_view(g) for g in u.updates]
+        out = []
+        for i, g in enumerate(u.updates):
+            view = u.view(i)
+            if view is None:
+                out.append(matrix_view(g))
+            else:
+                X = view.matrices(g)
+                out.append(X[0] if view.batch == 1 else X)
+        u.updates = out
 
 
 def _scalar(t: Tensor) -> float:
@@ -158,17 +175,18 @@ class SpectralMap(Transform):
         return orth_cost("svd", m, n, 1)
 
     def __call__(self, u):
-        if u.updates and is_sharded(u.updates[0]):
+        batches = [x.shape[0] if x.ndim == 3 else 0 for x in u.updates]
+        mats = [m for x in u.updates for m in (x.unbind() if x.ndim == 3 else (x,))]  # each matrix on its own
+        if mats and is_sharded(mats[0]):
             out = self._sharded(u)
-        elif u.distributed and u.updates:
-            owners = self._owners(u.updates, u.group)
-            out = exchange_replicated(
-                u.updates, owners, lambda idx: dict(zip(idx, self.compute([u.updates[i] for i in idx], u.group)))
-            )
+        elif u.distributed and mats:
+            owners = self._owners(mats, u.group)
+            out = exchange_replicated(mats, owners, lambda idx: dict(zip(idx, self.compute([mats[i] for i in idx], u.group))))
         else:
-            out = self.compute(u.updates, u.group)
+            out = self.compute(mats, u.group)
+        it = iter(out)
         u.before_map = u.updates
-        u.updates = out
+        u.updates = [torch.stack([next(it) for _ in range(b)]) if b else next(it) for b in batches]
 
     def _owners(self, mats: list[Tensor], group: dict) -> list[int]:
         return assign_owners([self.cost(*x.shape, group) for x in mats], dist.get_world_size())
@@ -304,7 +322,7 @@ class ShapeScale(Transform):
     def __call__(self, u):
         preset = u.group["shape_scaling"]
         for i, x in enumerate(u.updates):
-            u.scales[i] *= shape_scale(preset, x.shape[0], x.shape[1])
+            u.scales[i] *= shape_scale(preset, x.shape[-2], x.shape[-1])
 
 
 class MatchPolarNorm(Transform):
@@ -417,9 +435,12 @@ class ApplyLR(Transform):
     def __call__(self, u):
         lr = u.group["lr"]
         by_scale: dict[float, tuple[list, list]] = defaultdict(lambda: ([], []))
-        for p, x, s in zip(u.params, u.updates, u.scales):
+        for i, (p, x, s) in enumerate(zip(u.params, u.updates, u.scales)):
             params, updates = by_scale[s]  # one foreach call per distinct scale
             params.append(p)
+            view = u.view(i)
+            if view is not None:
+                x = view.restore(x if x.ndim == 3 else x.unsqueeze(0))
             updates.append(x if x.shape == p.shape else x.reshape(p.shape))
         for s, (params, updates) in by_scale.items():
             torch._foreach_add_(params, updates, alpha=-lr * s)
