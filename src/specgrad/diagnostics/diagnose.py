@@ -36,7 +36,7 @@ PROBE_COLUMNS = ["curvature", "loss_euclidean", "loss_spectral", "measured", "ag
 
 def _loss(model: nn.Module, batch, loss_fn: Optional[Callable]) -> Tensor:
     """The scalar loss of ``batch`` (see :func:`diagnose`)."""
-    if callable(batch) and not isinstance(batch, (nn.Module, Tensor)):
+    if _is_call(batch):
         out = batch(model)
     elif isinstance(batch, Mapping):
         out = model(**batch)
@@ -53,6 +53,10 @@ def _loss(model: nn.Module, batch, loss_fn: Optional[Callable]) -> Tensor:
     if loss is None:
         raise ValueError(f"the model returned {type(out).__name__} without .loss: pass loss_fn")
     return loss
+
+
+def _is_call(batch) -> bool:
+    return callable(batch) and not isinstance(batch, (nn.Module, Tensor))
 
 
 def _cast(x: Any, dtype: torch.dtype) -> Any:
@@ -116,7 +120,7 @@ def diagnose(
     """Which blocks of ``model`` would a spectral step help, on this batch?
 
     Runs one forward/backward in training mode and returns a row per block of
-    :class:`SpectralMonitor` (every routed matrix of the model's matrix views: a fused
+    :class:`SpectralMonitor` (every matrix it can see, by the model's matrix views: a fused
     q/k/v as three blocks, an expert stack as one per expert):
     ``block, shape, st_A, nr_G, ratio, verdict, predicted_gain``, where
     ``predicted_gain = nr(G) / st(A)`` is the ratio of the guaranteed one-step decreases,
@@ -146,12 +150,15 @@ def diagnose(
     embedding, no gradient, a curvature that is not positive). The output-space curvature
     ``c`` is given (``curvature=1.0`` for ``(1/2n) sum ||W a - y||^2``) or estimated per block
     (``"estimate"``) from the loss's second difference along ``G``:
-    ``c = <G, H G> / (||G A^T||_F^2 / n)``, exact for least squares. Loss differences this
-    small are rounding noise in float32, so the probe runs on a ``probe_dtype`` (float64)
-    copy of the model, its own gradient pass included (its inputs cast at the model's
-    entrance), when the model has another dtype; ``probe_dtype=None`` probes the model
-    itself. Every forward replays the random state diagnose started with (the same dropout
-    masks).
+    ``c = <G, H G> / (||G A^T||_F^2 / n)``, exact for least squares; its step is sized by
+    the loss (see :data:`CURVATURE_CHANGE`), so the second difference stands well above
+    rounding. Loss differences this small are rounding noise in float32, so the probe runs
+    on a ``probe_dtype`` (float64) copy of the model, its own gradient pass included (its
+    inputs cast at the model's entrance; a function ``batch`` must call the model it is
+    given), when the model has another dtype: memory for a second copy of the weights and
+    activations; ``probe_dtype=None`` probes the model itself. Layers that compute in
+    float32 on purpose (transformers' RMSNorm and loss) keep float32 rounding in the copy.
+    Every forward replays the random state diagnose started with (the same dropout masks).
 
     The model's weights, buffers (BatchNorm running statistics), train/eval modes and the
     caller's random state are left as they were found; gradients are those of this batch
@@ -176,14 +183,15 @@ def diagnose(
         if probe:
             params = [p for p in model.parameters() if p.is_floating_point()]
             if probe_dtype is None or all(p.dtype == probe_dtype for p in params):
-                results = _probe_all(model, batch, loss_fn, randomness, frame, frame, blocks, grams, float(loss), curvature)
+                target, measured = model, (loss, frame, blocks, grams)
             else:
                 target = _copy(model, probe_dtype)
                 target.register_forward_pre_hook(lambda m, a, k: (_cast(a, probe_dtype), _cast(k, probe_dtype)),
                                                  with_kwargs=True)  # fmt: skip
-                cast = batch if callable(batch) and not isinstance(batch, (nn.Module, Tensor)) else _cast(batch, probe_dtype)
-                loss64, rows64, _, blocks64, grams64 = _measure(target, cast, loss_fn, randomness, settings, keep=True)
-                results = _probe_all(target, cast, loss_fn, randomness, frame, rows64, blocks64, grams64, float(loss64), curvature)
+                batch = batch if _is_call(batch) else _cast(batch, probe_dtype)
+                loss64, rows64, _, blocks64, grams64 = _measure(target, batch, loss_fn, randomness, settings, keep=True)
+                measured = (loss64, rows64, blocks64, grams64)
+            results = _probe_all(target, batch, loss_fn, randomness, frame, *measured, curvature)
             frame = pd.concat([frame, pd.DataFrame(results, index=frame.index, columns=PROBE_COLUMNS)], axis=1)
     frame.attrs["skipped"] = skipped
     return frame
@@ -233,10 +241,11 @@ def _measure(model, batch, loss_fn, randomness, settings, keep: bool):
     return loss.detach(), frame, skipped, blocks, grams
 
 
-def _probe_all(model, batch, loss_fn, randomness, frame, measured, blocks, grams, base, curvature) -> list[dict]:
+def _probe_all(model, batch, loss_fn, randomness, frame, loss, measured, blocks, grams, curvature) -> list[dict]:
     """The probe of every row of ``frame``, with the blocks, Grams and records ``measured``
     of the model that is probed (the model itself, or its float64 copy)."""
     by_name = {r.block: r for r in measured.itertuples()}
+    base = float(loss)
 
     def evaluate() -> float:
         with torch.no_grad(), randomness.replay():

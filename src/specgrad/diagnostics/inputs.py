@@ -28,7 +28,7 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Hashable, Mapping, Optional
+from typing import Any, Callable, Hashable, Mapping, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -301,6 +301,7 @@ class _Walk:
         self.pnames = {id(p): clean(n) for n, p in model.named_parameters()}
         self.specs: list[BlockSpec] = []
         self.skips: list[Skip] = []
+        self.placed: set[int] = set()  # parameters with blocks or skips
 
     def view(self, module, attr, p) -> MatrixView:
         pname = self.pnames.get(id(p), attr)
@@ -308,6 +309,7 @@ class _Walk:
 
     def skip(self, base: str, owner_name: str, p: Tensor, view: Optional[MatrixView], reason: str) -> None:
         pname = self.pnames.get(id(p), base)
+        self.placed.add(id(p))
         names = block_names(base, view) if view is not None else [base]
         self.skips += [Skip(n, pname, owner_name, str(view) if view else "", reason) for n in names]
 
@@ -323,7 +325,9 @@ class _Walk:
             return self.skip(base, owner_name, p, view, f"the view {view} does not match the {width} input features")
         sections = len(parts) if parts else 1
         if view.row_blocks % sections:
-            return self.skip(base, owner_name, p, view, f"the view {view} splits the {'/'.join(parts)} rows, fed by different inputs")
+            reason = f"the view {view} splits the {'/'.join(parts)} rows, fed by different inputs"
+            return self.skip(base, owner_name, p, view, reason)
+        self.placed.add(id(p))
         r, c = view.row_blocks, view.col_blocks
         for i, name in enumerate(block_names(base, view, parts)):
             b, rb, cb = i // (r * c), (i // c) % r, i % c
@@ -354,20 +358,19 @@ def model_blocks(model: nn.Module, views: Optional[Mapping[str, MatrixView]] = N
         (['0.q', '0.k', '0.v', '0.out_proj'], [])
     """
     walk = _Walk(model, views)
-    done: set[int] = set()  # parameters already placed (MultiheadAttention's out_proj)
-    for raw, module in model.named_modules():
-        mname = clean(raw)
+    modules = [(clean(raw), module) for raw, module in model.named_modules()]
+    out_proj = {id(m.out_proj) for _, m in modules if isinstance(m, nn.MultiheadAttention)}  # fed by their parent
+    for mname, module in modules:
         base = mname or type(module).__name__
         if isinstance(module, nn.MultiheadAttention):
             _attention(walk, module, mname, base)
-            done.add(id(module.out_proj.weight))
         elif is_conv1d(module):
             p = module.weight
             fused = "fused" in walk.view(module, "weight", p).kind
             walk.add(base, module, module, "weight", mname, "linear", p.shape[0],
                      lambda b, s: (first_input, user_getter(first_input)), parts=QKV if fused else ())  # fmt: skip
         elif isinstance(module, nn.Linear):
-            if id(module.weight) not in done:
+            if id(module) not in out_proj:
                 walk.plain(base, module, mname, "linear", module.in_features, first_input)
         elif isinstance(module, nn.modules.conv._ConvNd):
             reason = conv_unsupported(module)
@@ -379,20 +382,21 @@ def model_blocks(model: nn.Module, views: Optional[Mapping[str, MatrixView]] = N
         elif isinstance(module, nn.Embedding):
             view = MatrixView(tuple(module.weight.shape), transposed=True, kind="embedding")
             walk.plain(base, module, mname, "embedding", module.num_embeddings, first_input, view=view)
-        elif (layout := expert_layout(module)) is None:
+        elif expert_layout(module) is None:
             _experts(walk, module, mname, base)
-        else:
-            for attr, p in module.named_parameters(recurse=False):
-                if p.ndim >= 2 and id(p) not in done:
-                    name = f"{mname}.{attr}" if mname else attr
-                    if TOKEN_NAMES.search(name) or p.shape[0] == 1:
-                        reason = "a learned token or position embedding (added to activations, not multiplied)"
-                    elif p.ndim > 2 and layout != "not experts":
-                        reason = layout
-                    else:
-                        reason = (f"{type(module).__name__}.{attr}: the monitor does not know which input it multiplies "
-                                  "(add_block with an activation getter)")  # fmt: skip
-                    walk.skip(name, mname, p, None, reason)
+    for mname, module in modules:  # every other matrix, of any module
+        for attr, p in module.named_parameters(recurse=False):
+            if p.ndim >= 2 and id(p) not in walk.placed:
+                name = f"{mname}.{attr}" if mname else attr
+                layout = expert_layout(module)
+                if TOKEN_NAMES.search(name) or p.shape[0] == 1:
+                    reason = "a learned token or position embedding (added to activations, not multiplied)"
+                elif p.ndim > 2 and layout not in (None, "not experts"):
+                    reason = layout
+                else:
+                    reason = (f"{type(module).__name__}.{attr}: the monitor does not know which input it multiplies "
+                              "(add_block with an activation getter)")  # fmt: skip
+                walk.skip(name, mname, p, None, reason)
     return walk.specs, walk.skips
 
 
@@ -459,7 +463,7 @@ def whole_view(module: nn.Module, weight: Union[str, Tensor], W: Tensor, kind: s
     return replace(view, row_blocks=1, col_blocks=1)
 
 
-def untie(specs: list[BlockSpec], uses: dict[int, list[str]]) -> list[BlockSpec]:
+def untie(specs: list[BlockSpec]) -> list[BlockSpec]:
     """One use of each tied weight: its first multiplying use (the output head, not the
     embedding), else its first."""
     owners: dict[int, list[BlockSpec]] = {}

@@ -277,7 +277,7 @@ class SpectralMonitor:
             for p in m.parameters(recurse=False):
                 if n not in uses.setdefault(id(p), []):
                     uses[id(p)].append(n)
-        for spec in untie(specs, uses):
+        for spec in untie(specs):
             tied = tuple(uses.get(id(spec.weight), ())) if len(uses.get(id(spec.weight), ())) > 1 else ()
             self._register(spec, tied)
         for skip in skips:
@@ -340,7 +340,8 @@ class SpectralMonitor:
         view = view if view is not None else whole_view(module, weight, W, kind)
         dim = in_features if in_features is not None else view.cols
         tap = self._tap(module, activation, kind, user_getter(activation), dim)
-        self._blocks.append(Block(name or type(module).__name__, tap, weight, rows, view, index, self._pnames.get(id(W), "")))
+        name = name or type(module).__name__
+        self._blocks.append(Block(name, tap, weight, rows, view, index, self._pnames.get(id(W), "")))
         return self
 
     def add_fused(self, name: str, module: nn.Module, parts: Iterable[str] = ("q", "k", "v"),
@@ -362,7 +363,8 @@ class SpectralMonitor:
             raise ValueError(f"{out} rows do not split into {len(parts)} equal parts")
         size = out // len(parts)
         for k, part in enumerate(parts):
-            self.add_block(f"{name}.{part}", module, weight=weight, rows=slice(k * size, (k + 1) * size), view=view, **kwargs)
+            rows = slice(k * size, (k + 1) * size)
+            self.add_block(f"{name}.{part}", module, weight=weight, rows=rows, view=view, **kwargs)
         return self
 
     @property
