@@ -25,6 +25,7 @@ diagnostics measure each. :func:`view_of` infers the view from the owning module
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Optional
 
@@ -32,6 +33,11 @@ import torch
 from torch import Tensor, nn
 
 FUSED_QKV = ("c_attn",)  # names of fused q/k/v Conv1D weights (GPT-2 and its descendants)
+# Prefixes that wrappers add to parameter names: torch.compile, FSDP1, activation checkpointing.
+WRAPPER_PREFIXES = ("_orig_mod.", "_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
+# Learned position embeddings and class/register/mask tokens are looked up, not multiplied:
+# their "rows" are positions, not outputs, so the spectral rule has no matrix to act on.
+TOKEN_NAMES = re.compile(r"(^|[._])(pos(ition)?_?emb\w*|cls_token|class_token|reg(ister)?_tokens?|dist_token|mask_token)$")
 
 
 @dataclass(frozen=True)
@@ -209,3 +215,22 @@ def parse_view(spec: str, shape) -> MatrixView:
         else:
             raise ValueError(f"unknown matrix view {part!r} in {spec!r}; use matrix, transposed, experts, rows=K, cols=K")
     return MatrixView(tuple(shape), kind=f"override {spec!r}", **kwargs)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model under ``torch.compile``'s ``OptimizedModule`` (its ``_orig_mod``)."""
+    while isinstance(getattr(model, "_orig_mod", None), nn.Module):
+        model = model._orig_mod
+    return model
+
+
+def clean_name(name: str) -> str:
+    """``name`` without the prefixes of :data:`WRAPPER_PREFIXES`.
+
+    Example:
+        >>> clean_name("_orig_mod.blocks.0._checkpoint_wrapped_module.mlp.weight")
+        'blocks.0.mlp.weight'
+    """
+    for prefix in WRAPPER_PREFIXES:
+        name = name.replace(prefix, "")
+    return name

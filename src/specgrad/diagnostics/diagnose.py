@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ..linalg import least_squares_smoothness, majorization_step, polar_svd
-from ..optim.routing import unwrap
+from ..views import unwrap
 from ..views import MatrixView
 from .monitor import MAX_DIM, Block, SpectralMonitor
 

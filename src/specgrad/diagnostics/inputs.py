@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..optim.routing import TOKEN_NAMES, clean_name
+from ..views import TOKEN_NAMES, clean_name
 from ..views import MatrixView, default_view, is_conv1d, view_of
 
 # A user's activation getter: ``fn(module, args, output) -> (..., in_features)``.

@@ -11,17 +11,12 @@ from typing import Optional
 import pandas as pd
 from torch import nn
 
-from ..views import MatrixView, is_conv1d, parse_view, view_of
+from ..views import TOKEN_NAMES, MatrixView, clean_name, is_conv1d, parse_view, unwrap, view_of
 
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.modules.batchnorm._NormBase)
 if hasattr(nn, "RMSNorm"):
     _NORMS = _NORMS + (nn.RMSNorm,)
 RULES = ("spectral", "adamw")
-# Prefixes that wrappers add to parameter names: torch.compile, FSDP1, activation checkpointing.
-WRAPPER_PREFIXES = ("_orig_mod.", "_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
-# Learned position embeddings and class/register/mask tokens are looked up, not multiplied:
-# their "rows" are positions, not outputs, so the spectral rule has no matrix to act on.
-TOKEN_NAMES = re.compile(r"(^|[._])(pos(ition)?_?emb\w*|cls_token|class_token|reg(ister)?_tokens?|dist_token|mask_token)$")
 ROUTER_NAMES = re.compile(r"(^|\.)(gate|router|gating)$")
 
 
@@ -38,25 +33,6 @@ def is_layer(module: nn.Module) -> bool:
     """A module that multiplies its input by a weight matrix: ``nn.Linear``, ``ConvNd``,
     transformers' ``Conv1D``."""
     return isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) or is_conv1d(module)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The model under ``torch.compile``'s ``OptimizedModule`` (its ``_orig_mod``)."""
-    while isinstance(getattr(model, "_orig_mod", None), nn.Module):
-        model = model._orig_mod
-    return model
-
-
-def clean_name(name: str) -> str:
-    """``name`` without the prefixes of :data:`WRAPPER_PREFIXES`.
-
-    Example:
-        >>> clean_name("_orig_mod.blocks.0._checkpoint_wrapped_module.mlp.weight")
-        'blocks.0.mlp.weight'
-    """
-    for prefix in WRAPPER_PREFIXES:
-        name = name.replace(prefix, "")
-    return name
 
 
 class ParamRouting:
@@ -170,6 +146,8 @@ def split_params(model: nn.Module, overrides: Optional[dict[str, str]] = None, *
         tied = {u: m for u, m in uses[id(p)].items() if u != name}
         if p.ndim < 2:
             rule, reason = "adamw", "fewer than 2 dims (bias, gain or scalar)"
+        elif "bias" in attr:  # MultiheadAttention's bias_k / bias_v, an expert stack's (E, out) biases
+            rule, reason = "adamw", "bias"
         elif isinstance(module, _NORMS):
             rule, reason = "adamw", "normalization layer"
         elif any(isinstance(m, nn.Embedding) for m in (module, *tied.values())):
