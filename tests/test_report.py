@@ -58,7 +58,33 @@ def test_one_corrupt_result_among_good_ones_marks_only_that_experiment(results, 
     for name in (*bad, "lm-spectra"):
         bad_file = folder / name / ("error.json" if name == "lm-spectra" else "result.json")
         assert f"Unreadable: {bad_file}" in page
-        assert f"<a href='#{name}'>{name}</a></td><td>-</td><td class=fail>unreadable</td>" in page
+        assert f"<a href='#{name}'>{name}</a></td><td>-</td><td>-</td><td class=fail>unreadable</td>" in page
+
+
+def test_claim_kinds_are_counted_apart_and_not_assessed_claims_say_why(results, tmp_path):
+    from specgrad.experiments.registry import Claim
+
+    folder = tmp_path / "results"
+    shutil.copytree(results, folder)
+    claims = [
+        Claim("closed-form", "the closed form matches its simulation", 1e-9, 1e-6, "max", kind="self-consistency"),
+        Claim("quadratic", "the loss is quadratic near zero", 0.1, 0.0, kind="sanity"),
+        Claim("theorem", "the study's statement", -1.0, 0.0),
+        Claim.not_assessed("needs-size", "the gap grows", "needs at least 10 classes"),
+    ]
+    write_json(folder / "made-up" / "result.json", {"experiment": "made-up", "claims": [c.to_dict() for c in claims]})
+    loaded = load_results(folder)
+    assert [c["passed"] for c in loaded["made-up"]["claims"]] == [True, True, False, None]
+    page = build_report(folder).read_text()
+    assert "self-consistency claims: 1 pass, 0 fail, 0 not assessed" in page
+    assert "sanity claims: 1 pass, 0 fail, 0 not assessed" in page
+    lm = [c["passed"] for c in loaded["char-lm"]["claims"]]
+    assert f"study claims: {lm.count(True)} pass, {lm.count(False) + 1} fail, 1 not assessed" in page
+    assert "not assessed: needs at least 10 classes" in page and "class=na>N/A<" in page
+    with pytest.raises(ValueError, match="reason"):
+        Claim("x", "s", None, 0.0)
+    with pytest.raises(ValueError, match="kind"):
+        Claim("x", "s", 1.0, 0.0, kind="vibes")
 
 
 def test_reproduce_records_a_failing_experiment_and_goes_on(tmp_path, monkeypatch):

@@ -46,10 +46,13 @@ def _print_claims(console, name: str, out: str, result: dict) -> None:
     from rich.markup import escape
 
     for c in result["claims"]:
-        mark = "[green]PASS[/]" if c["passed"] else "[red]FAIL[/]"
         op = ">=" if c["direction"] == "min" else "<="
-        value = "n/a" if c["value"] is None else f"{c['value']:.4g}"  # NaN/Inf are stored as null
-        line = f"{c['id']}: {value} {op} {c['threshold']:.4g}  ({c['statement']})"
+        if c["passed"] is None:
+            mark, line = "[yellow]N/A[/] ", f"{c['id']}: not assessed: {c['reason']}  ({c['statement']})"
+        else:
+            mark = "[green]PASS[/]" if c["passed"] else "[red]FAIL[/]"
+            value = "n/a" if c["value"] is None else f"{c['value']:.4g}"  # NaN/Inf are stored as null
+            line = f"{c['id']}: {value} {op} {c['threshold']:.4g}  ({c['statement']})"
         console.print(f"{mark} {escape(line)}", soft_wrap=True)  # one line each, also in a log file
     console.print(f"result: {escape(out)}/{name}/result.json", soft_wrap=True)
 

@@ -17,6 +17,7 @@ from typing import Optional
 
 from . import __version__
 from .experiments.catalog import STUDIES, Study
+from .experiments.registry import CLAIM_KINDS
 from .experiments.runner import write_text
 
 CSS = """
@@ -24,7 +25,7 @@ body { font: 15px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1100p
 h1 { margin-bottom: 0.2em } h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2em; margin-top: 2em }
 table { border-collapse: collapse; margin: 0.8em 0 } td, th { border: 1px solid #ddd; padding: 3px 8px; text-align: left }
 th { background: #f4f4f4 } td.num { text-align: right; font-variant-numeric: tabular-nums }
-.pass { color: #17692b; font-weight: 600 } .fail { color: #b00020; font-weight: 600 } .missing { color: #8a6d00; font-weight: 600 }
+.pass { color: #17692b; font-weight: 600 } .fail { color: #b00020; font-weight: 600 } .missing { color: #8a6d00; font-weight: 600 } .na { color: #555; font-weight: 600 }
 figure { display: inline-block; margin: 0.5em 1em 0.5em 0 } img { max-width: 100%; border: 1px solid #eee }
 pre { background: #fff4f4; padding: 0.6em; overflow-x: auto; font-size: 12px } .muted { color: #666 }
 #broken { display: none; background: #b00020; color: white; padding: 0.5em }
@@ -117,21 +118,35 @@ def _status(result: Optional[dict]) -> tuple[str, str]:
     if "error" in result:
         return "fail", "error"
     claims = result.get("claims", [])
-    failed = sum(not c["passed"] for c in claims)
-    return ("fail", f"{failed}/{len(claims)} claims fail") if failed else ("pass", f"{len(claims)} claims pass")
+    failed = sum(c["passed"] is False for c in claims)
+    assessed = sum(c["passed"] is not None for c in claims)
+    return ("fail", f"{failed}/{assessed} claims fail") if failed else ("pass", f"{assessed} claims pass")
+
+
+def _verdict(claim: dict) -> tuple[str, str]:
+    """The CSS class and word of a claim's status: PASS, FAIL, or N/A (not assessed)."""
+    if claim["passed"] is None:
+        return "na", "N/A"
+    return ("pass", "PASS") if claim["passed"] else ("fail", "FAIL")
+
+
+def _kind(claim: dict) -> str:
+    return claim.get("kind", "study")  # results written before kinds existed are study claims
 
 
 def _claims_table(name: str, result: dict) -> str:
     rows = []
     for c in result.get("claims", []):
         op = ">=" if c.get("direction", "min") == "min" else "<="
-        cls, word = ("pass", "PASS") if c["passed"] else ("fail", "FAIL")
-        rows.append(f"<tr data-claim='{_e(name)}:{_e(c['id'])}'><td>{_e(c['id'])}</td><td>{_e(c['statement'])}</td>"
-                    f"<td class=num>{_num(c['value'])}</td><td class=num>{op} {_num(c['threshold'])}</td>"
-                    f"<td class={cls}>{word}</td></tr>")  # fmt: skip
+        cls, word = _verdict(c)
+        statement = _e(c["statement"]) + (f"<br><span class=muted>not assessed: {_e(c['reason'])}</span>"
+                                          if c.get("reason") else "")  # fmt: skip
+        rows.append(f"<tr data-claim='{_e(name)}:{_e(c['id'])}'><td>{_e(c['id'])}</td><td>{_e(_kind(c))}</td>"
+                    f"<td>{statement}</td><td class=num>{_num(c['value'])}</td>"
+                    f"<td class=num>{op} {_num(c['threshold'])}</td><td class={cls}>{word}</td></tr>")  # fmt: skip
     if not rows:
         return "<p class=muted>No claims.</p>"
-    head = "<tr><th>claim</th><th>statement</th><th>measured</th><th>threshold</th><th>status</th></tr>"
+    head = "<tr><th>claim</th><th>kind</th><th>statement</th><th>measured</th><th>threshold</th><th>status</th></tr>"
     return f"<table class=claims>{head}{''.join(rows)}</table>"
 
 
@@ -172,6 +187,7 @@ def render(results: dict[str, dict], studies: tuple[Study, ...] = STUDIES) -> st
     others = tuple(sorted(n for n in results if n not in known))
     sections = list(studies) + ([Study("other", "Other experiments", "", others)] if others else [])
     summary_rows, body = [], []
+    tally = {kind: {"pass": 0, "fail": 0, "na": 0} for kind in CLAIM_KINDS}
     for study in sections:
         parts = [f"<h2 id='study-{_e(study.key)}'>{_e(study.title)}</h2>"]
         if study.claim:
@@ -186,10 +202,11 @@ def render(results: dict[str, dict], studies: tuple[Study, ...] = STUDIES) -> st
             claims = result.get("claims", []) if result and not {"error", "unreadable"} & set(result) else []
             link = f"<td><a href='#{_e(name)}'>{_e(name)}</a></td>"
             if not claims:
-                rows.append(f"{link}<td>-</td><td class={cls}>{_e(text)}</td></tr>")
+                rows.append(f"{link}<td>-</td><td>-</td><td class={cls}>{_e(text)}</td></tr>")
             for c in claims:
-                cc, word = ("pass", "PASS") if c["passed"] else ("fail", "FAIL")
-                rows.append(f"{link}<td>{_e(c['id'])}</td><td class={cc}>{word}</td></tr>")
+                cc, word = _verdict(c)
+                rows.append(f"{link}<td>{_e(c['id'])}</td><td>{_e(_kind(c))}</td><td class={cc}>{word}</td></tr>")
+                tally[_kind(c)][cc] += 1
         # the study's name once, spanning its rows (the title without its citation)
         head = f"<td rowspan={len(rows)}><a href='#study-{_e(study.key)}'>{_e(study.title.split(' (')[0])}</a></td>"
         summary_rows += ["<tr>" + (head if k == 0 else "") + row for k, row in enumerate(rows)]
@@ -203,14 +220,15 @@ def render(results: dict[str, dict], studies: tuple[Study, ...] = STUDIES) -> st
         "built": time.strftime("%Y-%m-%d %H:%M:%S"),
         "total seconds": _num(sum(e.get("seconds") or 0.0 for e in envs)),
     }  # fmt: skip
-    counts = [r for r in summary_rows if "class=pass" in r], [r for r in summary_rows if "class=fail" in r]
+    counts = "; ".join(f"{kind} claims: {t['pass']} pass, {t['fail']} fail, {t['na']} not assessed"
+                       for kind, t in tally.items() if sum(t.values()))  # fmt: skip
     return f"""<!doctype html>
 <html lang=en><head><meta charset=utf-8><title>specgrad report</title><style>{CSS}</style></head>
 <body><div id=broken></div>
 <h1>specgrad: when do spectral updates help?</h1>
-<p class=muted>{len(counts[0])} passing, {len(counts[1])} failing of {len(summary_rows)} rows. Every number below is computed from the raw series in the result files next to this page.</p>
+<p class=muted id=counts>{_e(counts) or "No claims."} Study claims test a statement of a study; self-consistency checks test a closed form against its own simulation; sanity checks hold for any correct code. Every number below is computed from the raw series in the result files next to this page.</p>
 <h2>Summary</h2>
-<table id=summary><tr><th>study</th><th>experiment</th><th>claim</th><th>status</th></tr>{''.join(summary_rows)}</table>
+<table id=summary><tr><th>study</th><th>experiment</th><th>claim</th><th>kind</th><th>status</th></tr>{''.join(summary_rows)}</table>
 <h2>Environment</h2>
 <table>{''.join(f'<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>' for k, v in env_rows.items())}</table>
 {''.join(body)}

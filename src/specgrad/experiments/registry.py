@@ -136,29 +136,64 @@ def _show(value) -> str:
     return repr(value) if isinstance(value, str) else f"{value}"
 
 
+CLAIM_KINDS = ("study", "self-consistency", "sanity")
+
+
 @dataclass(frozen=True)
 class Claim:
-    """A checked statement of a study: ``passed`` is ``value >= threshold`` (``"min"``) or
-    ``value <= threshold`` (``"max"``), computed from the series, never typed in."""
+    """A checked statement: ``passed`` is ``value >= threshold`` (``"min"``) or
+    ``value <= threshold`` (``"max"``), computed from the series, never typed in.
+
+    ``kind`` says what the check stands for: ``"study"`` tests a statement of a study,
+    ``"self-consistency"`` a closed form against its own simulation, ``"sanity"`` something
+    any correct code satisfies (the report counts them apart). A claim that needs a larger
+    run than the preset's is built with :meth:`not_assessed`: ``passed`` is ``None`` and
+    ``reason`` says what size it needs.
+
+    Example:
+        >>> Claim("gap", "SpecGD leads early", value=0.3, threshold=0.0).passed
+        True
+        >>> c = Claim.not_assessed("gap-grows", "the gap grows", "needs k >= 10 classes")
+        >>> c.passed is None, c.to_dict()["reason"]
+        (None, 'needs k >= 10 classes')
+    """
 
     id: str
     statement: str
-    value: float
+    value: Optional[float]
     threshold: float
     direction: str = "min"
+    kind: str = "study"
+    reason: str = ""
 
     def __post_init__(self):
         if self.direction not in ("min", "max"):
             raise ValueError(f"direction must be 'min' or 'max', got {self.direction!r}")
+        if self.kind not in CLAIM_KINDS:
+            raise ValueError(f"kind must be one of {CLAIM_KINDS}, got {self.kind!r}")
+        if self.value is None and not self.reason:
+            raise ValueError(f"claim {self.id!r} is not assessed: give the reason")
+
+    @classmethod
+    def not_assessed(cls, id: str, statement: str, reason: str, *, threshold: float = float("nan"),
+                     direction: str = "min", kind: str = "study") -> "Claim":  # fmt: skip
+        """A claim this run cannot decide (too small a preset, say), with the reason."""
+        return cls(id, statement, None, threshold, direction, kind, reason)
 
     @property
-    def passed(self) -> bool:
+    def passed(self) -> Optional[bool]:
+        if self.value is None:
+            return None
         v = float(self.value)
         return v >= self.threshold if self.direction == "min" else v <= self.threshold
 
     def to_dict(self) -> dict:
-        return {"id": self.id, "statement": self.statement, "passed": self.passed,
-                "value": float(self.value), "threshold": float(self.threshold), "direction": self.direction}  # fmt: skip
+        value = None if self.value is None else float(self.value)
+        out = {"id": self.id, "statement": self.statement, "passed": self.passed, "value": value,
+               "threshold": float(self.threshold), "direction": self.direction, "kind": self.kind}  # fmt: skip
+        if self.reason:
+            out["reason"] = self.reason
+        return out
 
 
 Series = dict[str, dict[str, list]]  # method -> metric -> per-step values
