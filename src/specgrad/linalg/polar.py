@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .checks import check_matrix, check_positive_int, working_dtype
+from .checks import check_floating, check_matrix, check_positive_int, working_dtype
 from .coefficients import QuinticSchedule, ScheduleLike, schedule_for
 
 METHODS = ("svd", "newton_schulz", "polar_express")
@@ -53,7 +53,7 @@ def orthogonalize(
 
     Args:
         G: ``(..., m, n)`` float16/bfloat16/float32/float64 tensor, on any device. Leading
-            dims are a batch of independent matrices.
+            dims are a batch of independent matrices. Complex matrices raise ``ValueError``.
         method: ``"svd"`` (exact, :func:`polar_svd`), ``"newton_schulz"`` (the quintic
             iteration with ``coefficients``) or ``"polar_express"`` (per-step minimax
             quintics for singular values in ``[lower, 1]`` after normalization).
@@ -84,6 +84,8 @@ def orthogonalize(
     check_matrix(G, "G")
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    if dtype is not None:
+        check_floating(dtype, "dtype")
     if method == "svd":
         return polar_svd(G, rtol=rtol)
     steps = DEFAULT_STEPS if steps is None else check_positive_int(steps, "steps")
