@@ -228,7 +228,7 @@ def _measure(model, batch, loss_fn, randomness, settings, keep: bool):
         try:
             recorded = {r["block"]: r for r in mon.step()}
         except NonFiniteStatisticError as e:
-            raise NonFiniteStatisticError(f"diagnose: {e} (the loss on this batch is {float(loss)})") from e
+            raise NonFiniteStatisticError(f"diagnose: {e} (the loss on this batch is {float(loss.detach())})") from e
         skipped = dict(mon.skipped)
     rows = []
     for name, b in blocks.items():

@@ -422,6 +422,9 @@ class Adam(Transform):
         denom = torch._foreach_sqrt(exp_avg_sq)
         torch._foreach_div_(denom, [math.sqrt(1 - beta2**ti) for ti in t])
         torch._foreach_add_(denom, eps)
+        half = [d for d in denom if d.dtype == torch.float16]
+        if half:  # eps = 1e-8 rounds to 0 in float16: 0 / 0 where v and m underflowed
+            torch._foreach_clamp_min_(half, torch.finfo(torch.float16).tiny)
         out = torch._foreach_div(exp_avg, denom)
         u.updates = [torch.view_as_complex(x) if g.is_complex() else x for x, g in zip(out, u.updates)]
         u.scales = [s / (1 - beta1**ti) for s, ti in zip(u.scales, t)]
