@@ -438,3 +438,16 @@ def test_hybrid_skip_skips_a_step_with_nan_activations():
         assert not all(torch.equal(p.detach(), b) for p, b in zip(net.parameters(), before))
     finally:
         opt.close()
+
+
+@pytest.mark.parametrize("name", [n for n in OPTIMIZERS if n not in ("hybrid", "routed")])
+def test_empty_parameters_step(name):
+    params = [nn.Parameter(torch.zeros(*shape)) for shape in [(0, 5), (5, 0), (0,), (2, 0, 3, 3), (4, 3)]]
+    model = nn.Module()
+    model.parameters = lambda: iter(params)  # build() reads model.parameters()
+    opt = build(name, model)
+    for _ in range(2):
+        for p in params:
+            p.grad = torch.ones_like(p)
+        opt.step()
+    assert torch.isfinite(params[-1]).all() and not torch.equal(params[-1].detach(), torch.zeros(4, 3))

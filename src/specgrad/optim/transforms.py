@@ -297,7 +297,11 @@ def shape_scale(preset: str, out_features: int, in_features: int) -> float:
       the update RMS match AdamW's typical 0.2-0.4 so AdamW's lr and weight decay carry over);
     * ``"spectral"``: ``sqrt(out/in)`` (the spectral-norm scaling of Bernstein et al.);
     * ``"none"``: 1.
+
+    An empty matrix (a side of 0) gets 1 under every preset.
     """
+    if preset in SHAPE_SCALINGS and (out_features == 0 or in_features == 0):
+        return 1.0
     if preset == "original":
         return math.sqrt(max(1.0, out_features / in_features))
     if preset == "match_rms_adamw":
