@@ -26,6 +26,32 @@ def check_finite(fro_sq: float, acc) -> None:
                                       "the activations held NaN or Inf")  # fmt: skip
 
 
+def frobenius_sq_or_nan(stats) -> float:
+    """``stats.frobenius_sq()``, NaN where it is not finite (for a caller that names the block)."""
+    try:
+        return stats.frobenius_sq()
+    except NonFiniteStatisticError:
+        return math.nan
+
+
+def check_blocks(names: list[str], what: str, step: int, cause: Optional[BaseException] = None) -> None:
+    """Raise :class:`~specgrad.linalg.NonFiniteStatisticError` naming the blocks ``names`` whose
+    ``what`` (``"activation"`` or ``"gradient"``) statistic is not finite, if there are any.
+
+    Example:
+        >>> check_blocks(["fc1", "fc2"], "gradient", 7)
+        Traceback (most recent call last):
+        ...
+        specgrad.linalg.checks.NonFiniteStatisticError: non-finite gradient at step 7 in block(s) 'fc1', 'fc2': NaN or Inf; nothing was recorded for this step
+    """
+    if not names:
+        return
+    listed = ", ".join(map(repr, names[:5])) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    why = "NaN or Inf" + (" (or entries too large to square in float32)" if what == "activation" else "")
+    raise NonFiniteStatisticError(f"non-finite {what} at step {step} in block(s) {listed}: {why}; "
+                                  "nothing was recorded for this step") from cause  # fmt: skip
+
+
 class ActivationGram:
     """``||A||_F^2`` and ``||A||_op^2`` of the rows streamed in (``A``: ``n x d``), exactly,
     in memory ``O(d^2)``: the monitor's statistic for blocks up to ``max_dim`` wide.

@@ -17,9 +17,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ..linalg import NonFiniteStatisticError, Workspace, check_positive_int, frobenius_nuclear_norms, top_eigenpairs
+from ..linalg import Workspace, check_positive_int, frobenius_nuclear_norms, top_eigenpairs
 from ..views import MatrixView
-from .accumulators import ActivationGram, make_accumulator
+from .accumulators import ActivationGram, check_blocks, frobenius_sq_or_nan, make_accumulator
 from .inputs import (ActivationFn, BlockSpec, Getter, Skip, clean, conv2d_patches, first_input, model_blocks, untie,
                      user_getter, whole_view)
 
@@ -553,9 +553,9 @@ class SpectralMonitor:
         # ||A||_op^2 of every exact Gram of this step in one batched call; a tap is computed
         # once however many blocks (parts of a fused weight) it feeds
         taps = list({id(b._tap): b._tap for b, _, _ in todo}.values())
-        fro_sq = {id(t): _frobenius_sq(t.stats) for t in taps}
+        fro_sq = {id(t): frobenius_sq_or_nan(t.stats) for t in taps}
         # a NaN or Inf activation entry reaches ||A||_F^2: refuse it before an eigensolver does
-        self._check_finite([b for b, _, _ in todo if not math.isfinite(fro_sq[id(b._tap)])], "activation")
+        check_blocks([b.name for b, _, _ in todo if not math.isfinite(fro_sq[id(b._tap)])], "activation", self._step)
         grams = [t for t in taps if isinstance(t.stats, ActivationGram)]
         pairs = top_eigenpairs([t.stats.operator(DIRECT_BELOW) for t in grams], [t.top_vector for t in grams],
                                tol=LANCZOS_TOL, direct_below=DIRECT_BELOW, workspace=self._workspace)  # fmt: skip
@@ -580,27 +580,16 @@ class SpectralMonitor:
         return rows
 
     def _gradient_norms(self, todo: list) -> list[tuple[float, float]]:
-        """``(||G||_F, ||G||_*)`` of each block's gradient; a block whose gradient holds NaN
-        or Inf raises :class:`~specgrad.linalg.NonFiniteStatisticError` naming it (looked for
-        only when the norms fail or come out non-finite: no pass over healthy gradients)."""
-        mats = [G for _, _, G in todo]
+        """``(||G||_F, ||G||_*)`` of each block's gradient; NaN or Inf raises naming the block
+        (looked for only when the norms fail or come out non-finite)."""
         try:
-            out = frobenius_nuclear_norms(mats, workspace=self._workspace)
+            out = frobenius_nuclear_norms([G for _, _, G in todo], workspace=self._workspace)
         except torch.linalg.LinAlgError as e:
-            self._check_finite([b for b, _, G in todo if not bool(torch.isfinite(G).all())], "gradient", e)
+            check_blocks([b.name for b, _, G in todo if not bool(torch.isfinite(G).all())], "gradient", self._step, e)
             raise
-        self._check_finite([b for (b, _, _), (f, n) in zip(todo, out) if not (math.isfinite(f) and math.isfinite(n))],
-                           "gradient")  # fmt: skip
+        check_blocks([b.name for (b, _, _), norms in zip(todo, out) if not all(map(math.isfinite, norms))],
+                     "gradient", self._step)  # fmt: skip
         return out
-
-    def _check_finite(self, blocks: list, what: str, cause: Optional[BaseException] = None) -> None:
-        """Raise :class:`~specgrad.linalg.NonFiniteStatisticError` naming ``blocks`` (if any)."""
-        if not blocks:
-            return
-        names = ", ".join(repr(b.name) for b in blocks[:5]) + (f" and {len(blocks) - 5} more" if len(blocks) > 5 else "")
-        why = "NaN or Inf" + (" (or entries too large to square in float32)" if what == "activation" else "")
-        raise NonFiniteStatisticError(f"non-finite {what} at step {self._step} in block(s) {names}: {why}; "
-                                      "nothing was recorded for this step") from cause  # fmt: skip
 
     def frame(self) -> pd.DataFrame:
         """All records so far, one row per (step, block)."""
@@ -625,14 +614,6 @@ class SpectralMonitor:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _frobenius_sq(stats) -> float:
-    """``||A||_F^2`` of a statistic, NaN where it is not finite (the caller names the block)."""
-    try:
-        return stats.frobenius_sq()
-    except NonFiniteStatisticError:
-        return math.nan
 
 
 COLUMNS = ["step", "block", "kind", "shape", "rows", "st_A", "nr_G", "ratio", "verdict",

@@ -180,7 +180,19 @@ class ChainOptimizer(Optimizer):
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Load a :meth:`state_dict`; ``ValueError`` if it comes from another optimizer type
-        (a group whose algorithm or chain this one does not run)."""
+        (a group whose algorithm or chain this one does not run).
+
+        Example:
+            >>> from specgrad.optim import Muon, SpecGD
+            >>> W = torch.nn.Parameter(torch.zeros(2, 2))
+            >>> saved = Muon([W]).state_dict()
+            >>> saved["param_groups"][0]["chain"][:3]
+            ['Momentum', 'AsMatrix', 'Orthogonalize']
+            >>> SpecGD([W]).load_state_dict(saved)
+            Traceback (most recent call last):
+            ...
+            ValueError: cannot load this state_dict into SpecGD: its param_groups[0] runs algorithm 'muon', this optimizer runs ['adamw', 'specgd']; was it saved by another optimizer type?
+        """
         groups = []
         for i, group in enumerate(state_dict["param_groups"]):
             algorithm = group.get("algorithm")
