@@ -232,10 +232,10 @@ class ChainOptimizer(Optimizer):
 
     def _nonfinite_grads(self) -> list[str]:
         """Names of parameters whose gradient holds NaN or Inf (on any rank, when
-        distributed); one host sync, or one ``all_reduce``."""
+        distributed); one host sync, or one ``all_reduce``. A sparse gradient raises."""
         params = [(gi, pi, p) for gi, group in enumerate(self.param_groups) for pi, p in enumerate(group["params"])]
-        for gi, pi, p in params:
-            if p.grad is not None and (p.grad.is_sparse or p.grad.layout in SPARSE_LAYOUTS):
+        for gi, pi, p in params:  # as torch.optim.AdamW, which names no parameter
+            if p.grad is not None and p.grad.layout in SPARSE_LAYOUTS:
                 raise RuntimeError(f"{type(self).__name__} does not support sparse gradients "
                                    f"({self._describe(gi, pi, p)}); nothing was updated")  # fmt: skip
         local = [p.grad.to_local() if p.grad is not None and is_sharded(p.grad) else p.grad for _, _, p in params]
