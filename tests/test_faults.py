@@ -288,13 +288,16 @@ def test_adamw_rule_on_complex_params_matches_torch_adamw():
 
 @pytest.mark.parametrize("method", ["svd", "newton_schulz", "polar_express"])
 def test_orthogonalize_refuses_complex_matrices_with_one_message(method):
-    from specgrad.linalg import orthogonalize, orthogonalize_many
+    from specgrad.linalg import newton_schulz, orthogonalize, orthogonalize_many, polar_svd, schedule_for
 
     G = torch.randn(4, 3, dtype=torch.complex64)
     with pytest.raises(ValueError, match="complex matrices are not supported"):
         orthogonalize(G, method)
     with pytest.raises(ValueError, match="complex matrices are not supported"):
         orthogonalize_many([G], method)
+    reference = polar_svd if method == "svd" else lambda G: newton_schulz(G, schedule_for(method))
+    with pytest.raises(ValueError, match="complex matrices are not supported"):
+        reference(G)
 
 
 @pytest.mark.parametrize("dtype", [torch.int32, torch.int64, torch.bool, torch.complex64], ids=str)

@@ -153,6 +153,8 @@ def quintic_iteration_many(mats: Sequence[Tensor], schedule: QuinticSchedule, st
     """
     check_positive_int(steps, "steps")
     check_norm(norm)
+    if mats[0].dtype not in FLOAT_DTYPES:
+        check_floating(mats[0].dtype, "mats[0]", what="a floating tensor, got dtype")
     m, n = mats[0].shape
     if m > n:
         raise ValueError(f"matrices must be wide (m <= n), got {m} x {n}; pass their transposes")

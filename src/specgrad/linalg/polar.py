@@ -109,6 +109,7 @@ def polar_svd(G: Tensor, rtol: Optional[float] = None) -> Tensor:
         tensor([[ 1.,  0.],
                 [ 0., -1.]])
     """
+    check_floating(G.dtype, "G", what="a floating tensor, got dtype")
     if G.numel() == 0:
         return torch.zeros_like(G)
     work = G.to(working_dtype(G.dtype))
@@ -136,6 +137,7 @@ def newton_schulz(G: Tensor, schedule: QuinticSchedule, steps: int = DEFAULT_STE
         True
     """
     check_positive_int(steps, "steps")
+    check_floating(G.dtype, "G", what="a floating tensor, got dtype")
     tall = G.shape[-2] > G.shape[-1]
     X = G.mT.contiguous() if tall else G  # contiguous: the exact transpose of the wide result
     norm = torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True, dtype=torch.float64)
