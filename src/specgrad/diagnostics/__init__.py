@@ -1,5 +1,6 @@
 """The layerwise spectral-advantage diagnostic: ``nr(G_l)`` against ``st(A_{l-1})``."""
 
+from ..linalg import NonFiniteStatisticError
 from .accumulators import ActivationGram, SketchedActivation, TokenCounts
 from .diagnose import diagnose
 from .inputs import conv1d_patches, conv2d_patches, first_input, model_blocks
@@ -11,6 +12,7 @@ __all__ = [
     "Block",
     "CSVLogger",
     "JSONLinesLogger",
+    "NonFiniteStatisticError",
     "SketchedActivation",
     "SpectralMonitor",
     "TensorBoardLogger",

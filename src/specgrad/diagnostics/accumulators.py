@@ -7,13 +7,49 @@ and ``stable_rank()``.
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Union
 
 import torch
 from torch import Tensor
 
-from ..linalg import GramAccumulator, GramOf, Workspace, check_positive_int, operator_norm, top_eigenvalues
+from ..linalg import (GramAccumulator, GramOf, NonFiniteStatisticError, Workspace, check_positive_int, operator_norm,
+                      top_eigenvalues)
 from ..linalg.eigen import DIRECT_BELOW
+
+
+def check_finite(fro_sq: float, acc) -> None:
+    """Raise :class:`~specgrad.linalg.NonFiniteStatisticError` unless ``||A||_F^2`` of
+    accumulator ``acc`` is finite: a NaN or Inf entry of ``A`` always reaches it."""
+    if not math.isfinite(fro_sq):
+        raise NonFiniteStatisticError(f"{type(acc).__name__}({acc.dim}): ||A||_F^2 = {fro_sq} after {acc.rows} rows; "
+                                      "the activations held NaN or Inf")  # fmt: skip
+
+
+def frobenius_sq_or_nan(stats) -> float:
+    """``stats.frobenius_sq()``, NaN where it is not finite (for a caller that names the block)."""
+    try:
+        return stats.frobenius_sq()
+    except NonFiniteStatisticError:
+        return math.nan
+
+
+def check_blocks(names: list[str], what: str, step: int, cause: Optional[BaseException] = None) -> None:
+    """Raise :class:`~specgrad.linalg.NonFiniteStatisticError` naming the blocks ``names`` whose
+    ``what`` (``"activation"`` or ``"gradient"``) statistic is not finite, if there are any.
+
+    Example:
+        >>> check_blocks(["fc1", "fc2"], "gradient", 7)
+        Traceback (most recent call last):
+        ...
+        specgrad.linalg.checks.NonFiniteStatisticError: non-finite gradient at step 7 in block(s) 'fc1', 'fc2': NaN or Inf; nothing was recorded for this step
+    """
+    if not names:
+        return
+    listed = ", ".join(map(repr, names[:5])) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    why = "NaN or Inf" + (" (or entries too large to square in float32)" if what == "activation" else "")
+    raise NonFiniteStatisticError(f"non-finite {what} at step {step} in block(s) {listed}: {why}; "
+                                  "nothing was recorded for this step") from cause  # fmt: skip
 
 
 class ActivationGram:
@@ -150,8 +186,12 @@ class ActivationGram:
         return self.gram if self.dim <= direct_below or A is None else GramOf(A)
 
     def operator_sq(self) -> float:
-        """``||A||_op^2 = lambda_max(A^T A)`` (see :func:`~specgrad.linalg.top_eigenvalues`)."""
-        return top_eigenvalues([self.operator()])[0] if self.rows else 0.0
+        """``||A||_op^2 = lambda_max(A^T A)`` (see :func:`~specgrad.linalg.top_eigenvalues`);
+        :class:`~specgrad.linalg.NonFiniteStatisticError` if the rows held NaN or Inf."""
+        if not self.rows:
+            return 0.0
+        check_finite(self.frobenius_sq(), self)
+        return top_eigenvalues([self.operator()])[0]
 
     def stable_rank(self) -> float:
         """``||A||_F^2 / ||A||_op^2`` (0 when nothing nonzero was fed)."""
@@ -216,6 +256,7 @@ class SketchedActivation:
     def operator_sq(self) -> float:
         """``||A||_F^2 / st(S)``: the exact Frobenius norm over the sketch's stable rank,
         whose numerator and denominator share the sketch's scale error."""
+        check_finite(self.frobenius_sq(), self)
         s_fro_sq = float(self.sketch.square().sum())
         if not s_fro_sq > 0:
             return 0.0

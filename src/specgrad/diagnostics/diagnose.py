@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from ..linalg import least_squares_smoothness, majorization_step, polar_svd
+from ..linalg import NonFiniteStatisticError, least_squares_smoothness, majorization_step, polar_svd
 from ..views import unwrap
 from ..views import MatrixView
 from .monitor import MAX_DIM, Block, SpectralMonitor
@@ -162,7 +162,9 @@ def diagnose(
 
     The model's weights, buffers (BatchNorm running statistics), train/eval modes and the
     caller's random state are left as they were found; gradients are those of this batch
-    afterwards. A compiled model is diagnosed through its original modules.
+    afterwards. A compiled model is diagnosed through its original modules. A NaN or Inf in
+    an activation or gradient (a NaN loss) raises
+    :class:`~specgrad.linalg.NonFiniteStatisticError` naming the blocks.
 
     Example:
         >>> net = torch.nn.Sequential(torch.nn.Linear(10, 64), torch.nn.ReLU(), torch.nn.Linear(64, 3))
@@ -223,7 +225,10 @@ def _measure(model, batch, loss_fn, randomness, settings, keep: bool):
         loss.backward()
         blocks = {name: mon.block(name) for name in mon.blocks}
         grams = {n: None if (g := b.gram()) is None else g.clone() for n, b in blocks.items()} if keep else {}
-        recorded = {r["block"]: r for r in mon.step()}
+        try:
+            recorded = {r["block"]: r for r in mon.step()}
+        except NonFiniteStatisticError as e:
+            raise NonFiniteStatisticError(f"diagnose: {e} (the loss on this batch is {float(loss.detach())})") from e
         skipped = dict(mon.skipped)
     rows = []
     for name, b in blocks.items():

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from ..linalg import Workspace, check_positive_int, frobenius_nuclear_norms, top_eigenpairs
 from ..views import MatrixView
-from .accumulators import ActivationGram, make_accumulator
+from .accumulators import ActivationGram, check_blocks, frobenius_sq_or_nan, make_accumulator
 from .inputs import (ActivationFn, BlockSpec, Getter, Skip, clean, conv2d_patches, first_input, model_blocks, untie,
                      user_getter, whole_view)
 
@@ -499,19 +499,25 @@ class SpectralMonitor:
 
     # -- steps -------------------------------------------------------------------------------
     def step(self) -> list[dict]:
-        """Close the current step: on a sampled step, compute and return its records."""
+        """Close the current step: on a sampled step, compute and return its records.
+
+        Raises :class:`~specgrad.linalg.NonFiniteStatisticError` naming the blocks whose
+        activation or gradient holds NaN or Inf; the step is closed all the same (nothing
+        recorded, statistics reset), so the monitor goes on with the next one."""
         if not self._open:
             raise RuntimeError("the monitor is closed")
-        rows = self._collect() if self.sampling else []
-        for tap in self._taps.values():
-            if tap.stats is not None:
-                tap.stats.reset()
+        try:
+            rows = self._collect() if self.sampling else []
+        finally:  # a step that raised (non-finite statistics) is closed all the same
+            for tap in self._taps.values():
+                if tap.stats is not None:
+                    tap.stats.reset()
+            self._step += 1
+            self._arm()
         if rows:
             self.records.extend(rows)
             for logger in self.loggers:
                 logger.log(rows)
-        self._step += 1
-        self._arm()
         return rows
 
     def _sum_across_ranks(self) -> None:
@@ -547,17 +553,18 @@ class SpectralMonitor:
         # ||A||_op^2 of every exact Gram of this step in one batched call; a tap is computed
         # once however many blocks (parts of a fused weight) it feeds
         taps = list({id(b._tap): b._tap for b, _, _ in todo}.values())
+        fro_sq = {id(t): frobenius_sq_or_nan(t.stats) for t in taps}
+        # a NaN or Inf activation entry reaches ||A||_F^2: refuse it before an eigensolver does
+        check_blocks([b.name for b, _, _ in todo if not math.isfinite(fro_sq[id(b._tap)])], "activation", self._step)
         grams = [t for t in taps if isinstance(t.stats, ActivationGram)]
         pairs = top_eigenpairs([t.stats.operator(DIRECT_BELOW) for t in grams], [t.top_vector for t in grams],
                                tol=LANCZOS_TOL, direct_below=DIRECT_BELOW, workspace=self._workspace)  # fmt: skip
         op_sq = {}
         for t, (value, vector) in zip(grams, pairs):
             op_sq[id(t)], t.top_vector = value, vector
-        norms = {id(t): (t.stats.frobenius_sq(), op_sq[id(t)] if id(t) in op_sq else t.stats.operator_sq())
-                 for t in taps}  # fmt: skip
+        norms = {id(t): (fro_sq[id(t)], op_sq[id(t)] if id(t) in op_sq else t.stats.operator_sq()) for t in taps}
         nan = (math.nan, math.nan)
-        g_norms = (frobenius_nuclear_norms([G for _, _, G in todo], workspace=self._workspace) if self.gradients
-                   else [nan] * len(todo))  # fmt: skip
+        g_norms = self._gradient_norms(todo) if self.gradients else [nan] * len(todo)
         rows = []
         for (b, stats, G), (g_fro, g_nuc) in zip(todo, g_norms):
             a_fro_sq, a_op_sq = norms[id(b._tap)]
@@ -571,6 +578,18 @@ class SpectralMonitor:
                 grad_fro=g_fro, grad_nuc=g_nuc, act_fro=math.sqrt(a_fro_sq), act_op=math.sqrt(a_op_sq),
             ))  # fmt: skip
         return rows
+
+    def _gradient_norms(self, todo: list) -> list[tuple[float, float]]:
+        """``(||G||_F, ||G||_*)`` of each block's gradient; NaN or Inf raises naming the block
+        (looked for only when the norms fail or come out non-finite)."""
+        try:
+            out = frobenius_nuclear_norms([G for _, _, G in todo], workspace=self._workspace)
+        except torch.linalg.LinAlgError as e:
+            check_blocks([b.name for b, _, G in todo if not bool(torch.isfinite(G).all())], "gradient", self._step, e)
+            raise
+        check_blocks([b.name for (b, _, _), norms in zip(todo, out) if not all(map(math.isfinite, norms))],
+                     "gradient", self._step)  # fmt: skip
+        return out
 
     def frame(self) -> pd.DataFrame:
         """All records so far, one row per (step, block)."""

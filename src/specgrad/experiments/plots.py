@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 import warnings
 from pathlib import Path
@@ -12,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from .runner import write_bytes  # noqa: E402
 from .series import by_method  # noqa: E402
 
 
@@ -40,17 +42,21 @@ def band_plot(ax, series: dict, metric: str, x: str = "step", methods=None, log:
 
 def save(fig, folder: Path, name: str) -> str:
     """Write ``fig`` as ``folder/name`` (a PNG) and close it; a busy figure is redrawn with
-    an adaptive 256-color palette, which keeps it well under 200 KB."""
+    an adaptive 256-color palette, which keeps it well under 200 KB. The file is written
+    atomically with normal permissions (:func:`~specgrad.experiments.runner.write_bytes`)."""
     fig.tight_layout()
-    path = Path(folder) / name
-    fig.savefig(path, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    if path.stat().st_size > 120_000:
+    if buf.tell() > 120_000:
         from PIL import Image
 
-        with Image.open(path) as im:
+        buf.seek(0)
+        with Image.open(buf) as im:
             small = im.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT)
-        small.save(path, optimize=True)
+        buf = io.BytesIO()
+        small.save(buf, format="png", optimize=True)
+    write_bytes(Path(folder) / name, buf.getvalue())
     return name
 
 

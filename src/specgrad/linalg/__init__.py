@@ -37,7 +37,8 @@ from .fast_polar import (
     quintic_iteration_many,
     stack_normalized,
 )
-from .checks import check_matrix, check_nonnegative_int, check_positive_int, check_range, working_dtype
+from .checks import (FLOAT_DTYPES, NonFiniteStatisticError, check_floating, check_matrix, check_nonnegative_int,
+                     check_positive_int, check_range, working_dtype)
 from .majorization import STEP_NORMS, least_squares_smoothness, majorization_step
 from .workspace import Workspace
 from .ranks import MatrixNorms, effective_rank, matrix_norms, nuclear_rank, stable_rank
@@ -48,6 +49,7 @@ from .spectral import matrix_view, spectral_map
 
 __all__ = [
     "DEFAULT_STEPS",
+    "FLOAT_DTYPES",
     "JORDAN",
     "METHODS",
     "NORMS",
@@ -55,9 +57,11 @@ __all__ = [
     "GramAccumulator",
     "GramOf",
     "MatrixNorms",
+    "NonFiniteStatisticError",
     "QuinticSchedule",
     "STEP_NORMS",
     "as_schedule",
+    "check_floating",
     "check_gram",
     "check_matrix",
     "check_nonnegative_int",

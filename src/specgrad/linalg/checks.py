@@ -8,7 +8,32 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+class NonFiniteStatisticError(FloatingPointError):
+    """A statistic (an activation Gram, a gradient's norms) came out NaN or Inf; the message
+    names the block or accumulator it belongs to. :class:`~specgrad.diagnostics.SpectralMonitor`,
+    :func:`~specgrad.diagnostics.diagnose` and :class:`GramAccumulator` raise it instead of
+    letting an eigensolver fail on the NaN."""
+
+
+def check_floating(dtype, name: str = "dtype", *, what: str = "a floating dtype, got") -> torch.dtype:
+    """``dtype`` if it is one of :data:`FLOAT_DTYPES`, else ``ValueError`` naming ``name``;
+    complex dtypes are told so: the spectral routines work on real matrices only.
+
+    Example:
+        >>> check_floating(torch.int32, "ns_dtype")
+        Traceback (most recent call last):
+        ...
+        ValueError: ns_dtype must be a floating dtype, got torch.int32 (float16, bfloat16, float32 or float64)
+    """
+    if dtype in FLOAT_DTYPES:
+        return dtype
+    if isinstance(dtype, torch.dtype) and dtype.is_complex:
+        raise ValueError(f"{name} must be {what} {dtype}: complex matrices are not supported "
+                         "(the polar factor and spectral maps here are of real matrices)")  # fmt: skip
+    raise ValueError(f"{name} must be {what} {dtype} (float16, bfloat16, float32 or float64)")
 
 
 def check_matrix(x: Tensor, name: str = "input", *, finite: bool = True) -> None:
@@ -22,8 +47,7 @@ def check_matrix(x: Tensor, name: str = "input", *, finite: bool = True) -> None
         raise ValueError(
             f"{name} must have at least 2 dims (..., m, n), got shape {tuple(x.shape)}"
         )
-    if x.dtype not in _FLOAT_DTYPES:
-        raise ValueError(f"{name} must be a floating tensor, got dtype {x.dtype}")
+    check_floating(x.dtype, name, what="a floating tensor, got dtype")
     if finite:
         # One reduction first: any NaN/Inf entry makes the sum non-finite; only then count
         # (a sum that overflows from large finite entries just falls through to the count).

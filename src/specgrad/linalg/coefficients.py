@@ -69,6 +69,19 @@ class QuinticSchedule:
                 f"normalization_safety must be >= 1, got {self.normalization_safety!r}"
             )
 
+    def as_dict(self) -> dict:
+        """The schedule in plain types (a dict of tuples of floats), as a checkpoint keeps it:
+        ``torch.load(weights_only=True)`` reads it back, and :func:`as_schedule` turns it
+        into the schedule again.
+
+        Example:
+            >>> s = polar_express_schedule(3)
+            >>> as_schedule(s.as_dict()) == s
+            True
+        """
+        return {"coefficients": tuple(tuple(float(v) for v in t) for t in self.coefficients),
+                "normalization_safety": float(self.normalization_safety)}  # fmt: skip
+
     def steps(self, steps: int) -> list[Triple]:
         """The triples actually used for ``steps`` iterations."""
         c = list(self.coefficients)
@@ -176,16 +189,21 @@ def polar_express_schedule(
     return QuinticSchedule(triples, normalization_safety=safety)
 
 
-ScheduleLike = Union[str, Triple, Sequence[Triple], QuinticSchedule]
+ScheduleLike = Union[str, Triple, Sequence[Triple], QuinticSchedule, dict]
 
 _NAMED = {"jordan": JORDAN, "newton_schulz": NEWTON_SCHULZ}
 
 
 def as_schedule(coefficients: ScheduleLike) -> QuinticSchedule:
-    """Accept a name (``"jordan"``, ``"newton_schulz"``), one triple, a list of triples, or
-    a :class:`QuinticSchedule`."""
+    """Accept a name (``"jordan"``, ``"newton_schulz"``), one triple, a list of triples, a
+    :class:`QuinticSchedule` or its :meth:`~QuinticSchedule.as_dict`."""
     if isinstance(coefficients, QuinticSchedule):
         return coefficients
+    if isinstance(coefficients, dict):
+        if set(coefficients) - {"coefficients", "normalization_safety"} or "coefficients" not in coefficients:
+            raise ValueError(f"a schedule dict has keys 'coefficients' and 'normalization_safety', got {coefficients!r}")
+        triples = tuple(tuple(float(v) for v in t) for t in coefficients["coefficients"])
+        return QuinticSchedule(triples, float(coefficients.get("normalization_safety", 1.0)))
     if isinstance(coefficients, str):
         if coefficients not in _NAMED:
             raise ValueError(

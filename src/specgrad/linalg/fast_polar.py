@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from .checks import check_positive_int, working_dtype
+from .checks import FLOAT_DTYPES, check_floating, check_positive_int, working_dtype
 from .coefficients import QuinticSchedule, ScheduleLike, schedule_for
 from .polar import DEFAULT_STEPS, METHODS, check_gram, check_norm, polar_svd
 from .workspace import Workspace, buffer
@@ -68,6 +68,11 @@ def orthogonalize_many(mats: Sequence[Tensor], method: str = "newton_schulz", st
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    if dtype is not None:
+        check_floating(dtype, "dtype")
+    for i, x in enumerate(mats):
+        if x.dtype not in FLOAT_DTYPES:
+            check_floating(x.dtype, f"mats[{i}]", what="a floating tensor, got dtype")
     if method != "svd":
         schedule = schedule_for(method, steps, coefficients=coefficients, lower=lower)
     by_shape: dict[tuple, list[int]] = defaultdict(list)
@@ -123,6 +128,9 @@ def quintic_iteration(G: Tensor, schedule: QuinticSchedule, steps: int, *, dtype
     """
     check_positive_int(steps, "steps")
     check_norm(norm)
+    check_floating(G.dtype, "G", what="a floating tensor, got dtype")
+    if dtype is not None:
+        check_floating(dtype, "dtype")
     if G.numel() == 0:
         return torch.zeros_like(G)
     out_dtype = G.dtype
@@ -145,6 +153,8 @@ def quintic_iteration_many(mats: Sequence[Tensor], schedule: QuinticSchedule, st
     """
     check_positive_int(steps, "steps")
     check_norm(norm)
+    if mats[0].dtype not in FLOAT_DTYPES:
+        check_floating(mats[0].dtype, "mats[0]", what="a floating tensor, got dtype")
     m, n = mats[0].shape
     if m > n:
         raise ValueError(f"matrices must be wide (m <= n), got {m} x {n}; pass their transposes")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-from .checks import check_positive_int
+from .checks import NonFiniteStatisticError, check_positive_int
 from .eigen import top_eigenvalues
 from .workspace import Workspace, buffer
 
@@ -51,6 +53,10 @@ class GramAccumulator:
     columns features, so the activation matrix of the theory (columns = samples) is the
     transpose; its norms are the same.
 
+    The norms refuse a Gram that holds NaN or Inf (a non-finite chunk, or entries whose
+    squares overflow float32) with :class:`~specgrad.linalg.NonFiniteStatisticError`, which
+    names the accumulator by ``name`` (e.g. the layer it measures).
+
     Example:
         >>> acc = GramAccumulator(3)
         >>> for chunk in torch.randn(100, 3).split(30):
@@ -59,10 +65,17 @@ class GramAccumulator:
         100
         >>> 1.0 <= acc.stable_rank() <= 3.0
         True
+        >>> _ = acc.update(torch.tensor([[float("nan"), 0.0, 0.0]]))
+        >>> acc.name = "layer1"
+        >>> acc.stable_rank()
+        Traceback (most recent call last):
+        ...
+        specgrad.linalg.checks.NonFiniteStatisticError: activation Gram of 'layer1' is not finite (trace nan) after 101 rows: a chunk held NaN/Inf, or entries too large to square in float32
     """
 
-    def __init__(self, dim: int, *, device=None, workspace: Optional[Workspace] = None):
+    def __init__(self, dim: int, *, device=None, workspace: Optional[Workspace] = None, name: str = ""):
         self.dim = check_positive_int(dim, "dim")
+        self.name = name
         self.gram = torch.zeros(dim, dim, dtype=torch.float64, device=device)
         self.rows = 0
         self.workspace = workspace  # holds the float32 product of each chunk, when given
@@ -100,13 +113,23 @@ class GramAccumulator:
 
     def frobenius_sq(self) -> float:
         """``||A||_F^2 = tr(A^T A)``."""
-        return float(self.gram.diagonal().sum())
+        fro_sq = float(self.gram.diagonal().sum())
+        if not math.isfinite(fro_sq):
+            # a NaN or Inf entry of A reaches its column's diagonal entry, so the trace sees it
+            where = f"{self.name!r}" if self.name else f"GramAccumulator({self.dim})"
+            raise NonFiniteStatisticError(
+                f"activation Gram of {where} is not finite (trace {fro_sq}) after {self.rows} rows: "
+                "a chunk held NaN/Inf, or entries too large to square in float32"
+            )
+        return fro_sq
 
     def operator_sq(self) -> float:
         """``||A||_op^2 = lambda_max(A^T A)`` (see :func:`~specgrad.linalg.top_eigenvalues`)."""
+        self.frobenius_sq()  # raises on a non-finite Gram, which the eigensolver would choke on
         return top_eigenvalues([self.gram])[0]
 
     def stable_rank(self) -> float:
         """``||A||_F^2 / ||A||_op^2`` (0 when nothing nonzero was fed)."""
-        op = self.operator_sq()
-        return self.frobenius_sq() / op if op > 0 else 0.0
+        fro_sq = self.frobenius_sq()
+        op = top_eigenvalues([self.gram])[0]
+        return fro_sq / op if op > 0 else 0.0

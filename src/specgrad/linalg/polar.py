@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .checks import check_matrix, check_positive_int, working_dtype
+from .checks import check_floating, check_matrix, check_positive_int, working_dtype
 from .coefficients import QuinticSchedule, ScheduleLike, schedule_for
 
 METHODS = ("svd", "newton_schulz", "polar_express")
@@ -53,7 +53,7 @@ def orthogonalize(
 
     Args:
         G: ``(..., m, n)`` float16/bfloat16/float32/float64 tensor, on any device. Leading
-            dims are a batch of independent matrices.
+            dims are a batch of independent matrices. Complex matrices raise ``ValueError``.
         method: ``"svd"`` (exact, :func:`polar_svd`), ``"newton_schulz"`` (the quintic
             iteration with ``coefficients``) or ``"polar_express"`` (per-step minimax
             quintics for singular values in ``[lower, 1]`` after normalization).
@@ -84,6 +84,8 @@ def orthogonalize(
     check_matrix(G, "G")
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    if dtype is not None:
+        check_floating(dtype, "dtype")
     if method == "svd":
         return polar_svd(G, rtol=rtol)
     steps = DEFAULT_STEPS if steps is None else check_positive_int(steps, "steps")
@@ -107,6 +109,7 @@ def polar_svd(G: Tensor, rtol: Optional[float] = None) -> Tensor:
         tensor([[ 1.,  0.],
                 [ 0., -1.]])
     """
+    check_floating(G.dtype, "G", what="a floating tensor, got dtype")
     if G.numel() == 0:
         return torch.zeros_like(G)
     work = G.to(working_dtype(G.dtype))
@@ -134,6 +137,7 @@ def newton_schulz(G: Tensor, schedule: QuinticSchedule, steps: int = DEFAULT_STE
         True
     """
     check_positive_int(steps, "steps")
+    check_floating(G.dtype, "G", what="a floating tensor, got dtype")
     tall = G.shape[-2] > G.shape[-1]
     X = G.mT.contiguous() if tall else G  # contiguous: the exact transpose of the wide result
     norm = torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True, dtype=torch.float64)

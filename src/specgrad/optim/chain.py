@@ -16,10 +16,12 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.optim import Optimizer
 
+from ..linalg import QuinticSchedule, as_schedule
 from ..views import MatrixView
 from .distributed import check_grads_agree, is_sharded
 from .transforms import Transform, Updates, adamw_chain
 
+SPARSE_LAYOUTS = (torch.sparse_coo, torch.sparse_csr, torch.sparse_csc, torch.sparse_bsr, torch.sparse_bsc)
 ADAMW_DEFAULTS = {"lr": 3e-4, "betas": (0.9, 0.95), "eps": 1e-8, "weight_decay": 0.0}
 
 
@@ -41,6 +43,14 @@ class ChainOptimizer(Optimizer):
     ``nonfinite``: ``"raise"`` (default) raises :class:`NonFiniteGradError` naming the
     parameter before anything is written; ``"skip"`` warns and skips the whole step,
     parameters and state untouched. Parameters whose ``grad`` is None are skipped entirely.
+    A step that raises part way leaves the step counters of the group it failed in as they
+    were (and forgets state the step created), so a retried step counts once.
+
+    Parameters are real floating tensors; complex ones only in the AdamW rule (as
+    ``torch.optim.AdamW`` takes them: real and imaginary parts as two real parameters).
+    Sparse gradients are refused, as by ``torch.optim.AdamW``. ``state_dict`` keeps plain
+    types only (``torch.load(weights_only=True)`` reads it) and records each group's chain,
+    so a state dict of another optimizer type is refused by :meth:`load_state_dict`.
 
     Distributed (``torch.distributed`` initialized with more than one rank): parameters that
     are FSDP2 DTensors are handled shard-wise, each spectral map computed by one owner rank;
@@ -96,6 +106,14 @@ class ChainOptimizer(Optimizer):
         param_group = dict(param_group)
         params = param_group["params"]
         params = [params] if isinstance(params, Tensor) else list(params)
+        for k, p in enumerate(params):
+            t = p[1] if isinstance(p, tuple) and len(p) == 2 else p
+            if not isinstance(t, Tensor):
+                raise TypeError(f"{type(self).__name__} can only optimize Tensors, but params[{k}] is "
+                                f"{type(t).__name__}")  # fmt: skip
+            if not (t.is_floating_point() or t.is_complex()):
+                name = f"{p[0]!r}" if isinstance(p, tuple) else f"params[{k}]"
+                raise ValueError(f"{name} has dtype {t.dtype}: only floating point parameters can be optimized")
         views = param_group.pop("matrix_views", None) or []
         if views and len(views) != len(params):
             raise ValueError(f"matrix_views has {len(views)} entries for {len(params)} parameters")
@@ -135,7 +153,63 @@ class ChainOptimizer(Optimizer):
         if group["algorithm"] == self.rule:
             for k, v in self.defaults.items():
                 group.setdefault(k, v)
+        if group["algorithm"] != "adamw":
+            for k, p in enumerate(group["params"]):
+                t = p[1] if isinstance(p, tuple) else p
+                if t.is_complex():
+                    name = f"{p[0]!r}" if isinstance(p, tuple) else f"parameter {k} of the group"
+                    raise ValueError(f"{name} is complex ({t.dtype}); the {group['algorithm']!r} rule takes real "
+                                     "parameters only: put it in a group with algorithm='adamw'")  # fmt: skip
         super().add_param_group(self._complete(group, group["algorithm"]))
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def chain_names(self, algorithm: str) -> list[str]:
+        """The transforms ``algorithm``'s groups run, by class name (kept in ``state_dict``)."""
+        return [type(t).__name__ for t in self._chains[algorithm]]
+
+    def state_dict(self) -> dict:
+        """``torch.optim.Optimizer.state_dict`` in plain types (a coefficient schedule as its
+        :meth:`~specgrad.linalg.QuinticSchedule.as_dict`), each group with its ``"chain"``."""
+        sd = super().state_dict()
+        for group in sd["param_groups"]:
+            for k, v in group.items():
+                if isinstance(v, QuinticSchedule):
+                    group[k] = v.as_dict()
+            group["chain"] = self.chain_names(group["algorithm"])
+        return sd
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load a :meth:`state_dict`; ``ValueError`` if it comes from another optimizer type
+        (a group whose algorithm or chain this one does not run).
+
+        Example:
+            >>> from specgrad.optim import Muon, SpecGD
+            >>> W = torch.nn.Parameter(torch.zeros(2, 2))
+            >>> saved = Muon([W]).state_dict()
+            >>> saved["param_groups"][0]["chain"][:3]
+            ['Momentum', 'AsMatrix', 'Orthogonalize']
+            >>> SpecGD([W]).load_state_dict(saved)
+            Traceback (most recent call last):
+            ...
+            ValueError: cannot load this state_dict into SpecGD: its param_groups[0] runs algorithm 'muon', this optimizer runs ['adamw', 'specgd']; was it saved by another optimizer type?
+        """
+        groups = []
+        for i, group in enumerate(state_dict["param_groups"]):
+            algorithm = group.get("algorithm")
+            if algorithm not in self._chains:
+                raise ValueError(f"cannot load this state_dict into {type(self).__name__}: its param_groups[{i}] "
+                                 f"runs algorithm {algorithm!r}, this optimizer runs {sorted(self._chains)}; "
+                                 "was it saved by another optimizer type?")  # fmt: skip
+            saved, ours = group.get("chain"), self.chain_names(algorithm)
+            if saved is not None and list(saved) != ours:
+                raise ValueError(f"cannot load this state_dict into {type(self).__name__}: its param_groups[{i}] "
+                                 f"({algorithm!r}) ran the chain {' -> '.join(saved)}, this one runs "
+                                 f"{' -> '.join(ours)}")  # fmt: skip
+            group = {k: v for k, v in group.items() if k != "chain"}
+            if isinstance(group.get("ns_coefficients"), dict):
+                group["ns_coefficients"] = as_schedule(group["ns_coefficients"])
+            groups.append(group)
+        super().load_state_dict({**state_dict, "param_groups": groups})
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
@@ -158,8 +232,12 @@ class ChainOptimizer(Optimizer):
 
     def _nonfinite_grads(self) -> list[str]:
         """Names of parameters whose gradient holds NaN or Inf (on any rank, when
-        distributed); one host sync, or one ``all_reduce``."""
+        distributed); one host sync, or one ``all_reduce``. A sparse gradient raises."""
         params = [(gi, pi, p) for gi, group in enumerate(self.param_groups) for pi, p in enumerate(group["params"])]
+        for gi, pi, p in params:  # as torch.optim.AdamW, which names no parameter
+            if p.grad is not None and p.grad.layout in SPARSE_LAYOUTS:
+                raise RuntimeError(f"{type(self).__name__} does not support sparse gradients "
+                                   f"({self._describe(gi, pi, p)}); nothing was updated")  # fmt: skip
         local = [p.grad.to_local() if p.grad is not None and is_sharded(p.grad) else p.grad for _, _, p in params]
         with_grad = [k for k, g in enumerate(local) if g is not None]
         bad = set()
@@ -199,17 +277,25 @@ class ChainOptimizer(Optimizer):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
-            states = []
+            states, fresh = [], []
             for p in params:
                 state = self.state[p]
                 if "step" not in state:
+                    fresh.append(p)
                     state["step"] = torch.tensor(0.0)
                     for t in chain:
                         t.init(p, state, group)
                 states.append(state)
-            torch._foreach_add_([st["step"] for st in states], 1)
+            counters = [st["step"] for st in states]
+            torch._foreach_add_(counters, 1)
             u = Updates(group, params, states, [p.grad for p in params], distributed=distributed,
                         views=[self.matrix_views.get(p) for p in params])
-            for t in chain:
-                t(u)
+            try:
+                for t in chain:
+                    t(u)
+            except BaseException:
+                torch._foreach_sub_(counters, 1)
+                for p in fresh:
+                    del self.state[p]
+                raise
         return loss

@@ -283,7 +283,10 @@ class NuclearStep(Transform):
         if u.group["step_size"] != "nuclear":
             return
         for i, (g, o) in enumerate(zip(u.before_map, u.updates)):
-            u.scales[i] *= _scalar((g * o).sum())
+            # summed in float32 (float64 from float32 on): ||G||_* of a half-precision G can
+            # pass 65504 although every entry of G * polar(G) is at most about |G_ij|
+            acc = torch.float32 if g.dtype in (torch.float16, torch.bfloat16) else torch.float64
+            u.scales[i] *= _scalar(torch.sum(g * o, dtype=acc))
 
 
 def shape_scale(preset: str, out_features: int, in_features: int) -> float:
@@ -294,7 +297,11 @@ def shape_scale(preset: str, out_features: int, in_features: int) -> float:
       the update RMS match AdamW's typical 0.2-0.4 so AdamW's lr and weight decay carry over);
     * ``"spectral"``: ``sqrt(out/in)`` (the spectral-norm scaling of Bernstein et al.);
     * ``"none"``: 1.
+
+    An empty matrix (a side of 0) gets 1 under every preset.
     """
+    if preset in SHAPE_SCALINGS and (out_features == 0 or in_features == 0):
+        return 1.0
     if preset == "original":
         return math.sqrt(max(1.0, out_features / in_features))
     if preset == "match_rms_adamw":
@@ -325,13 +332,19 @@ class ShapeScale(Transform):
             u.scales[i] *= shape_scale(preset, x.shape[-2], x.shape[-1])
 
 
+def _norms(xs: list[Tensor]) -> list[Tensor]:
+    """Frobenius norms of ``xs`` in float64: the norm of a float16 matrix passes 65504, and
+    the sum of squares of a float32 one 3e38, long before their entries do."""
+    return torch._foreach_norm(xs, 2, dtype=torch.float64)
+
+
 class MatchPolarNorm(Transform):
     """Rescale each matrix update ``M`` (``m x n``) to ``sqrt(min(m, n))``, the Frobenius norm
     of its polar factor: a Euclidean direction with the size of a spectral step. Zero stays
     zero."""
 
     def __call__(self, u):
-        for i, (x, norm) in enumerate(zip(u.updates, torch._foreach_norm(u.updates))):
+        for i, (x, norm) in enumerate(zip(u.updates, _norms(u.updates))):
             fro = _scalar(norm)
             u.scales[i] *= math.sqrt(min(x.shape)) / fro if fro > 0 else 0.0
 
@@ -355,8 +368,8 @@ class FrobeniusNormalize(Transform):
     """``G / ||G||_F`` per parameter (normalized gradient descent); zero stays zero."""
 
     def __call__(self, u):
-        norms = torch._foreach_norm(u.updates)
-        u.updates = [x / n.clamp_min(torch.finfo(x.dtype).tiny) for x, n in zip(u.updates, norms)]
+        norms = _norms(u.updates)
+        u.updates = [(x.double() / n.clamp_min(torch.finfo(n.dtype).tiny)).to(x.dtype) for x, n in zip(u.updates, norms)]
 
 
 class Sign(Transform):
@@ -396,16 +409,28 @@ class Adam(Transform):
     def __call__(self, u):
         beta1, beta2 = u.group["betas"]
         eps = u.group["eps"]
-        exp_avg = [st["exp_avg"] for st in u.states]
-        exp_avg_sq = [st["exp_avg_sq"] for st in u.states]
+        # a complex tensor as its real view (..., 2): its real and imaginary parts are two
+        # real parameters, as torch.optim.AdamW treats them
+        real = lambda xs: [torch.view_as_real(x) if x.is_complex() else x for x in xs]  # noqa: E731
+        updates = real(u.updates)
+        exp_avg = real([st["exp_avg"] for st in u.states])
+        exp_avg_sq = real([st["exp_avg_sq"] for st in u.states])
         t = [float(st["step"]) for st in u.states]
-        torch._foreach_lerp_(exp_avg, u.updates, 1 - beta1)
+        torch._foreach_lerp_(exp_avg, updates, 1 - beta1)
         torch._foreach_mul_(exp_avg_sq, beta2)
-        torch._foreach_addcmul_(exp_avg_sq, u.updates, u.updates, value=1 - beta2)
-        denom = torch._foreach_div(exp_avg_sq, [1 - beta2**ti for ti in t])
-        torch._foreach_sqrt_(denom)
+        torch._foreach_addcmul_(exp_avg_sq, updates, updates, value=1 - beta2)
+        # a finite gradient whose square overflows (1e30 in float32) would leave inf in
+        # exp_avg_sq for good, and every later update 0: keep it at the largest finite value
+        torch._foreach_clamp_max_(exp_avg_sq, [torch.finfo(v.dtype).max for v in exp_avg_sq])
+        # sqrt(v) / sqrt(1 - beta2^t), in torch.optim.AdamW's order: v / (1 - beta2^t) may overflow
+        denom = torch._foreach_sqrt(exp_avg_sq)
+        torch._foreach_div_(denom, [math.sqrt(1 - beta2**ti) for ti in t])
         torch._foreach_add_(denom, eps)
-        u.updates = torch._foreach_div(exp_avg, denom)
+        half = [d for d in denom if d.dtype == torch.float16]
+        if half:  # eps = 1e-8 rounds to 0 in float16: 0 / 0 where v and m underflowed
+            torch._foreach_clamp_min_(half, torch.finfo(torch.float16).tiny)
+        out = torch._foreach_div(exp_avg, denom)
+        u.updates = [torch.view_as_complex(x) if g.is_complex() else x for x, g in zip(out, u.updates)]
         u.scales = [s / (1 - beta1**ti) for s, ti in zip(u.scales, t)]
 
 
