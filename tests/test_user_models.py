@@ -94,6 +94,13 @@ def test_twenty_steps_lower_the_loss_and_keep_weights_finite(name, optimizer):
         opt.step()
         losses.append(float(loss))
     if optimizer == "hybrid":
+        # every matrix of every spectral parameter is measured and decided (a view's matrices each)
+        routing = split_params(model)
+        views = routing.views()
+        blocks = sum(views[n].batch for n in routing.names("spectral"))
+        assert opt.decider.unmeasured == {}
+        log = opt.decisions()
+        assert len(log[log["step"] == 0]) == blocks, (len(log[log["step"] == 0]), blocks)
         opt.close()
     assert all(math.isfinite(x) for x in losses)
     assert all(bool(torch.isfinite(p).all()) for p in model.parameters())

@@ -45,10 +45,11 @@ class MatchPolarNormEach(MatchPolarNorm):
 
     def __call__(self, u):
         single = [i for i, x in enumerate(u.updates) if x.ndim == 2]
-        sub = u.subset(single)
-        super().__call__(sub)
-        for k, i in enumerate(single):
-            u.scales[i] = sub.scales[k]
+        if single:
+            sub = u.subset(single)
+            super().__call__(sub)
+            for k, i in enumerate(single):
+                u.scales[i] = sub.scales[k]
         for i, x in enumerate(u.updates):
             if x.ndim == 3:
                 fro = x.norm(dim=(1, 2), keepdim=True)
