@@ -413,3 +413,20 @@ def test_forced_spectral_hybrid_on_an_expert_stack_is_muon_per_expert():
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
     hyb.close()
+
+
+def test_per_head_hybrid_decides_each_head():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=32, n_head=4, vocab_size=64,
+                                                                 n_positions=16))  # fmt: skip
+    ids = torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(0))
+    opt = Hybrid(model, lr=1e-2, every=1, per_head=True)
+    model(input_ids=ids, labels=ids).loss.backward()
+    opt.step()
+    blocks = opt.decisions()["block"].tolist()
+    attn = "transformer.h.0.attn"
+    assert blocks[:12] == [f"{attn}.c_attn.{part}.{h}" for part in "qkv" for h in range(4)]
+    assert blocks[12:16] == [f"{attn}.c_proj.cols{h}" for h in range(4)]  # the output projection's head columns
+    assert len(blocks) == 18 and opt.decider.unmeasured == {}
+    opt.close()

@@ -103,6 +103,9 @@ class Hybrid(ChainOptimizer):
     the measurements, the logging and the step-size rules: the pure baselines of an
     ablation, with the same arithmetic as the hybrid.
 
+    ``overrides``, ``views`` and ``per_head`` (one block per attention head) are
+    :func:`~specgrad.optim.split_params`'s.
+
     Every decision is logged: :meth:`decisions` returns a DataFrame
     (``step, block, nr, st, ratio, smoothed_ratio, choice``). Under DDP, ``distribute=True``
     splits the orthogonalizations across ranks as in :class:`~specgrad.optim.Muon`, and the
