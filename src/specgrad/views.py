@@ -13,6 +13,7 @@ transformers ``Conv1D`` (GPT-2)               ``(in, out)``       ``(out, in)``,
 fused q/k/v (``MultiheadAttention``,          ``(3d, d)``         3 matrices ``(d, d)``
 GPT-2 ``c_attn``)
 expert stack (MoE)                            ``(E, out, in)``    E matrices ``(out, in)``
+expert stack, ``is_transposed`` (gpt-oss)     ``(E, in, out)``    E matrices ``(out, in)``
 per-head attention                            ``(H dh, d)``       H matrices ``(dh, d)``
 ============================================  ==================  =========================
 
@@ -192,6 +193,8 @@ def view_of(module: nn.Module, attr: str, p: Tensor, *, name: str = "", per_head
         return MatrixView(shape, kind="conv")
     if isinstance(module, nn.Embedding):
         return MatrixView(shape, kind="embedding")
+    if len(shape) == 3 and getattr(module, "is_transposed", False):  # transformers experts stored (E, in, out)
+        return MatrixView(shape, transposed=True, batch_dims=1, kind="expert stack (E, in, out)")
     if len(shape) == 3:
         return MatrixView(shape, batch_dims=1, kind="expert stack")
     return default_view(shape)

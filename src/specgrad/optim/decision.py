@@ -108,7 +108,9 @@ class LayerwiseDecision:
     def unmeasured(self) -> dict[str, str]:
         """The matrices of the parameters the monitor cannot see (they keep their rule), by
         block name, with the reason."""
-        return dict(self.monitor.skipped)
+        cov = self.monitor.coverage()
+        cov = cov[(cov["status"] == "skipped") & cov["parameter"].isin(list(self.names.values()))]
+        return dict(zip(cov["block"], cov["reason"]))
 
     def init(self, p: Tensor, state: dict, group: dict) -> None:
         # spectral unless forced Euclidean; the first measurement decides

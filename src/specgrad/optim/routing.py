@@ -82,6 +82,22 @@ class ParamRouting:
         return self.table().to_string(index=False)
 
 
+def routed_params(model: nn.Module, **kwargs) -> list[dict]:
+    """The param groups of ``model`` as :func:`split_params` routes them (``kwargs`` are its
+    options): what a specgrad optimizer given a model instead of parameters uses, so
+    ``Muon(model)`` is ``Muon(split_params(model).param_groups())``, the optimizer's own
+    settings for the spectral group and its ``adamw`` settings for the rest.
+
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 8), torch.nn.Linear(8, 2))
+        >>> [(g.get("algorithm", "spectral"), len(g["params"])) for g in routed_params(net)]
+        [('spectral', 1), ('adamw', 5)]
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"routed_params needs an nn.Module, got {type(model).__name__}")
+    return split_params(model, **kwargs).param_groups()
+
+
 def _check_patterns(patterns: dict, allowed: Optional[tuple], what: str) -> dict:
     patterns = dict(patterns or {})
     for pattern, value in patterns.items():
