@@ -245,15 +245,15 @@ def attention_heads(model: nn.Module, head_dim: Optional[int] = None) -> dict[in
     return out
 
 
-def per_head(view: MatrixView, side: str, head_dim: int) -> MatrixView:
+def split_heads(view: MatrixView, side: str, head_dim: int) -> MatrixView:
     """``view`` with its rows (``side="rows"``) or columns (``"cols"``) split into heads of
     ``head_dim``: one matrix per head (and per part of a fused q/k/v, whose parts are
     head-major).
 
     Example:
-        >>> str(per_head(MatrixView((64, 192), transposed=True, row_blocks=3), "rows", 16))
+        >>> str(split_heads(MatrixView((64, 192), transposed=True, row_blocks=3), "rows", 16))
         '12 x (16, 64)'
-        >>> str(per_head(MatrixView((32, 32)), "cols", 8))
+        >>> str(split_heads(MatrixView((32, 32)), "cols", 8))
         '4 x (32, 8)'
     """
     m, n = view._matrix_shape()

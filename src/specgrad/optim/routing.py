@@ -13,8 +13,8 @@ from torch import nn
 
 from ..linalg import check_positive_int
 
-from ..views import (TOKEN_NAMES, MatrixView, attention_heads, clean_name, is_conv1d, parse_view, per_head as
-                     split_heads, unwrap, view_of)
+from ..views import (TOKEN_NAMES, MatrixView, attention_heads, clean_name, is_conv1d, parse_view, split_heads, unwrap,
+                     view_of)
 
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.modules.batchnorm._NormBase)
 if hasattr(nn, "RMSNorm"):
