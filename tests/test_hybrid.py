@@ -310,3 +310,123 @@ def test_a_failing_constructor_leaves_no_hooks():
     with pytest.raises(ValueError, match="momentum"):
         Hybrid(net, momentum=1.5)
     assert all(not m._forward_hooks for m in net.modules())
+
+
+# -- matrix views: every block of the models users train -----------------------------------
+
+
+def test_hybrid_on_gpt2_decides_every_conv1d_block():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=64, n_positions=16)
+    model = transformers.GPT2LMHeadModel(cfg)
+    ids = torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(0))
+    opt = Hybrid(model, lr=1e-2, every=2)
+    for _ in range(4):
+        opt.zero_grad()
+        model(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+    log = opt.decisions()
+    expected = {f"transformer.h.{i}.{b}" for i in range(2) for b in
+                ("attn.c_attn.q", "attn.c_attn.k", "attn.c_attn.v", "attn.c_proj.weight", "mlp.c_fc.weight",
+                 "mlp.c_proj.weight")}  # fmt: skip
+    assert sorted(log["step"].unique().tolist()) == [0, 2]
+    for step in (0, 2):
+        assert set(log[log["step"] == step]["block"]) == expected  # 8 Conv1D weights, c_attn as q, k, v
+    assert (log["nr"] > 0).all() and (log["st"] >= 1).all()
+    assert opt.decider.unmeasured == {}
+    assert opt.state[model.transformer.h[0].attn.c_attn.weight]["spectral"].shape == (3,)
+    opt.close()
+
+
+def test_hybrid_decides_each_expert_and_each_attention_block():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.MixtralConfig(num_hidden_layers=1, hidden_size=32, intermediate_size=64, num_attention_heads=4,
+                                     num_key_value_heads=2, vocab_size=64, num_local_experts=4)  # fmt: skip
+    model = transformers.MixtralForCausalLM(cfg)
+    ids = torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(0))
+    opt = Hybrid(model, lr=1e-2, every=1)
+    opt.zero_grad()
+    model(input_ids=ids, labels=ids).loss.backward()
+    opt.step()
+    blocks = set(opt.decisions()["block"])
+    experts = "model.layers.0.mlp.experts"
+    assert {f"{experts}.{w}.{e}" for w in ("gate_up_proj", "down_proj") for e in range(4)} <= blocks
+    assert {f"model.layers.0.self_attn.{x}_proj.weight" for x in "qkvo"} <= blocks
+    opt.close()
+    mha = nn.Sequential(nn.Linear(8, 16), nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0), nn.Linear(16, 2))
+    opt = Hybrid(mha, lr=1e-2, every=1)
+    nn.functional.mse_loss(mha(torch.randn(6, 3, 8)), torch.randn(6, 3, 2)).backward()
+    opt.step()
+    assert {"1.self_attn.q", "1.self_attn.k", "1.self_attn.v", "1.self_attn.out_proj.weight"} <= set(opt.decisions()["block"])
+    opt.close()
+
+
+class Experts(nn.Module):
+    """A stack of 4 matrices ``(6, 5)`` whose input the monitor cannot see."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(4, 6, 5) / 5**0.5)
+
+    def forward(self, x):
+        return torch.einsum("nd,eod->neo", x, self.w).mean(1)
+
+
+@pytest.mark.parametrize("euclidean", ["adamw", "sgd"])
+def test_a_stack_takes_each_matrix_from_its_own_rule(euclidean):
+    x, y = torch.randn(32, 5, generator=torch.Generator().manual_seed(1)), torch.randn(32, 2)
+    results = {}
+    for name, mask in (("spectral", [1, 1, 1, 1]), ("euclidean", [0, 0, 0, 0]), ("mixed", [1, 0, 0, 1])):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(5, 5), Experts(), nn.Linear(6, 2))
+        opt = Hybrid(net, lr=1e-2, every=1, euclidean=euclidean)
+        assert "1.w" in opt.decider.unmeasured  # no measurement: each matrix keeps the rule it has
+        for step in range(2):
+            opt.param_groups[0]["lr"] = 0.0 if step == 0 else 1e-2  # the first step only fills the state
+            opt.zero_grad()
+            nn.functional.mse_loss(net(x), y).backward()
+            if step == 1:
+                opt.state[net[1].w]["spectral"].copy_(torch.tensor(mask, dtype=torch.float32))
+            opt.step()
+        results[name] = net[1].w.detach().clone()
+        opt.close()
+    for e, rule in enumerate(["spectral", "euclidean", "euclidean", "spectral"]):
+        torch.testing.assert_close(results["mixed"][e], results[rule][e], rtol=0, atol=0)
+    assert not torch.equal(results["spectral"], results["euclidean"])
+
+
+def test_forced_spectral_hybrid_on_an_expert_stack_is_muon_per_expert():
+    torch.manual_seed(0)
+    a = nn.Sequential(nn.Linear(5, 5), Experts(), nn.Linear(6, 2))
+    b = copy.deepcopy(a)
+    x, y = torch.randn(32, 5), torch.randn(32, 2)
+    hyb = Hybrid(a, lr=1e-2, every=1, force="spectral")
+    muon = Muon(split_params(b).param_groups(spectral={"lr": 1e-2, "shape_scaling": "match_rms_adamw"},
+                                             adamw={"lr": 3e-4, "betas": (0.9, 0.95)}))  # fmt: skip
+    for net, opt in ((a, hyb), (b, muon)):
+        for _ in range(3):
+            opt.zero_grad()
+            nn.functional.mse_loss(net(x), y).backward()
+            opt.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    hyb.close()
+
+
+def test_per_head_hybrid_decides_each_head():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=32, n_head=4, vocab_size=64,
+                                                                 n_positions=16))  # fmt: skip
+    ids = torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(0))
+    opt = Hybrid(model, lr=1e-2, every=1, per_head=True)
+    model(input_ids=ids, labels=ids).loss.backward()
+    opt.step()
+    blocks = opt.decisions()["block"].tolist()
+    attn = "transformer.h.0.attn"
+    assert blocks[:12] == [f"{attn}.c_attn.{part}.{h}" for part in "qkv" for h in range(4)]
+    assert blocks[12:16] == [f"{attn}.c_proj.cols{h}" for h in range(4)]  # the output projection's head columns
+    assert len(blocks) == 18 and opt.decider.unmeasured == {}
+    opt.close()

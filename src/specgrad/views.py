@@ -13,6 +13,7 @@ transformers ``Conv1D`` (GPT-2)               ``(in, out)``       ``(out, in)``,
 fused q/k/v (``MultiheadAttention``,          ``(3d, d)``         3 matrices ``(d, d)``
 GPT-2 ``c_attn``)
 expert stack (MoE)                            ``(E, out, in)``    E matrices ``(out, in)``
+expert stack, ``is_transposed`` (gpt-oss)     ``(E, in, out)``    E matrices ``(out, in)``
 per-head attention                            ``(H dh, d)``       H matrices ``(dh, d)``
 ============================================  ==================  =========================
 
@@ -26,13 +27,18 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
 FUSED_QKV = ("c_attn",)  # names of fused q/k/v Conv1D weights (GPT-2 and its descendants)
+# Children of an attention module (one with a head size, see head_dim_of) whose rows are heads
+# (query, key, value projections, fused or not) or whose columns are (the output projection).
+HEAD_ROWS = ("q_proj", "k_proj", "v_proj", "query", "key", "value", "q", "k", "v", "wq", "wk", "wv", "c_attn", "qkv",
+             "qkv_proj", "Wqkv", "query_key_value")  # fmt: skip
+HEAD_COLS = ("o_proj", "out_proj", "c_proj", "proj", "wo", "o", "out", "dense")
 # Prefixes that wrappers add to parameter names: torch.compile, FSDP1, activation checkpointing.
 WRAPPER_PREFIXES = ("_orig_mod.", "_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
 # Learned position embeddings and class/register/mask tokens are looked up, not multiplied:
@@ -187,9 +193,75 @@ def view_of(module: nn.Module, attr: str, p: Tensor, *, name: str = "", per_head
         return MatrixView(shape, kind="conv")
     if isinstance(module, nn.Embedding):
         return MatrixView(shape, kind="embedding")
+    if len(shape) == 3 and getattr(module, "is_transposed", False):  # transformers experts stored (E, in, out)
+        return MatrixView(shape, transposed=True, batch_dims=1, kind="expert stack (E, in, out)")
     if len(shape) == 3:
         return MatrixView(shape, batch_dims=1, kind="expert stack")
     return default_view(shape)
+
+
+def head_dim_of(module: nn.Module) -> Optional[int]:
+    """The head size of an attention module: its ``head_dim`` (transformers' Llama and GPT-2
+    attention, ``nn.MultiheadAttention``, timm's ``Attention``), ``attention_head_size``
+    (transformers' BERT and ViT self-attention) or ``head_size``, else ``embed_dim`` or
+    ``hidden_size`` over ``num_heads`` or ``num_attention_heads``; ``None`` for a module
+    without heads.
+
+    Example:
+        >>> head_dim_of(torch.nn.MultiheadAttention(16, 4)), head_dim_of(torch.nn.Linear(4, 4))
+        (4, None)
+    """
+    for attr in ("head_dim", "attention_head_size", "head_size"):
+        value = getattr(module, attr, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    heads = next((v for v in (getattr(module, a, None) for a in ("num_heads", "num_attention_heads")) if isinstance(v, int)), None)
+    width = next((v for v in (getattr(module, a, None) for a in ("embed_dim", "hidden_size")) if isinstance(v, int)), None)
+    if heads and width and heads > 0 and width % heads == 0:
+        return width // heads
+    return None
+
+
+def attention_heads(model: nn.Module, head_dim: Optional[int] = None) -> dict[int, tuple[str, int]]:
+    """``{id(module): (side, head_dim)}`` for the projections of every attention module of
+    ``model`` (a module :func:`head_dim_of` finds a head size in, or any with ``head_dim``
+    given): ``side="rows"`` for its children named in :data:`HEAD_ROWS` (query, key, value,
+    a fused q/k/v), ``"cols"`` for those in :data:`HEAD_COLS` (the output projection).
+
+    Example:
+        >>> mha = torch.nn.MultiheadAttention(16, 4)
+        >>> attention_heads(mha)[id(mha.out_proj)]
+        ('cols', 4)
+    """
+    out = {}
+    for module in model.modules():
+        found = head_dim_of(module)
+        if found is None:
+            continue
+        for child_name, child in module.named_children():
+            side = "rows" if child_name in HEAD_ROWS else "cols" if child_name in HEAD_COLS else None
+            if side is not None:
+                out[id(child)] = (side, head_dim or found)
+    return out
+
+
+def split_heads(view: MatrixView, side: str, head_dim: int) -> MatrixView:
+    """``view`` with its rows (``side="rows"``) or columns (``"cols"``) split into heads of
+    ``head_dim``: one matrix per head (and per part of a fused q/k/v, whose parts are
+    head-major).
+
+    Example:
+        >>> str(split_heads(MatrixView((64, 192), transposed=True, row_blocks=3), "rows", 16))
+        '12 x (16, 64)'
+        >>> str(split_heads(MatrixView((32, 32)), "cols", 8))
+        '4 x (32, 8)'
+    """
+    m, n = view._matrix_shape()
+    size = m if side == "rows" else n
+    if side not in ("rows", "cols") or head_dim < 1 or size % head_dim:
+        raise ValueError(f"cannot split the {size} {side} of the view {view} (shape {view.shape}) into heads of {head_dim}")
+    blocks = {"row_blocks": size // head_dim} if side == "rows" else {"col_blocks": size // head_dim}
+    return replace(view, **blocks, kind=f"{view.kind}, per head")
 
 
 def parse_view(spec: str, shape) -> MatrixView:

@@ -11,7 +11,7 @@ from .chain import ChainOptimizer, NonFiniteGradError
 from .euclidean import NormalizedGD, SignDescent
 from .hybrid import Hybrid
 from .muon import FAST, Muon
-from .routing import ParamRouting, split_params
+from .routing import ParamRouting, routed_params, split_params
 from .shampoo import Shampoo
 from .specgd import SpecGD, SpectralDescent
 from .transforms import SHAPE_SCALINGS, shape_scale
@@ -29,6 +29,7 @@ __all__ = [
     "SignDescent",
     "SpecGD",
     "SpectralDescent",
+    "routed_params",
     "shape_scale",
     "split_params",
 ]

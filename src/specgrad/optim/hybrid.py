@@ -11,12 +11,14 @@ each block's rule with hysteresis.
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Union
 
 import pandas as pd
 import torch
 from torch import nn
 
+from ..views import clean_name, unwrap
 from .chain import ChainOptimizer
 from .decision import DECISIONS, LayerwiseDecision
 from .routing import split_params
@@ -37,13 +39,31 @@ from .transforms import (
 EUCLIDEAN = ("adamw", "sgd")
 
 
+class MatchPolarNormEach(MatchPolarNorm):
+    """:class:`~specgrad.optim.transforms.MatchPolarNorm` for every matrix of a batched update
+    ``(B, m, n)`` (experts, q/k/v blocks): each rescaled to ``sqrt(min(m, n))`` on its own."""
+
+    def __call__(self, u):
+        single = [i for i, x in enumerate(u.updates) if x.ndim == 2]
+        if single:
+            sub = u.subset(single)
+            super().__call__(sub)
+            for k, i in enumerate(single):
+                u.scales[i] = sub.scales[k]
+        for i, x in enumerate(u.updates):
+            if x.ndim == 3:
+                fro = x.norm(dim=(1, 2), keepdim=True)
+                u.updates[i] = torch.where(fro > 0, x * (math.sqrt(min(x.shape[1:])) / fro.clamp_min(torch.finfo(x.dtype).tiny)), 0.0)
+
+
 class Hybrid(ChainOptimizer):
     """Spectral (Muon) or Euclidean (AdamW / SGD-momentum) per block, chosen from measured
     ``nr(M)`` and ``st(A)`` with hysteresis.
 
     The chain of every hidden matrix (``split_params(model)``; embeddings, head, norms and
-    biases take AdamW as usual; conv weights are viewed as ``(out, in*kh*kw)``, other
-    shapes as :func:`~specgrad.linalg.matrix_view` says):
+    biases take AdamW as usual), on its matrix view (:mod:`specgrad.views`: conv weights as
+    ``(out, in*kh*kw)``, a ``Conv1D`` transposed, a fused q/k/v as three matrices, an expert
+    stack as one per expert; each matrix of a view is a block with its own rule):
 
         momentum -> matrix view -> Switch(spectral | euclidean) -> weight decay -> lr
 
@@ -63,8 +83,9 @@ class Hybrid(ChainOptimizer):
     estimates of ``log nr(M)`` of each block's momentum (from its singular values, or free
     as ``<M, polar(M)>`` with ``orthogonalizer="svd"``) and ``log st(A)`` of its incoming
     activation, measured every ``every`` steps by
-    :class:`~specgrad.diagnostics.SpectralMonitor` hooks (``nn.Linear`` and ``nn.Conv2d``
-    blocks; others keep their rule). A Euclidean block turns spectral when
+    :class:`~specgrad.diagnostics.SpectralMonitor` hooks (``nn.Linear``, convs, ``Conv1D``,
+    ``nn.MultiheadAttention``, transformers expert stacks; a matrix the monitor cannot see
+    keeps its rule and is listed in ``opt.decider.unmeasured``). A Euclidean block turns spectral when
     ``nr / st > 1 + hysteresis``; a spectral block turns Euclidean when
     ``nr / st < 1 / (1 + hysteresis)``.
 
@@ -81,6 +102,9 @@ class Hybrid(ChainOptimizer):
     ``fnmatch`` patterns of parameter names to rules, the last match winning) while keeping
     the measurements, the logging and the step-size rules: the pure baselines of an
     ablation, with the same arithmetic as the hybrid.
+
+    ``overrides``, ``views`` and ``per_head`` (one block per attention head) are
+    :func:`~specgrad.optim.split_params`'s.
 
     Every decision is logged: :meth:`decisions` returns a DataFrame
     (``step, block, nr, st, ratio, smoothed_ratio, choice``). Under DDP, ``distribute=True``
@@ -108,7 +132,6 @@ class Hybrid(ChainOptimizer):
     """
 
     rule = "hybrid"
-    uses_views = False  # preconditions / decides on (out, in * ...) as before
 
     def __init__(
         self,
@@ -134,13 +157,16 @@ class Hybrid(ChainOptimizer):
         ns_dtype: Optional[torch.dtype] = None,
         curvature: float = 1.0,
         overrides: Optional[dict[str, str]] = None,
+        views: Optional[dict[str, str]] = None,
+        per_head: bool = False,
         adamw: Optional[dict] = None,
         nonfinite: str = "raise",
         distribute: bool = False,
     ):
-        routing = split_params(model, overrides)
-        named = dict(model.named_parameters())
-        self.decider = LayerwiseDecision(model, {n: named[n] for n in routing.names("spectral")}, every, force)
+        routing = split_params(model, overrides, views=views, per_head=per_head)
+        named = {clean_name(n): p for n, p in unwrap(model).named_parameters()}
+        spectral = {n: named[n] for n in routing.names("spectral")}
+        self.decider = LayerwiseDecision(model, spectral, every, force, views=routing.views())
         defaults = dict(lr=lr, euclidean=euclidean, euclidean_scale=euclidean_scale, decision=decision,
                         hysteresis=hysteresis, smoothing=smoothing, momentum=momentum, nesterov=nesterov, betas=betas,
                         eps=eps, weight_decay=weight_decay, shape_scaling=shape_scaling, orthogonalizer=orthogonalizer,
@@ -157,7 +183,7 @@ class Hybrid(ChainOptimizer):
         spectral = [Orthogonalize(), ShapeScale()]
         euclidean = {
             "adamw": [RawGradient(), Adam(), AsMatrix(), Scale("euclidean_scale")],
-            "sgd": [MatchPolarNorm(), ShapeScale(), Scale("euclidean_scale")],
+            "sgd": [MatchPolarNormEach(), ShapeScale(), Scale("euclidean_scale")],
         }
         return [Momentum(), AsMatrix(), Switch(self.decider, spectral, euclidean), DecoupledWeightDecay(), ApplyLR()]
 

@@ -11,7 +11,10 @@ from typing import Optional
 import pandas as pd
 from torch import nn
 
-from ..views import TOKEN_NAMES, MatrixView, clean_name, is_conv1d, parse_view, unwrap, view_of
+from ..linalg import check_positive_int
+
+from ..views import (TOKEN_NAMES, MatrixView, attention_heads, clean_name, is_conv1d, parse_view, split_heads, unwrap,
+                     view_of)
 
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.modules.batchnorm._NormBase)
 if hasattr(nn, "RMSNorm"):
@@ -79,6 +82,22 @@ class ParamRouting:
         return self.table().to_string(index=False)
 
 
+def routed_params(model: nn.Module, **kwargs) -> list[dict]:
+    """The param groups of ``model`` as :func:`split_params` routes them (``kwargs`` are its
+    options): what a specgrad optimizer given a model instead of parameters uses, so
+    ``Muon(model)`` is ``Muon(split_params(model).param_groups())``, the optimizer's own
+    settings for the spectral group and its ``adamw`` settings for the rest.
+
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 8), torch.nn.Linear(8, 2))
+        >>> [(g.get("algorithm", "spectral"), len(g["params"])) for g in routed_params(net)]
+        [('spectral', 1), ('adamw', 5)]
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"routed_params needs an nn.Module, got {type(model).__name__}")
+    return split_params(model, **kwargs).param_groups()
+
+
 def _check_patterns(patterns: dict, allowed: Optional[tuple], what: str) -> dict:
     patterns = dict(patterns or {})
     for pattern, value in patterns.items():
@@ -88,7 +107,8 @@ def _check_patterns(patterns: dict, allowed: Optional[tuple], what: str) -> dict
 
 
 def split_params(model: nn.Module, overrides: Optional[dict[str, str]] = None, *,
-                 views: Optional[dict[str, str]] = None, per_head: bool = False) -> ParamRouting:  # fmt: skip
+                 views: Optional[dict[str, str]] = None, per_head: bool = False,
+                 head_dim: Optional[int] = None) -> ParamRouting:  # fmt: skip
     """Decide, for every parameter of ``model``, the spectral rule or AdamW, and the matrix
     view (:class:`~specgrad.views.MatrixView`) the spectral rule acts on.
 
@@ -111,8 +131,13 @@ def split_params(model: nn.Module, overrides: Optional[dict[str, str]] = None, *
     ``overrides`` maps ``fnmatch`` patterns of parameter names to ``"spectral"`` or
     ``"adamw"``; ``views`` maps patterns to a view spec (see
     :func:`~specgrad.views.parse_view`, e.g. ``"transposed,rows=3"``); both win over the
-    rules. ``per_head``: ``nn.MultiheadAttention``'s q/k/v as one matrix per head. Names
-    lose the prefixes of ``torch.compile`` and wrappers (:data:`WRAPPER_PREFIXES`).
+    rules. ``per_head``: attention weights as one matrix per head: the rows of query, key,
+    value projections (``q_proj``, ``k_proj``, ``v_proj``, GPT-2's fused ``c_attn``,
+    ``nn.MultiheadAttention``'s ``in_proj_weight``, ...) and the columns of the output
+    projection (``o_proj``, ``out_proj``, GPT-2's ``attn.c_proj``, ...) of every module with
+    a head size (:func:`~specgrad.views.attention_heads`); ``head_dim`` sets the head size
+    (and implies ``per_head``) where the modules do not say it. Names lose the prefixes of
+    ``torch.compile`` and wrappers (:data:`WRAPPER_PREFIXES`).
 
     Example:
         >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(),
@@ -124,7 +149,11 @@ def split_params(model: nn.Module, overrides: Optional[dict[str, str]] = None, *
     """
     overrides = _check_patterns(overrides, RULES, "override")
     view_specs = _check_patterns(views, None, "view")
+    if head_dim is not None:
+        check_positive_int(head_dim, "head_dim")
+        per_head = True
     model = unwrap(model)
+    heads = attention_heads(model, head_dim) if per_head else {}
     owner: dict[int, tuple[nn.Module, str]] = {}
     uses: dict[int, dict[str, nn.Module]] = {}  # every name a (tied) parameter goes by
     for mname, module in model.named_modules(remove_duplicate=False):
@@ -143,6 +172,12 @@ def split_params(model: nn.Module, overrides: Optional[dict[str, str]] = None, *
         module, attr = owner[id(p)]
         module_name = name.rsplit(".", 1)[0] if "." in name else ""
         view = view_of(module, attr, p, name=name, per_head=per_head)
+        unsplit = ""
+        if id(module) in heads and view is not None and "bias" not in attr:
+            try:
+                view = split_heads(view, *heads[id(module)])
+            except ValueError as e:  # a child named like a projection that is not one: kept whole, and said
+                unsplit = f" (not per head: {e})"
         tied = {u: m for u, m in uses[id(p)].items() if u != name}
         if p.ndim < 2:
             rule, reason = "adamw", "fewer than 2 dims (bias, gain or scalar)"
@@ -173,7 +208,7 @@ def split_params(model: nn.Module, overrides: Optional[dict[str, str]] = None, *
             if fnmatch.fnmatch(name, pattern):
                 used.add(pattern)
                 view = parse_view(spec, p.shape)
-        routes.append(Route(name, tuple(p.shape), rule, reason, view))
+        routes.append(Route(name, tuple(p.shape), rule, reason + unsplit, view))
     unused = (set(overrides) | set(view_specs)) - used
     if unused:
         raise ValueError(f"patterns matched no parameter: {sorted(unused)}")

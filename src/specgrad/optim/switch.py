@@ -7,20 +7,28 @@ distributed spectral map, every parameter shape ``AsMatrix`` handles) is the cha
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Protocol
+from typing import NamedTuple, Optional, Protocol, Union
 
+import torch
 from torch import Tensor
 
 from .transforms import Transform, Updates
 
 
 class Choice(NamedTuple):
-    """One block's rule for this step; ``step``: an update the decision sized itself (it
-    replaces the sub-chain's), its lr multiplied by ``scale``."""
+    """One parameter's rule for this step: ``spectral`` a bool, or one bool per matrix of a
+    batched update ``(B, m, n)`` (each matrix of a view is a block); ``step``: an update the
+    decision sized itself (it replaces the sub-chains'), its lr multiplied by ``scale``."""
 
-    spectral: bool
+    spectral: Union[bool, tuple[bool, ...]]
     step: Optional[Tensor] = None
     scale: float = 1.0
+
+    @property
+    def rules(self) -> tuple[bool, bool]:
+        """``(any spectral, all spectral)``."""
+        s = self.spectral
+        return (any(s), all(s)) if isinstance(s, tuple) else (bool(s), bool(s))
 
 
 class Decision(Protocol):
@@ -52,7 +60,8 @@ class Switch(Transform):
     4. blocks that turned spectral run the spectral sub-chain;
     5. each block's update becomes its sub-chain's output times that sub-chain's lr scale
        (a new tensor: a spectral map's outputs are views of buffers its next run reuses),
-       or the step the decision sized.
+       or the step the decision sized; a batched update takes each matrix from its own
+       rule's sub-chain.
 
     The link's ``defaults`` and ``validate`` are those of the sub-chains' links and the
     decision, plus ``euclidean`` (a key of the ``euclidean`` dict; default its first).
@@ -96,18 +105,25 @@ class Switch(Transform):
         first = [i for i, wanted in enumerate(self.decision.wants_spectral(u)) if wanted]
         spec = self._run(self.spectral, u, first)
         choices = self.decision.decide(u, dict(zip(first, spec.updates)))
-        out: list[Optional[Tensor]] = [None] * n
-        scales = [1.0] * n
+        spectral: dict[int, Tensor] = {}
         for k, i in enumerate(first):
-            if choices[i].spectral and choices[i].step is None:
-                out[i] = spec.updates[k] * spec.scales[k]
-        late = [i for i, c in enumerate(choices) if c.spectral and c.step is None and out[i] is None]
+            if choices[i].rules[0] and choices[i].step is None:
+                spectral[i] = spec.updates[k] * spec.scales[k]
+        late = [i for i, c in enumerate(choices) if c.rules[0] and c.step is None and i not in spectral]
         spec = self._run(self.spectral, u, late)
         for k, i in enumerate(late):
-            out[i] = spec.updates[k] * spec.scales[k]
+            spectral[i] = spec.updates[k] * spec.scales[k]
+        out: list[Optional[Tensor]] = [None] * n
+        scales = [1.0] * n
         for i, c in enumerate(choices):
+            some, every = c.rules
             if c.step is not None:
                 out[i], scales[i] = c.step, u.scales[i] * c.scale
-            elif not c.spectral:
+            elif every:
+                out[i] = spectral[i]
+            elif not some:
                 out[i] = euclid.updates[i] * euclid.scales[i]
+            else:
+                mask = torch.tensor(c.spectral, device=spectral[i].device).view(-1, 1, 1)
+                out[i] = torch.where(mask, spectral[i], euclid.updates[i] * euclid.scales[i])
         u.updates, u.scales = out, scales  # type: ignore[assignment]
