@@ -13,12 +13,13 @@ from typing import Any, Callable, Optional
 
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from ..linalg import QuinticSchedule, as_schedule
 from ..views import MatrixView
 from .distributed import check_grads_agree, is_sharded
+from .routing import routed_params
 from .transforms import Transform, Updates, adamw_chain
 
 SPARSE_LAYOUTS = (torch.sparse_coo, torch.sparse_csr, torch.sparse_csc, torch.sparse_bsr, torch.sparse_bsc)
@@ -82,6 +83,8 @@ class ChainOptimizer(Optimizer):
         self._chains: dict[str, list[Transform]] = {self.rule: self.chain(), "adamw": adamw_chain()}
         self.matrix_views: dict[Tensor, MatrixView] = {}  # by parameter: kept out of state_dict
         self._complete(dict(self._adamw_defaults), "adamw")  # checked even if no parameter takes them
+        if isinstance(params, nn.Module):  # routed as split_params does, not by the < 2 dims rule alone
+            params = routed_params(params)
         super().__init__(params, {**defaults, "algorithm": self.rule})
 
     # -- what subclasses provide -------------------------------------------------------

@@ -175,8 +175,8 @@ class LayerwiseDecision:
         """``(nr(M), ||M||_*)``; one host sync each."""
         if is_sharded(M):
             M, O = M.full_tensor(), (O.full_tensor() if O is not None else None)
-        fro = float(M.norm())
-        nuc = float((M * O).sum()) if exact and O is not None else float(matrix_norms(M).nuclear)
+        fro = float(torch.linalg.vector_norm(M, dtype=torch.float64))  # a float16 norm passes 65504
+        nuc = float(torch.sum(M * O, dtype=torch.float64)) if exact and O is not None else float(matrix_norms(M).nuclear)
         return ((nuc / fro) ** 2 if fro > 0 else 0.0), nuc
 
     # -- the two rules -----------------------------------------------------------------------

@@ -11,13 +11,14 @@ each block's rule with hysteresis.
 
 from __future__ import annotations
 
-import math
+import warnings
 from typing import Optional, Union
 
 import pandas as pd
 import torch
 from torch import nn
 
+from ..linalg import NonFiniteStatisticError
 from ..views import clean_name, unwrap
 from .chain import ChainOptimizer
 from .decision import DECISIONS, LayerwiseDecision
@@ -37,23 +38,6 @@ from .transforms import (
 )
 
 EUCLIDEAN = ("adamw", "sgd")
-
-
-class MatchPolarNormEach(MatchPolarNorm):
-    """:class:`~specgrad.optim.transforms.MatchPolarNorm` for every matrix of a batched update
-    ``(B, m, n)`` (experts, q/k/v blocks): each rescaled to ``sqrt(min(m, n))`` on its own."""
-
-    def __call__(self, u):
-        single = [i for i, x in enumerate(u.updates) if x.ndim == 2]
-        if single:
-            sub = u.subset(single)
-            super().__call__(sub)
-            for k, i in enumerate(single):
-                u.scales[i] = sub.scales[k]
-        for i, x in enumerate(u.updates):
-            if x.ndim == 3:
-                fro = x.norm(dim=(1, 2), keepdim=True)
-                u.updates[i] = torch.where(fro > 0, x * (math.sqrt(min(x.shape[1:])) / fro.clamp_min(torch.finfo(x.dtype).tiny)), 0.0)
 
 
 class Hybrid(ChainOptimizer):
@@ -183,7 +167,7 @@ class Hybrid(ChainOptimizer):
         spectral = [Orthogonalize(), ShapeScale()]
         euclidean = {
             "adamw": [RawGradient(), Adam(), AsMatrix(), Scale("euclidean_scale")],
-            "sgd": [MatchPolarNormEach(), ShapeScale(), Scale("euclidean_scale")],
+            "sgd": [MatchPolarNorm(), ShapeScale(), Scale("euclidean_scale")],
         }
         return [Momentum(), AsMatrix(), Switch(self.decider, spectral, euclidean), DecoupledWeightDecay(), ApplyLR()]
 
@@ -198,7 +182,13 @@ class Hybrid(ChainOptimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self.decider.observe()
+        try:
+            self.decider.observe()
+        except NonFiniteStatisticError as e:  # NaN activations: the same policy as NaN gradients
+            if self.nonfinite == "raise":
+                raise
+            warnings.warn(f"{e}; step skipped", RuntimeWarning, stacklevel=2)
+            return loss
         super().step()
         return loss
 

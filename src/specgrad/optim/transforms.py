@@ -340,11 +340,17 @@ def _norms(xs: list[Tensor]) -> list[Tensor]:
 
 class MatchPolarNorm(Transform):
     """Rescale each matrix update ``M`` (``m x n``) to ``sqrt(min(m, n))``, the Frobenius norm
-    of its polar factor: a Euclidean direction with the size of a spectral step. Zero stays
+    of its polar factor: a Euclidean direction with the size of a spectral step. A batch of
+    matrices ``(B, m, n)`` (experts, q/k/v blocks) is rescaled matrix by matrix. Zero stays
     zero."""
 
     def __call__(self, u):
         for i, (x, norm) in enumerate(zip(u.updates, _norms(u.updates))):
+            if x.ndim == 3:
+                fro = torch.linalg.vector_norm(x, dim=(1, 2), keepdim=True, dtype=torch.float64)
+                factor = torch.where(fro > 0, math.sqrt(min(x.shape[1:])) / fro, 0.0)
+                u.updates[i] = (x * factor).to(x.dtype)
+                continue
             fro = _scalar(norm)
             u.scales[i] *= math.sqrt(min(x.shape)) / fro if fro > 0 else 0.0
 
