@@ -243,7 +243,8 @@ def test_multihead_attention_per_head_views_and_separate_projections():
     views = split_params(model, per_head=True).views()
     mon = SpectralMonitor(model, views=views)
     blocks = [b for b in mon.blocks if b.startswith("1.self_attn.")]
-    assert len(blocks) == 12 + 1 and blocks[:2] == ["1.self_attn.q.0", "1.self_attn.q.1"]
+    assert len(blocks) == 12 + 4 and blocks[:2] == ["1.self_attn.q.0", "1.self_attn.q.1"]
+    assert blocks[-4:] == [f"1.self_attn.out_proj.cols{h}" for h in range(4)]  # out_proj: one block per head's columns
     mon.close()
     mha = nn.MultiheadAttention(8, 2, kdim=5, vdim=3)  # three separate weights
     mon = SpectralMonitor(nn.Sequential(mha), every=1)
@@ -281,6 +282,35 @@ def test_expert_blocks_match_float64_references_from_the_routed_tokens():
         assert r2["nr_G"] == pytest.approx(float(nuclear_rank(experts.down_proj.grad[e])), rel=1e-7)
         total += len(x)
     assert total == 48 * 2  # every token goes to its top 2 experts
+
+
+def test_transposed_expert_blocks_of_gpt_oss_match_float64_references():
+    """gpt-oss stores experts ``(E, in, out)`` and calls them with ``router_indices``; its
+    ``down_proj`` input is the module's own clamped gate."""
+    torch.manual_seed(0)
+    cfg = transformers.GptOssConfig(num_hidden_layers=1, hidden_size=32, intermediate_size=48, num_attention_heads=4,
+                                    num_key_value_heads=2, head_dim=8, vocab_size=64, num_local_experts=4,
+                                    num_experts_per_tok=2, layer_types=["full_attention"])  # fmt: skip
+    model = transformers.GptOssForCausalLM(cfg).to(D)
+    model.set_experts_implementation("eager")
+    experts = model.model.layers[0].mlp.experts
+    seen = {}
+    handle = captured_inputs(experts, seen, "experts")
+    with SpectralMonitor(model, every=1) as mon:
+        assert not [s for s in mon.skipped if "experts" in s]
+        model(**ids_batch(shape=(2, 24))).loss.backward()
+        rows = {r["block"]: r for r in mon.step()}
+    handle.remove()
+    hidden, router_indices, _ = seen["experts"][0]
+    for e in range(4):
+        x = hidden.detach()[(router_indices == e).any(-1)]
+        h = experts._apply_gate(x @ experts.gate_up_proj[e] + experts.gate_up_proj_bias[e]).detach()
+        r1, r2 = rows[f"model.layers.0.mlp.experts.gate_up_proj.{e}"], rows[f"model.layers.0.mlp.experts.down_proj.{e}"]
+        assert (r1["shape"], r2["shape"]) == ("96x32", "32x48")
+        assert r1["st_A"] == pytest.approx(float(stable_rank(x)), rel=1e-7)
+        assert r2["st_A"] == pytest.approx(float(stable_rank(h)), rel=1e-7)
+        assert r1["nr_G"] == pytest.approx(float(nuclear_rank(experts.gate_up_proj.grad[e])), rel=1e-7)
+        assert r2["nr_G"] == pytest.approx(float(nuclear_rank(experts.down_proj.grad[e])), rel=1e-7)
 
 
 def test_compiled_model_is_monitored_through_its_original_modules():

@@ -213,25 +213,29 @@ class AttentionInputs:
         return out
 
 
+EXPERT_FORWARDS = (("hidden_states", "top_k_index", "top_k_weights"),
+                   ("hidden_states", "router_indices", "routing_weights"))  # fmt: skip
+
+
 def expert_layout(module: nn.Module) -> Optional[str]:
     """``None`` when ``module`` is an expert stack the monitor can feed (transformers'
-    convention: ``forward(hidden_states, top_k_index, top_k_weights)`` with ``gate_up_proj``
-    or ``up_proj`` and ``down_proj`` of shape ``(E, out, in)``), else why not. Returns
-    ``"not experts"`` for a module without a 3-D parameter."""
+    conventions: ``forward(hidden_states, top_k_index, top_k_weights)`` or
+    ``forward(hidden_states, router_indices, routing_weights)``, with ``gate_up_proj`` or
+    ``up_proj`` and ``down_proj`` of shape ``(E, out, in)``, or ``(E, in, out)`` when the
+    module says ``is_transposed``), else why not. Returns ``"not experts"`` for a module
+    without a 3-D parameter."""
     params = dict(module.named_parameters(recurse=False))
     if not any(p.ndim == 3 for p in params.values()):
         return "not experts"
     first = "gate_up_proj" if getattr(module, "has_gate", "gate_up_proj" in params) else "up_proj"
     try:
-        names = list(inspect.signature(module.forward).parameters)[:3]
+        names = tuple(inspect.signature(module.forward).parameters)[:3]
     except (TypeError, ValueError):
-        names = []
-    if names != ["hidden_states", "top_k_index", "top_k_weights"] or first not in params or "down_proj" not in params:
+        names = ()
+    if names not in EXPERT_FORWARDS or first not in params or "down_proj" not in params:
         return (f"{type(module).__name__} holds a stack of matrices, but not as forward(hidden_states, top_k_index, "
                 "top_k_weights) with gate_up_proj/up_proj and down_proj: the monitor cannot tell each matrix's input")  # fmt: skip
-    if getattr(module, "is_transposed", False):
-        return "experts stored (E, in, out) (is_transposed): the matrix view reads (E, out, in)"
-    if not hasattr(module, "act_fn"):
+    if not hasattr(module, "act_fn") and not hasattr(module, "_apply_gate"):
         return f"{type(module).__name__} has no act_fn: down_proj's input cannot be recomputed"
     return None
 
@@ -240,11 +244,13 @@ class ExpertInputs:
     """Per-expert activations of a transformers expert stack, computed once per forward
     (without gradients): ``first`` (``gate_up_proj`` or ``up_proj``) multiplies the hidden
     states of the tokens routed to the expert; ``down_proj`` the expert's activation
-    ``act_fn(gate) * up`` (or ``act_fn(up)``) of those tokens, recomputed with the module's
-    own gate."""
+    ``act_fn(gate) * up`` (or ``act_fn(up)``, or the module's own ``_apply_gate``) of those
+    tokens, recomputed with the module's weights."""
 
     def __init__(self, module: nn.Module):
         self.first = "gate_up_proj" if getattr(module, "has_gate", hasattr(module, "gate_up_proj")) else "up_proj"
+        self.index = tuple(inspect.signature(module.forward).parameters)[1]
+        self.transposed = bool(getattr(module, "is_transposed", False))  # weights (E, in, out)
 
     def getter(self, which: str, e: int) -> Getter:
         return lambda module, args, kwargs, output, cache: self._inputs(module, args, kwargs, cache, which)[e]
@@ -255,18 +261,18 @@ class ExpertInputs:
             return cache[key]
         a = _bind(module, args, kwargs, cache)
         x = a["hidden_states"].reshape(-1, a["hidden_states"].shape[-1])
-        idx = a["top_k_index"].reshape(x.shape[0], -1)
+        idx = a[self.index].reshape(x.shape[0], -1)
         W = getattr(module, self.first)
         if ("experts", "tokens") not in cache:
             cache[("experts", "tokens")] = [x[(idx == e).any(-1)] for e in range(W.shape[0])]
         tokens = cache[("experts", "tokens")]
         if which != "down_proj":
             return tokens
-        bias = getattr(module, f"{self.first}_bias", None) if getattr(module, "has_bias", False) else None
+        bias = getattr(module, f"{self.first}_bias", None)
         with torch.no_grad():
             mids = []
             for e, xe in enumerate(tokens):
-                h = F.linear(xe, W[e], None if bias is None else bias[e])
+                h = F.linear(xe, W[e].T if self.transposed else W[e], None if bias is None else bias[e])
                 if self.first == "up_proj":
                     h = module.act_fn(h)
                 elif hasattr(module, "_apply_gate"):
@@ -386,7 +392,7 @@ def model_blocks(model: nn.Module, views: Optional[Mapping[str, MatrixView]] = N
             _experts(walk, module, mname, base)
     for mname, module in modules:  # every other matrix, of any module
         for attr, p in module.named_parameters(recurse=False):
-            if p.ndim >= 2 and id(p) not in walk.placed:
+            if p.ndim >= 2 and id(p) not in walk.placed and "bias" not in attr:  # biases go to AdamW (routing)
                 name = f"{mname}.{attr}" if mname else attr
                 layout = expert_layout(module)
                 if TOKEN_NAMES.search(name) or p.shape[0] == 1:
@@ -425,7 +431,7 @@ def _attention(walk: _Walk, m: nn.MultiheadAttention, mname: str, base: str) -> 
 def _experts(walk: _Walk, m: nn.Module, mname: str, base: str) -> None:
     feeds = ExpertInputs(m)
     for attr, p in m.named_parameters(recurse=False):
-        if p.ndim < 2:
+        if p.ndim < 3:  # per-expert biases (E, out): AdamW's, not matrices
             continue
         name = f"{base}.{attr}"
         view = walk.view(m, attr, p)
@@ -434,7 +440,7 @@ def _experts(walk: _Walk, m: nn.Module, mname: str, base: str) -> None:
         elif not view.batch_dims:
             walk.skip(name, mname, p, view, f"the view {view} is not one matrix per expert")
         else:
-            walk.add(name, m, m, attr, mname, "expert", p.shape[-1],
+            walk.add(name, m, m, attr, mname, "expert", view.cols,
                      lambda b, s, attr=attr: ((attr, b), feeds.getter(attr, b)), view=view)  # fmt: skip
 
 
