@@ -65,6 +65,11 @@ class LongTailConfig:
     mnist1d_n_test: int = 100
     mnist1d_n_val: int = 50
     data_seed: int = 0  # the splits and the long-tailed subsample (the same for every seed)
+    # CIFAR-10/100 ("cifar10", "cifar100" in datasets): read from cifar_path, never downloaded
+    cifar_path: str = ""  # a folder in the python-pickle layout (data_batch_1..5/test_batch, or train/test)
+    cifar_n_max: int = setting(0, ge=0)  # head-class training count (0: every training image of a class)
+    cifar_n_val: int = setting(0, ge=0)  # balanced validation images per class, from the test files (0: a fifth)
+    conv_width: int = setting(32, ge=1)  # channels of the conv net's convolutions
     sgd_lrs: tuple[float, ...] = lr_grid_field("sgd", default=(0.01, 0.03, 0.1, 0.3))
     adamw_lrs: tuple[float, ...] = lr_grid_field("adamw", default=(1e-3, 3e-3, 1e-2, 3e-2))
     muon_lrs: tuple[float, ...] = lr_grid_field("muon", default=(0.003, 0.01, 0.03, 0.1))
