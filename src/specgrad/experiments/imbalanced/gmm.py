@@ -475,9 +475,9 @@ def plot(cfg: GMMConfig, series: dict, summary: dict, folder) -> list[str]:
     axes[3].legend(fontsize=8)
     files.append(save(fig, folder, "linear_dynamics.png"))
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
-    for ax, metric, label in zip(axes, ("bal_acc", "worst_acc", "minority_loss"),
-                                 ("test balanced accuracy", "test worst-class accuracy",
+    fig, axes = plt.subplots(1, 4, figsize=(20, 3.8))
+    for ax, metric, label in zip(axes, ("bal_acc", "bal_loss", "worst_acc", "minority_loss"),
+                                 ("test balanced accuracy", "class-balanced test loss", "test worst-class accuracy",
                                   "test loss of the rarest class")):  # fmt: skip
         for m in cfg.methods:
             runs = seed_runs(series, f"ce/{m}")
@@ -487,8 +487,10 @@ def plot(cfg: GMMConfig, series: dict, summary: dict, folder) -> list[str]:
             mean_band(ax, np.arange(ys.shape[1]), ys, COLORS[m], f"{m} (lr={runs[0]['lr'][0]:g})", alpha=0.15)
         ax.set_xlabel("step")
         ax.set_ylabel(label)
-        if metric == "minority_loss":
+        if metric in ("minority_loss", "bal_loss"):
             ax.set_yscale("log")
+        if metric in ("bal_acc", "bal_loss"):
+            ax.axvline(min(cfg.early_steps, cfg.steps), color="gray", ls="--", lw=0.8)  # end of the early window
     if "ce/balanced_bayes_bal_acc" in summary:
         axes[0].axhline(summary["ce/balanced_bayes_bal_acc"], color="gray", ls=":", lw=1,
                         label="argmax_c x_c (balanced Bayes)")  # fmt: skip
