@@ -276,7 +276,8 @@ def _gmm_series(specgd_best: float, euclid_best: float, se: float = 0.01) -> dic
         series[f"ce/{m}/seed0"] = {"step": list(range(n)), "val_bal_acc": curve, "bal_acc": curve,
                                    "worst_acc": curve, "minority_acc": curve, "minority_loss": [1.0] * n,
                                    "bal_loss": [2.0 - v for v in curve], "bal_acc_se": [se] * n,
-                                   "bal_loss_se": [se] * n, "lr": [lr_grid(SMALL, m)[1]]}  # fmt: skip
+                                   "bal_loss_se": [se] * n, "train_loss": [2.0 - 0.1 * t for t in range(n)],
+                                   "lr": [lr_grid(SMALL, m)[1]]}  # fmt: skip
     return series
 
 
@@ -393,6 +394,9 @@ def test_ce_claims_inside_the_noise_are_not_assessed():
     claim = noisy["specgd-early-stopped-beats-euclidean"]
     assert claim.passed is None and "5 classes x 30 test points, 1 seed" in claim.reason
     assert all(c.kind in ("study", "self-consistency") for c in noisy.values())
+    # at equal training loss SpecGD's balanced loss (2 - 0.8 at step 2) is read against the others' there
+    assert decided["specgd-bal-loss-matched-early-ce"].value == pytest.approx(
+        decided["specgd-bal-loss-early-ce"].value)  # equal training losses at equal steps here
 
 
 def test_general_trainer_matches_the_aligned_model():
