@@ -31,6 +31,32 @@ from ...theory import imbalanced as th
 from ..methods import make
 
 DTYPE = torch.float64
+COLORS = {"gd": "C0", "specgd": "C3", "shampoo": "C5"}
+
+
+def step_size(mix: th.Mixture, depth: int, method: str, *, saturation: float, specgd_steps: int,
+              gd_fraction: float) -> float:  # fmt: skip
+    """The step-size rules of the depth experiments: GD ``gd_fraction`` times its stability
+    limit at the aligned solution; SpecGD and Shampoo ``(saturation w*_min)^(1/L)`` over
+    ``specgd_steps + sqrt(2) - 1``, so that SpecGD's rarest class needs about
+    ``specgd_steps`` steps (with Adam grafting Shampoo moves each entry by about its step,
+    as SpecGD does). The irrational offset keeps every class's threshold off the grid of
+    steps (targets in a rational ratio would otherwise land exactly on a step, where float
+    rounding decides)."""
+    if method in ("specgd", "shampoo"):
+        return (saturation * float(mix.target.min())) ** (1.0 / depth) / (specgd_steps + math.sqrt(2) - 1)
+    return gd_fraction * th.gd_stability_lr(mix, depth)
+
+
+def relative_gap(t_sat) -> float:
+    """``max_c t_c / min_c t_c - 1`` (``nan`` if a class never saturated).
+
+    Example:
+        >>> relative_gap([10, 15, 20])
+        1.0
+    """
+    t = np.asarray(t_sat, dtype=float)
+    return float(t.max() / t.min() - 1) if np.isfinite(t).all() and t.min() > 0 else math.nan
 
 
 def random_init(mix: th.Mixture, depth: int, width: int, scale: float,

@@ -27,10 +27,9 @@ from ..devices import cpu_only
 from ..plots import save
 from ..registry import Claim, Experiment, register
 from ..series import seed_runs
-from .deep_linear import train_layers
+from .deep_linear import COLORS, relative_gap, step_size, train_layers
 
 METHODS = th.DEEP_METHODS + ("shampoo",)
-COLORS = {"gd": "C0", "specgd": "C3", "shampoo": "C5"}
 
 
 @dataclass
@@ -62,11 +61,8 @@ def depth_init(cfg: DepthConfig, depth: int) -> float:
 
 
 def depth_lr(cfg: DepthConfig, mix: th.Mixture, depth: int, method: str) -> float:
-    if method in ("specgd", "shampoo"):
-        # an irrational offset keeps every class's threshold off the grid of steps (targets in a
-        # rational ratio would otherwise land exactly on a step, where float rounding decides)
-        return (cfg.saturation * float(mix.target.min())) ** (1.0 / depth) / (cfg.specgd_steps + math.sqrt(2) - 1)
-    return cfg.gd_fraction * th.gd_stability_lr(mix, depth)
+    return step_size(mix, depth, method, saturation=cfg.saturation, specgd_steps=cfg.specgd_steps,
+                     gd_fraction=cfg.gd_fraction)  # fmt: skip
 
 
 def depth_run(cfg: DepthConfig, mix: th.Mixture, depth: int, method: str, advance=None) -> dict[str, list]:
@@ -99,12 +95,6 @@ def run_seed(cfg: DepthConfig, seed: int, ctx) -> dict:
                 out[f"{method}/{name}/L{depth}"] = depth_run(cfg, mix, depth, method)
                 ctx.advance()
     return out
-
-
-def relative_gap(t_sat) -> float:
-    """``max_c t_c / min_c t_c - 1`` (``nan`` if a class never saturated)."""
-    t = np.asarray(t_sat, dtype=float)
-    return float(t.max() / t.min() - 1) if np.isfinite(t).all() and t.min() > 0 else math.nan
 
 
 def analyze(cfg: DepthConfig, series: dict) -> tuple[dict, list[Claim]]:

@@ -26,8 +26,7 @@ from ..devices import cpu_only
 from ..plots import save
 from ..registry import Claim, Experiment, register, setting
 from ..series import seed_runs
-from .deep_linear import random_init, train_layers
-from .depth import COLORS, depth_lr, relative_gap
+from .deep_linear import COLORS, random_init, relative_gap, step_size, train_layers
 from .verdicts import resolved, standard_error
 
 METHODS = ("gd", "specgd", "shampoo")
@@ -63,7 +62,8 @@ def run_seed(cfg: DepthRandomConfig, seed: int, ctx) -> dict:
         gen = torch.Generator().manual_seed(1_000 * seed + 10 * width + depth)
         layers = random_init(mix, depth, width, cfg.init_product, gen)
         for method in METHODS:
-            lr = depth_lr(cfg, mix, depth, "gd" if method == "gd" else "specgd")
+            lr = step_size(mix, depth, method, saturation=cfg.saturation, specgd_steps=cfg.specgd_steps,
+                           gd_fraction=cfg.gd_fraction)  # fmt: skip
             out[f"{method}/w{width}/L{depth}"] = train_layers(
                 mix, layers, method, lr, cfg.max_steps, saturation=cfg.saturation, keep_points=cfg.keep_points)
             ctx.advance()
@@ -92,8 +92,9 @@ def _seed_claim(id: str, statement: str, per_cell: dict, *, center: float, direc
     cell = min(finite, key=lambda c: sign * finite[c].mean())
     values = finite[cell]
     if len(values) < 2:
-        return Claim.not_assessed(id, statement, "needs at least two seeds (random inits) to measure the spread "
-                                  f"over inits (worst cell {_cell_name(cell)}: {values.mean():.3g})", direction=direction)  # fmt: skip
+        reason = ("needs at least two seeds (random inits) to measure the spread over inits "
+                  f"(worst cell {_cell_name(cell)}: {values.mean():.3g})")
+        return Claim.not_assessed(id, statement, reason, direction=direction)
     noise = 2 * standard_error(values.tolist())
     return resolved(id, f"{statement} (worst cell {_cell_name(cell)})", float(values.mean()), noise, center=center,
                     direction=direction, size=f"{len(values)} seeds")  # fmt: skip

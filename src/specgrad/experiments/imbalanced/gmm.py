@@ -363,9 +363,10 @@ def analyze_ce(cfg: GMMConfig, series: dict) -> tuple[dict, list[Claim]]:
         summary[f"ce/{m}/final_bal_acc"] = finite_mean([_values(r, "bal_acc")[-1] for r in runs])
         summary[f"ce/{m}/final_worst_acc"] = finite_mean([_values(r, "worst_acc")[-1] for r in runs])
         summary[f"ce/{m}/final_minority_loss"] = finite_mean([_values(r, "minority_loss")[-1] for r in runs])
-        summary[f"ce/{m}/min_minority_loss"] = finite_mean([float(np.nanmin(_values(r, "minority_loss"))) for r in runs])
-        summary[f"ce/{m}/early_stopped_minority_acc"] = finite_mean(_step_values(runs, "minority_acc", [s for s, _ in es]))
-        summary[f"ce/{m}/early_stopped_worst_acc"] = finite_mean(_step_values(runs, "worst_acc", [s for s, _ in es]))
+        summary[f"ce/{m}/min_minority_loss"] = finite_mean([np.nanmin(_values(r, "minority_loss")) for r in runs])
+        stops = [s for s, _ in es]
+        summary[f"ce/{m}/early_stopped_minority_acc"] = finite_mean(_step_values(runs, "minority_acc", stops))
+        summary[f"ce/{m}/early_stopped_worst_acc"] = finite_mean(_step_values(runs, "worst_acc", stops))
     ref = seed_runs(series, "ce-reference/balanced-bayes")
     if ref:
         summary["ce/balanced_bayes_bal_acc"] = finite_mean([r["bal_acc"][0] for r in ref])

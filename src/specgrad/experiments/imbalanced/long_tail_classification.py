@@ -404,8 +404,8 @@ def analyze(cfg: LongTailConfig, series: dict) -> tuple[dict, list[Claim]]:
             summary[f"{method}/geomean_speedup_vs_adamw"] = geomean(
                 [summary[f"adamw/{c.name}/epochs_to_target"] / max(summary[f"{method}/{c.name}/epochs_to_target"], 1.0)
                  for c in cells(cfg) if f"{method}/{c.name}/epochs_to_target" in summary])  # fmt: skip
-            summary[f"{method}/early_few_acc_gain_vs_adamw"] = (summary[f"{method}/early_few_acc_gain_vs_sgd"]
-                                                                - summary["adamw/early_few_acc_gain_vs_sgd"])  # fmt: skip
+            summary[f"{method}/early_few_acc_gain_vs_adamw"] = (
+                summary[f"{method}/early_few_acc_gain_vs_sgd"] - summary["adamw/early_few_acc_gain_vs_sgd"])
             statements += (
                 (f"{method}-earlier-than-adamw", f"{method} reaches the same target in fewer epochs than AdamW "
                  "(geometric mean over cells of AdamW's epochs / its epochs, above 1)",
