@@ -229,3 +229,93 @@ def test_buckets_put_unseen_tokens_last_and_validate():
         token_frequency_buckets(torch.tensor([0, 1]), 4, 0)
     with pytest.raises(ValueError, match="integer tensor"):
         token_frequency_buckets(torch.tensor([0.0, 1.0]), 4, 2)
+
+
+# --------------------------------------------------------------------------- CIFAR from a local copy
+
+
+def write_cifar(folder, variant: str = "cifar10", per_class_train: int = 12, per_class_test: int = 10,
+                classes: int = 4):  # fmt: skip
+    """A tiny copy in the python-pickle layout: random uint8 images whose first pixel is the label."""
+    import pickle
+
+    folder.mkdir(parents=True, exist_ok=True)
+    key = b"labels" if variant == "cifar10" else b"fine_labels"
+    rng = np.random.default_rng(0)
+
+    def batch(labels):
+        x = rng.integers(0, 256, size=(len(labels), 3072), dtype=np.uint8)
+        x[:, 0] = labels
+        return {b"data": x, key: [int(v) for v in labels], b"batch_label": b"test"}
+
+    train = np.repeat(np.arange(classes), per_class_train)
+    rng.shuffle(train)
+    test = np.repeat(np.arange(classes), per_class_test)
+    files = ({f"data_batch_{i + 1}": part for i, part in enumerate(np.array_split(train, 5))}
+             if variant == "cifar10" else {"train": train})  # fmt: skip
+    files.update({"test_batch" if variant == "cifar10" else "test": test})
+    for name, labels in files.items():
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch(labels), f)
+    return folder
+
+
+@pytest.mark.parametrize("variant", ["cifar10", "cifar100"])
+def test_cifar_reads_both_layouts(tmp_path, variant):
+    from specgrad.data import cifar
+
+    folder = write_cifar(tmp_path / variant, variant)
+    name, x_tr, y_tr, x_te, y_te = cifar(folder)
+    assert name == variant
+    assert x_tr.shape == (48, 3, 32, 32) and x_te.shape == (40, 3, 32, 32) and x_tr.dtype == torch.float32
+    assert torch.bincount(y_tr).tolist() == [12] * 4 and torch.bincount(y_te).tolist() == [10] * 4
+    # standardized per channel over the training images; the first pixel still carries the label
+    assert x_tr.mean((0, 2, 3)).abs().max() < 1e-5 and (x_tr.std((0, 2, 3)) - 1).abs().max() < 1e-4
+    raw = x_tr[:, 0, 0, 0]
+    order = [float(raw[y_tr == c][0]) for c in range(4)]
+    assert order == sorted(order) and all(bool((raw[y_tr == c] == raw[y_tr == c][0]).all()) for c in range(4))
+
+
+def test_cifar_finds_the_archive_folder_inside(tmp_path):
+    from specgrad.data import cifar
+
+    write_cifar(tmp_path / "cifar-10-batches-py")
+    assert cifar(tmp_path)[0] == "cifar10"
+
+
+def test_cifar_errors_name_the_path(tmp_path):
+    import pickle
+
+    from specgrad.data import cifar
+
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        cifar(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="data_batch_1..5 and test_batch"):
+        cifar(tmp_path / "empty")
+    bad = write_cifar(tmp_path / "bad", "cifar100")
+    with open(bad / "train", "wb") as f:
+        pickle.dump({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1]}, f)  # CIFAR-10's key
+    with pytest.raises(ValueError, match="fine_labels"):
+        cifar(bad)
+    shape = write_cifar(tmp_path / "shape", "cifar100")
+    with open(shape / "test", "wb") as f:
+        pickle.dump({b"data": np.zeros((2, 100), np.uint8), b"fine_labels": [0, 1]}, f)
+    with pytest.raises(ValueError, match=r"uint8 \(N, 3072\)"):
+        cifar(shape)
+    junk = write_cifar(tmp_path / "junk")
+    (junk / "test_batch").write_bytes(b"not a pickle")
+    with pytest.raises(ValueError, match="test_batch is not a CIFAR pickle"):
+        cifar(junk)
+
+
+def test_long_tail_from_splits_follows_the_profile(tmp_path):
+    from specgrad.data import cifar, long_tail_counts, long_tail_from_splits
+
+    _, x_tr, y_tr, x_te, y_te = cifar(write_cifar(tmp_path / "c"))
+    data = long_tail_from_splits(x_tr, y_tr, x_te, y_te, profile="exp", ratio=10.0, generator=gen(0), name="c")
+    assert data.counts == long_tail_counts(12, 4, "exp", 10.0) == [12, 5, 2, 1]
+    assert torch.bincount(data.y_train).tolist() == data.counts
+    assert torch.bincount(data.y_val).tolist() == [2] * 4 and torch.bincount(data.y_test).tolist() == [8] * 4
+    assert not set(data.val_index.tolist()) & set(data.test_index.tolist())
+    assert data.x_train.shape[1:] == (3, 32, 32)

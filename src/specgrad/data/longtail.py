@@ -8,6 +8,9 @@
   the data first, then a long-tailed training set subsampled from what is left.
 * :func:`digits`, :func:`mnist1d`: scikit-learn's 8x8 digits (shipped with scikit-learn)
   and MNIST-1D (Greydanus 2020, generated procedurally); neither downloads anything.
+* :func:`cifar`: CIFAR-10/100 read from a local copy in the python-pickle layout, and
+  :func:`long_tail_from_splits`, the CIFAR-LT protocol (long-tailed training split, balanced
+  validation and test splits from the test files).
 
 Class 0 is the head (most frequent) class and class ``C - 1`` the tail, so a class index is
 also its frequency rank.
@@ -17,8 +20,10 @@ from __future__ import annotations
 
 import functools
 import math
+import pickle
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
@@ -123,7 +128,7 @@ def balanced_split(y: Tensor, per_class: int, generator: Optional[torch.Generato
 class LongTailData:
     """A long-tailed training set with balanced validation and test sets.
 
-    ``x_*`` float32 ``(N_*, d)``, ``y_*`` int64 ``(N_*,)``; ``counts[c]`` is the training
+    ``x_*`` float32 ``(N_*, d)`` (images: ``(N_*, C, H, W)``), ``y_*`` int64 ``(N_*,)``; ``counts[c]`` is the training
     count of class ``c``; ``*_index`` are the rows of the source arrays each split took.
     """
 
@@ -217,3 +222,103 @@ def mnist1d(num_samples: int = 10_000, seed: int = 42) -> tuple[Tensor, Tensor]:
     num_samples = _check_int(num_samples, "num_samples", 10)
     x, y = _mnist1d_arrays(num_samples, int(seed))
     return torch.from_numpy(x.copy()), torch.from_numpy(y.copy())
+
+
+CIFAR_LAYOUTS = {
+    # variant: (training files, test files, label key)
+    "cifar10": (tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",), b"labels"),
+    "cifar100": (("train",), ("test",), b"fine_labels"),
+}
+CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
+
+
+def _cifar_folder(path) -> tuple[str, Path]:
+    """``(variant, folder)`` of a CIFAR copy at ``path`` (the folder itself, or one holding the
+    archive's own ``cifar-10-batches-py`` / ``cifar-100-python``)."""
+    root = Path(path).expanduser()
+    if not str(path) or not root.is_dir():
+        raise FileNotFoundError(f"CIFAR folder {str(path)!r} does not exist; give the folder of the python "
+                                "version (data_batch_1..5 and test_batch, or train and test)")  # fmt: skip
+    for folder in [root] + [root / name for name in CIFAR_FOLDERS.values()]:
+        for variant, (train, test, _) in CIFAR_LAYOUTS.items():
+            if all((folder / f).is_file() for f in train + test):
+                return variant, folder
+    raise FileNotFoundError(f"{root} holds neither CIFAR-10's data_batch_1..5 and test_batch nor CIFAR-100's "
+                            "train and test (the python-pickle layout)")  # fmt: skip
+
+
+def _cifar_file(file: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    with open(file, "rb") as f:
+        try:
+            batch = pickle.load(f, encoding="bytes")
+        except Exception as e:  # a truncated or foreign file: say which
+            raise ValueError(f"{file} is not a CIFAR pickle file ({type(e).__name__}: {e})") from None
+    if not isinstance(batch, dict) or b"data" not in batch or label_key not in batch:
+        keys = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
+        raise ValueError(f"{file} must hold a dict with b'data' and {label_key!r}, got {keys}")
+    x = np.asarray(batch[b"data"])
+    y = np.asarray(batch[label_key])
+    if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3 * 32 * 32 or y.shape != (x.shape[0],):
+        raise ValueError(f"{file}: b'data' must be uint8 (N, 3072) and the labels (N,), got {x.dtype} "
+                         f"{x.shape} and {y.shape}")  # fmt: skip
+    if y.size and (not np.issubdtype(y.dtype, np.integer) or y.min() < 0):
+        raise ValueError(f"{file}: labels must be integers >= 0")
+    return x, y.astype(np.int64)
+
+
+@functools.lru_cache(maxsize=2)
+def _cifar_arrays(path: str) -> tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    variant, folder = _cifar_folder(path)
+    train, test, key = CIFAR_LAYOUTS[variant]
+    parts = [[_cifar_file(folder / f, key) for f in files] for files in (train, test)]
+    (x_tr, y_tr), (x_te, y_te) = [(np.concatenate([p[0] for p in ps]), np.concatenate([p[1] for p in ps]))
+                                  for ps in parts]  # fmt: skip
+    return variant, x_tr, y_tr, x_te, y_te
+
+
+def cifar(path) -> tuple[str, Tensor, Tensor, Tensor, Tensor]:
+    """CIFAR-10 or CIFAR-100 read from a local copy in the python-pickle layout (nothing is
+    downloaded): ``(variant, x_train, y_train, x_test, y_test)``, images float32
+    ``(N, 3, 32, 32)`` standardized per channel with the training set's mean and standard
+    deviation, labels int64 (CIFAR-100: the fine labels). ``variant`` is ``"cifar10"``
+    (``data_batch_1..5``, ``test_batch``, key ``b'labels'``) or ``"cifar100"`` (``train``,
+    ``test``, key ``b'fine_labels'``). A missing folder or file raises ``FileNotFoundError``,
+    a malformed file ``ValueError``, each naming the path. The files are pickles: read only
+    copies you trust.
+    """
+    variant, x_tr, y_tr, x_te, y_te = _cifar_arrays(str(path))
+    images = [torch.from_numpy(x.reshape(-1, 3, 32, 32).astype(np.float32) / 255.0) for x in (x_tr, x_te)]
+    mean = images[0].mean((0, 2, 3), keepdim=True)
+    std = images[0].std((0, 2, 3), keepdim=True).clamp_min(1e-6)
+    (x_tr, x_te) = [(x - mean) / std for x in images]
+    return variant, x_tr, torch.from_numpy(y_tr.copy()), x_te, torch.from_numpy(y_te.copy())
+
+
+def long_tail_from_splits(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, *, profile: str,
+                          ratio: float, n_max: int = 0, n_val: int = 0, generator: Optional[torch.Generator] = None,
+                          name: str = "") -> LongTailData:  # fmt: skip
+    """A long-tailed training set subsampled from a given training split (:func:`long_tail_counts`
+    with ``n_max``, 0: the smallest class's count), a balanced validation split of ``n_val``
+    per class carved from the given test split (0: a fifth of its smallest class), and the
+    rest of the test split as the test set (the CIFAR-LT protocol). Inputs may be any shape
+    ``(N, ...)``; ``*_index`` refer to the training split for ``train_index`` and to the test
+    split for the others.
+
+    Example:
+        >>> x, y = torch.randn(60, 2), torch.arange(60) % 3
+        >>> d = long_tail_from_splits(x, y, x[:30], y[:30], profile="exp", ratio=4.0,
+        ...                           generator=torch.Generator().manual_seed(0))
+        >>> d.counts, len(d.y_val), len(d.y_test)
+        ([20, 10, 5], 6, 24)
+    """
+    for split, (x, y) in (("train", (x_train, y_train)), ("test", (x_test, y_test))):
+        if len(x) != len(y) or y.ndim != 1:
+            raise ValueError(f"{split}: x must have one row per label, got {tuple(x.shape)} and {tuple(y.shape)}")
+    k = int(y_train.max()) + 1
+    n_max = _check_int(n_max, "n_max", 0) or int(torch.bincount(y_train, minlength=k).min())
+    n_val = _check_int(n_val, "n_val", 0) or max(1, int(torch.bincount(y_test, minlength=k).min()) // 5)
+    val, test = balanced_split(y_test, n_val, generator)
+    counts = long_tail_counts(n_max, k, profile, ratio)
+    train = long_tail_subset(y_train, counts, generator)
+    return LongTailData(name, x_train[train].float(), y_train[train].long(), x_test[val].float(), y_test[val].long(),
+                        x_test[test].float(), y_test[test].long(), counts, train, val, test)  # fmt: skip

@@ -57,7 +57,8 @@ STUDIES: tuple[Study, ...] = (
         "ones first; on imbalanced data this gives spectral methods better balanced and minority-class "
         "accuracy early in training, normalizing GD's step does not close the gap, and depth changes the "
         "picture; Muon and Shampoo beat their Euclidean counterparts and Adam on long-tailed data.",
-        ("imbalanced-gmm", "imbalanced-depth", "long-tail-classification", "long-tail-tokens"),
+        ("imbalanced-gmm", "imbalanced-depth", "imbalanced-depth-random", "long-tail-classification",
+         "long-tail-tokens"),
         "imbalanced.md",
     ),
     Study(

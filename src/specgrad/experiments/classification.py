@@ -86,3 +86,30 @@ def shot_groups(train_counts: Sequence[int], many: int = 100, few: int = 20) -> 
     few_g = [c for c, n in enumerate(train_counts) if n < few]
     medium_g = [c for c, n in enumerate(train_counts) if few <= n <= many]
     return many_g, medium_g, few_g
+
+
+def balanced_scores(logits: Tensor, y: Tensor) -> dict[str, float]:
+    """Balanced accuracy and class-balanced cross-entropy of ``logits`` ``(N, k)`` on labels
+    ``y`` ``(N,)``, each with its standard error over the test points (classes held fixed):
+    ``bal_acc_se^2 = sum_c a_c (1 - a_c) / n_c / K^2`` (binomial) and ``bal_loss_se^2 =
+    sum_c var_c / n_c / K^2`` (``var_c`` the sample variance of class ``c``'s losses), over
+    the ``K`` classes present.
+
+    Example:
+        >>> logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 3.0]])
+        >>> s = balanced_scores(logits, torch.tensor([0, 0, 1, 1]))
+        >>> s["bal_acc"], round(s["bal_acc_se"], 4)
+        (0.5, 0.25)
+    """
+    k = _check(y, logits.shape[1])
+    acc = per_class_accuracy(logits, y, k)
+    present = ~acc.isnan()
+    support = torch.bincount(y.long(), minlength=k).double()
+    losses = F.cross_entropy(logits.double(), y.long(), reduction="none")
+    mean = torch.bincount(y.long(), weights=losses, minlength=k) / support.clamp_min(1)
+    sq = torch.bincount(y.long(), weights=(losses - mean[y]).square(), minlength=k)
+    var = sq / (support - 1).clamp_min(1)
+    K = int(present.sum())
+    a, n, m, v = acc[present], support[present], mean[present], var[present]
+    return {"bal_acc": float(a.mean()), "bal_acc_se": float((a * (1 - a) / n).sum().sqrt() / K),
+            "bal_loss": float(m.mean()), "bal_loss_se": float((v / n).sum().sqrt() / K)}  # fmt: skip

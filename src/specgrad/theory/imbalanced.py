@@ -345,6 +345,24 @@ def population_class_accuracy(w: Tensor | Sequence[float], mix: Mixture, nodes: 
     return (logs.sum(1).exp() * weights).sum(-1)
 
 
+def population_balanced_loss(w: Tensor | Sequence[float], mix: Mixture) -> float:
+    """Class-balanced population squared loss of ``W = [diag(w) | 0]``: the mean over classes
+    (not the priors) of ``(1/2) E[||W x - e_c||^2 | y = c]``, which for a class-``c`` point
+    (``x_j = sigma z_j``, ``x_c = mu + sigma z_c``) is ``(1/2) (sigma^2 ||w||^2 + (mu w_c - 1)^2)``.
+
+    Example:
+        >>> m = mixture([0.5, 0.3, 0.2], mu=2.0, sigma=1.0)
+        >>> population_balanced_loss([0.0, 0.0, 0.0], m)
+        0.5
+        >>> round(population_balanced_loss(m.target, m), 4)   # the (prior-weighted) optimum's
+        0.2218
+    """
+    w = torch.as_tensor(w, dtype=DTYPE)
+    if w.shape != (mix.k,):
+        raise ValueError(f"w must have shape (k={mix.k},), got {tuple(w.shape)}")
+    return float(0.5 * (mix.sigma**2 * w.square().sum() + (mix.mu * w - 1).square().mean()))
+
+
 # --- deep linear models ---------------------------------------------------------------
 
 

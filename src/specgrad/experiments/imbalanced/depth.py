@@ -3,7 +3,9 @@
 Deep linear models ``W_L ... W_1`` (``L = 1..4``; ``L = 2`` is the bilinear model) on the
 mixture of ``imbalanced-gmm`` (a), from the aligned balanced init (``L = 1``: zero;
 ``L >= 2``: every layer ``a_0 I`` with ``a_0^L = init_product``), population gradient, GD and
-SpecGD. A class is *saturated* at the first step where the product's ``W[c, c]`` reaches
+SpecGD, and Shampoo (specgrad's defaults, at SpecGD's step size: with Adam grafting each entry
+moves by about the step size, as under SpecGD; measured, no closed form). A class is
+*saturated* at the first step where the product's ``W[c, c]`` reaches
 ``saturation`` (90%) of its population optimum ``w*_c``; the *relative gap* is
 ``max_c t_c / min_c t_c - 1``. The study's formula ``((SNR + 1/p_min)/(SNR + 1/p_max))^{1/L} - 1``
 is SpecGD's gap in the limit of small init and step; GD's gap is compared with its own
@@ -25,8 +27,9 @@ from ..devices import cpu_only
 from ..plots import save
 from ..registry import Claim, Experiment, register
 from ..series import seed_runs
+from .deep_linear import COLORS, relative_gap, step_size, train_layers
 
-COLORS = {"gd": "C0", "specgd": "C3"}
+METHODS = th.DEEP_METHODS + ("shampoo",)
 
 
 @dataclass
@@ -58,17 +61,19 @@ def depth_init(cfg: DepthConfig, depth: int) -> float:
 
 
 def depth_lr(cfg: DepthConfig, mix: th.Mixture, depth: int, method: str) -> float:
-    if method == "specgd":
-        # an irrational offset keeps every class's threshold off the grid of steps (targets in a
-        # rational ratio would otherwise land exactly on a step, where float rounding decides)
-        return (cfg.saturation * float(mix.target.min())) ** (1.0 / depth) / (cfg.specgd_steps + math.sqrt(2) - 1)
-    return cfg.gd_fraction * th.gd_stability_lr(mix, depth)
+    return step_size(mix, depth, method, saturation=cfg.saturation, specgd_steps=cfg.specgd_steps,
+                     gd_fraction=cfg.gd_fraction)  # fmt: skip
 
 
 def depth_run(cfg: DepthConfig, mix: th.Mixture, depth: int, method: str, advance=None) -> dict[str, list]:
     """One deep-linear run until every class is saturated: its saturation steps ``t_sat``
     (per class, from every step) and a thinned trajectory of the product's diagonal."""
     lr = depth_lr(cfg, mix, depth, method)
+    if method == "shampoo":
+        layers = th.init_deep(mix, depth, depth_init(cfg, depth))
+        out = train_layers(mix, layers, method, lr, cfg.max_steps, saturation=cfg.saturation,
+                           keep_points=cfg.keep_points, callback=advance)  # fmt: skip
+        return {**out, "init_scale": [depth_init(cfg, depth)]}
     out = th.train_deep(mix, depth, method, lr, cfg.max_steps, init_scale=depth_init(cfg, depth),
                         stop_fraction=cfg.saturation, callback=advance)  # fmt: skip
     t_sat = [th.saturation_steps(out[f"w{c}"], float(mix.target[c]), cfg.saturation) for c in range(mix.k)]
@@ -82,20 +87,14 @@ def run_seed(cfg: DepthConfig, seed: int, ctx) -> dict:
     """Deterministic (aligned init, population gradient): every seed is the same run."""
     cpu_only(ctx, "imbalanced-depth", "float64 population dynamics")
     mixes = depth_mixtures(cfg)
-    ctx.steps(len(mixes) * len(cfg.depths) * 2, "depth sweep")
+    ctx.steps(len(mixes) * len(cfg.depths) * len(METHODS), "depth sweep")
     out = {}
     for name, mix in mixes.items():
         for depth in cfg.depths:
-            for method in th.DEEP_METHODS:
+            for method in METHODS:
                 out[f"{method}/{name}/L{depth}"] = depth_run(cfg, mix, depth, method)
                 ctx.advance()
     return out
-
-
-def relative_gap(t_sat) -> float:
-    """``max_c t_c / min_c t_c - 1`` (``nan`` if a class never saturated)."""
-    t = np.asarray(t_sat, dtype=float)
-    return float(t.max() / t.min() - 1) if np.isfinite(t).all() and t.min() > 0 else math.nan
 
 
 def analyze(cfg: DepthConfig, series: dict) -> tuple[dict, list[Claim]]:
@@ -131,6 +130,10 @@ def analyze(cfg: DepthConfig, series: dict) -> tuple[dict, list[Claim]]:
             summary[f"{key}/gd_gap_flow_prediction"] = relative_gap(pred_gd)
             summary[f"{key}/gd_gap_over_study_gap"] = summary[f"{key}/gd_gap"] / th.study_gap(mix, L)
             summary[f"{key}/gd_over_specgd_gap"] = summary[f"{key}/gd_gap"] / summary[f"{key}/specgd_gap"]
+            shampoo = seed_runs(series, f"shampoo/{name}/L{L}")
+            if shampoo:
+                summary[f"{key}/shampoo_gap"] = relative_gap(shampoo[0]["t_sat"])
+                summary[f"{key}/gd_over_shampoo_gap"] = summary[f"{key}/gd_gap"] / summary[f"{key}/shampoo_gap"]
             # which class saturates last: +1 the rarest (GD), -1 the most frequent (SpecGD)
             rare, freq = int(mix.priors.argmin()), int(mix.priors.argmax())
             summary[f"{key}/specgd_rare_minus_frequent"] = float(t_spec[rare] - t_spec[freq])
@@ -140,9 +143,10 @@ def analyze(cfg: DepthConfig, series: dict) -> tuple[dict, list[Claim]]:
     claims += [
         Claim("specgd-saturation-exact", "SpecGD's measured saturation steps equal the exact discrete prediction "
               "ceil(((0.9 w*)^(1/L) - a0)/eta) for every class, depth and SNR (max abs difference in steps)",
-              exact_err, 0.0, "max"),
+              exact_err, 0.0, "max", kind="self-consistency"),
         Claim("gd-saturation-matches-flow", "GD's measured saturation steps are within 10% of the gradient-flow "
-              "integral for every class, depth and SNR (step size 5% of the stability limit)", flow_err, 0.1, "max"),
+              "integral for every class, depth and SNR (step size 5% of the stability limit)", flow_err, 0.1, "max",
+              kind="self-consistency"),
     ]  # fmt: skip
     names = list(mixes)
     main = names[0]
@@ -165,6 +169,13 @@ def analyze(cfg: DepthConfig, series: dict) -> tuple[dict, list[Claim]]:
             f"specgd-gap-below-gd{suffix}",
             f"SpecGD's gap is smaller than GD's at every depth ({name}; min over depths of GD gap / SpecGD gap)",
             min(ratios), 1.0, "min"))  # fmt: skip
+        shampoo = [summary.get(f"{name}/L{L}/gd_over_shampoo_gap") for L in cfg.depths]
+        if all(r is not None for r in shampoo):
+            summary[f"{name}/min_gd_over_shampoo_gap"] = min(shampoo)
+            claims.append(Claim(
+                f"shampoo-gap-below-gd{suffix}",
+                f"Shampoo's gap is smaller than GD's at every depth ({name}; min over depths of GD gap / Shampoo gap)",
+                min(shampoo), 1.0, "min"))  # fmt: skip
         if i == 0 and len(ratios) > 1:
             claims.append(Claim(
                 "depth-widens-gd-over-specgd", f"depth amplifies the difference: GD gap / SpecGD gap grows with every "
@@ -206,6 +217,9 @@ def plot(cfg: DepthConfig, series: dict, summary: dict, folder) -> list[str]:
                 label="study: ((SNR+1/p_min)/(SNR+1/p_max))^(1/L) - 1")  # fmt: skip
         ax.plot(Ls, [summary[f"{name}/L{L}/specgd_gap"] for L in Ls], "o-", color=COLORS["specgd"], label="SpecGD")
         ax.plot(Ls, [summary[f"{name}/L{L}/gd_gap"] for L in Ls], "s-", color=COLORS["gd"], label="GD")
+        if all(f"{name}/L{L}/shampoo_gap" in summary for L in Ls):
+            ax.plot(Ls, [summary[f"{name}/L{L}/shampoo_gap"] for L in Ls], "^-", color=COLORS["shampoo"],
+                    label="Shampoo")  # fmt: skip
         ax.plot(Ls, [summary[f"{name}/L{L}/gd_gap_flow_prediction"] for L in Ls], "x", color="k", ms=8,
                 label="GD, gradient-flow integral")  # fmt: skip
         ax.set_xticks(Ls)

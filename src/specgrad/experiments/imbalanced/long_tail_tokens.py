@@ -23,6 +23,7 @@ from ...data import TokenStream, token_frequency_buckets, zipf_conditional_nll, 
 from ..methods import LM_SETTINGS, lm_adamw_rule, lr_grid, lr_grid_field, make
 from ..plots import mean_band, panel_grid, save
 from ..registry import Claim, Experiment, register
+from .verdicts import resolved, standard_error
 from ..series import curve, seed_runs
 from ..training import final_or_inf, seeded_gpt, sweep_lowest, train_lm
 
@@ -219,6 +220,7 @@ def analyze(cfg: LongTailTokensConfig, series: dict) -> tuple[dict, list[Claim]]
     summary["early_step"] = float(steps[early])
     matched = max(float(np.nanmean(c[1][:, early])) for c in curves.values())
     summary["matched_val_loss"] = matched
+    matched_at: dict[str, int] = {}
     for m, (xs, ys) in curves.items():
         runs = seed_runs(series, m)
         summary[f"{m}/lr"] = float(runs[0]["lr"][0])
@@ -228,6 +230,7 @@ def analyze(cfg: LongTailTokensConfig, series: dict) -> tuple[dict, list[Claim]]
         hit = np.flatnonzero(mean_curve <= matched + 1e-12)
         at = int(hit[0]) if hit.size else len(mean_curve) - 1
         summary[f"{m}/matched_step"] = float(xs[at])
+        matched_at[m] = at
         for metric in ("loss_spread", "loss_rel_spread", "excess_spread", "excess_rel_spread", "excess_max"):
             vals = _stack(runs, metric, ys.shape[1])
             summary[f"{m}/early_{metric}"] = float(np.nanmean(vals[:, early]))
@@ -241,6 +244,21 @@ def analyze(cfg: LongTailTokensConfig, series: dict) -> tuple[dict, list[Claim]]
     claims: list[Claim] = []
     if "adamw" not in curves:
         return summary, claims
+    n = min(c[1].shape[1] for c in curves.values())
+
+    def ratio_claim(id, statement, m, ref, when):
+        """``value``: the ratio of seed means (as in the summary); noise: two standard errors of
+        the per-seed ratios; decided around 1 (not assessed with one seed)."""
+        value = summary[f"{m}/{when}_excess_spread"] / summary[f"{ref}/{when}_excess_spread"]
+        at = {x: early if when == "early" else matched_at[x] for x in (m, ref)}
+        mine, theirs = (_stack(seed_runs(series, x), "excess_spread", n)[:, min(at[x], n - 1)] for x in (m, ref))
+        per_seed = (mine / theirs).tolist() if len(mine) == len(theirs) else []
+        if len(per_seed) < 2:
+            return Claim.not_assessed(id, f"{statement} (measured {value:.3g})", "needs at least two seeds to "
+                                      "measure the spread over seeds", direction="max")  # fmt: skip
+        return resolved(id, statement, value, 2 * standard_error(per_seed), center=1.0, direction="max",
+                        size=f"{len(per_seed)} seeds")
+
     for m in [m for m in ("muon", "muon-head") if m in curves]:
         for when in ("early", "matched"):
             summary[f"{m}/{when}_excess_spread_over_adamw"] = (summary[f"{m}/{when}_excess_spread"]
@@ -248,24 +266,22 @@ def analyze(cfg: LongTailTokensConfig, series: dict) -> tuple[dict, list[Claim]]
             summary[f"{m}/{when}_rel_spread_over_adamw"] = (summary[f"{m}/{when}_loss_rel_spread"]
                                                             / summary[f"adamw/{when}_loss_rel_spread"])  # fmt: skip
         claims += [
-            Claim(f"{m}-evener-early",
-                  f"at the early checkpoint (step {int(summary['early_step'])}) {m} has learned the frequency "
-                  "buckets more evenly than AdamW: the spread (max - min over buckets, nats) of the validation "
-                  f"loss above the Bayes loss, {m} / AdamW, is below 1", summary[f"{m}/early_excess_spread_over_adamw"],
-                  1.0, "max"),
-            Claim(f"{m}-evener-at-matched-loss",
-                  f"at matched progress (the first evaluation with mean validation loss <= "
-                  f"{summary['matched_val_loss']:.3f}, the higher early loss) the spread of the excess bucket "
-                  f"losses, {m} / AdamW, is below 1", summary[f"{m}/matched_excess_spread_over_adamw"], 1.0, "max"),
+            ratio_claim(f"{m}-evener-early",
+                        f"at the early checkpoint (step {int(summary['early_step'])}) {m} has learned the frequency "
+                        "buckets more evenly than AdamW: the spread (max - min over buckets, nats) of the validation "
+                        f"loss above the Bayes loss, {m} / AdamW, is below 1", m, "adamw", "early"),
+            ratio_claim(f"{m}-evener-at-matched-loss",
+                        f"at matched progress (the first evaluation with mean validation loss <= "
+                        f"{summary['matched_val_loss']:.3f}, the higher early loss) the spread of the excess bucket "
+                        f"losses, {m} / AdamW, is below 1", m, "adamw", "matched"),
         ]  # fmt: skip
         if "sgd" in curves:
             for when in ("early", "matched"):
                 summary[f"{m}/{when}_excess_spread_over_sgd"] = (summary[f"{m}/{when}_excess_spread"]
                                                                  / summary[f"sgd/{when}_excess_spread"])  # fmt: skip
-            claims.append(Claim(f"{m}-evener-than-sgd-early",
-                                f"at the early checkpoint the spread of the excess bucket losses, {m} / SGD "
-                                "(momentum 0.9), is below 1",
-                                summary[f"{m}/early_excess_spread_over_sgd"], 1.0, "max"))  # fmt: skip
+            claims.append(ratio_claim(f"{m}-evener-than-sgd-early",
+                                      f"at the early checkpoint the spread of the excess bucket losses, {m} / SGD "
+                                      "(momentum 0.9), is below 1", m, "sgd", "early"))  # fmt: skip
     return summary, claims
 
 
