@@ -66,11 +66,12 @@ import torch
 from scipy.optimize import brentq, minimize, minimize_scalar
 from torch import Tensor
 
-from .sphere import dirichlet_sample, moments_with_gradient, power_expectation, radial_expectation, sphere_moments
+from .sphere import (dirichlet_sample, moments_with_gradient, positive_part, power_expectation, radial_expectation,
+                     sphere_moments)
 
 __all__ = ["Curvature", "quadratic", "power", "quadratic_quartic", "quadratic_power", "smoothed_kink", "hard_kink",
            "custom", "kink", "sphere_moments", "dirichlet_sample", "ReducedProgram", "Solution", "solve",
-           "quartic_fixed_point", "order_violations", "max_pair_ratio", "homogenization_ratio",
+           "quartic_fixed_point", "kink_descent", "order_violations", "max_pair_ratio", "homogenization_ratio",
            "general_objective"]  # fmt: skip
 
 
@@ -535,6 +536,32 @@ def quartic_fixed_point(s, c: float, n: Optional[int] = None) -> Array:
     hi = 0.5 * float(np.sum(np.cbrt(b) ** 2)) + 1.0
     D = brentq(gap, 0.0, hi, xtol=1e-15, rtol=1e-15, maxiter=500)
     return cubic_roots(D)
+
+
+def kink_descent(s, directions, left: float, right: float, radius: float = 1.0) -> tuple[float, int]:
+    """Directional derivatives of the objective of the kink :func:`kink` at orthogonalization
+    ``q = radius (1, ..., 1)`` (``m >= n``, ``k = n``): there every ``r = radius``, so along ``delta`` it
+    changes at the rate ``phi(delta) = -s . delta + left sum(delta) / n + (right - left) E[(delta . w)_+]``
+    (:func:`~specgrad.theory.sphere.positive_part`). Orthogonalization is optimal iff ``phi >= 0``
+    for every ``delta``; a negative value along one of ``directions`` ``(D, k)`` certifies that it is
+    not. Returns the smallest ``phi`` over ``directions``, each scaled to ``max |delta| = 1``,
+    relative to ``max s``, and the index of its direction.
+
+    Example:
+        >>> s = np.array([1.0, 0.8, 0.6])
+        >>> kink_descent(s, [s - s.mean()], 0.0, 100.0)[0] > 0  # steep: no descent this way
+        True
+        >>> kink_descent(s, [s - s.mean()], 0.0, 1.0)[0] < 0  # shallow: orthogonalization loses
+        True
+    """
+    s, n = _check_spectrum(s, None)
+    vals = []
+    for d in np.atleast_2d(np.asarray(directions, dtype=np.float64)):
+        d = d / max(np.abs(d).max(), 1e-300)
+        v, _ = positive_part(d, n)
+        vals.append(-float(s @ d) + left * float(d.sum()) / n + (right - left) * v)
+    i = int(np.argmin(vals))
+    return vals[i] / float(s.max()), i
 
 
 # --------------------------------------------------------------------------------------

@@ -60,10 +60,10 @@ def _gauss_legendre(points: int) -> tuple[Array, Array]:
     return _GL_CACHE[points]
 
 
-def _check(a, n: int) -> Array:
+def _check(a, n: int, signed: bool = False) -> Array:
     a = np.asarray(a, dtype=np.float64)
-    if a.ndim != 1 or not np.all(np.isfinite(a)) or np.any(a < 0):
-        raise ValueError(f"a must be a 1-d array of finite values >= 0, got {a!r}")
+    if a.ndim != 1 or not np.all(np.isfinite(a)) or (not signed and np.any(a < 0)):
+        raise ValueError(f"a must be a 1-d array of finite values{'' if signed else ' >= 0'}, got {a!r}")
     if a.size > n:
         raise ValueError(f"need k <= n, got {a.size} values for n={n}")
     return a
@@ -93,10 +93,10 @@ def gaussian_moments(a: Array, order: int) -> tuple[Array, Array]:
     return np.array(m), np.stack(dm)
 
 
-def moments_with_gradient(a, n: int, order: int) -> tuple[Array, Array]:
+def moments_with_gradient(a, n: int, order: int, signed: bool = False) -> tuple[Array, Array]:
     """Sphere moments ``E R^j``, ``j = 1..order`` ``(order,)``, and their gradients in ``a``
-    ``(order, k)``."""
-    a = _check(a, n)
+    ``(order, k)`` (``signed``: ``a`` of any sign)."""
+    a = _check(a, n, signed)
     m, dm = gaussian_moments(a, order)
     norm = np.cumprod([n + 2.0 * i for i in range(order)])
     return m[1:] / norm, dm[1:] / norm[:, None]
@@ -205,12 +205,14 @@ def radial_expectation(
     points: int = 10,
     h: float = 0.25,
     grad: bool = True,
+    signed: bool = False,
 ) -> tuple[float, Array]:
     """``E G(R)`` and its gradient in ``a`` for a nondecreasing ``G`` with derivative ``dG`` (a numpy
     ufunc on ``t >= 0``) that vanishes below ``t_lo`` (``G_lo = G(t_lo)``), by the two-dimensional
     integral (3) of the module docstring; ``breaks`` are values of ``t`` where ``dG`` changes fast
     (panel ends), ``points`` Gauss nodes per panel, ``h`` the step of the inner rule; ``grad=False``
-    skips the gradient (zeros).
+    skips the gradient (zeros). ``signed=True`` allows negative ``a`` (then ``R`` can be negative and
+    ``t_lo >= 0`` must be a point below which ``G' = 0``).
 
     Example (``G(t) = t^(3/2)`` against the Laplace form)::
 
@@ -220,7 +222,7 @@ def radial_expectation(
         >>> bool(abs(v - ref) < 1e-9 and np.abs(g - ref_g).max() < 1e-8)
         True
     """
-    a = _check(a, n)
+    a = _check(a, n, signed)
     k = a.size
     top = float(a.max()) if k else 0.0
     if top <= t_lo:
@@ -229,8 +231,8 @@ def radial_expectation(
                            [b for b in breaks if t_lo < b < top]])  # fmt: skip
     ends = np.unique(ends)
     ends = ends[np.concatenate([[True], np.diff(ends) > 1e-15 * top])]
-    m = moments_with_gradient(a, n, 2)[0]
-    sd = math.sqrt(max(m[1] - m[0] ** 2, 0.0)) or top
+    m = moments_with_gradient(a, n, 2, signed)[0]
+    sd = math.sqrt(max(m[1] - m[0] ** 2, 0.0)) or top - t_lo
     ends = _graded(ends, np.unique(np.concatenate([a, [0.0]])), sd)
     nodes, weights = _gauss_legendre(points)
     phi = (nodes + 1) * (math.pi / 2)
@@ -340,3 +342,15 @@ def _tail(lam: Array, nu: Array, h: float, grad: bool, k: int) -> tuple[Array, A
         # d/d lam_i of M(s)/s = M(s) nu_i / (1 - 2 s lam_i)
         dS[rows] = np.einsum("rp,rpk->rk", dy, np.real(m[:, :, None] / z[:, :, :k])) * (nu[:k] / math.pi)
     return S, dS
+
+
+def positive_part(delta, n: int) -> tuple[float, Array]:
+    """``E[(sum_i delta_i w_i)_+]`` and its gradient in ``delta`` (any signs): the directional
+    derivative of a kink's expectation (``E (r - r0)_+`` at ``Q = r0 U V^T`` along ``U diag(delta) V^T``).
+
+    Example:
+        >>> v, g = positive_part(np.array([1.0, -1.0]), 2)  # E (w1 - w2)_+ = E|w1 - w2| / 2 = 1/pi
+        >>> round(v, 8), round(1 / math.pi, 8)
+        (0.31830989, 0.31830989)
+    """
+    return radial_expectation(delta, n, lambda t: np.ones_like(t), 0.0, signed=True)
