@@ -71,7 +71,8 @@ from .sphere import (dirichlet_sample, moments_with_gradient, positive_part, pow
 
 __all__ = ["Curvature", "quadratic", "power", "quadratic_quartic", "quadratic_power", "smoothed_kink", "hard_kink",
            "custom", "kink", "sphere_moments", "dirichlet_sample", "ReducedProgram", "Solution", "solve",
-           "quartic_fixed_point", "kink_descent", "order_violations", "max_pair_ratio", "homogenization_ratio",
+           "ray_start", "quartic_fixed_point", "kink_descent", "order_violations", "max_pair_ratio",
+           "homogenization_ratio",
            "general_objective"]  # fmt: skip
 
 
@@ -410,6 +411,7 @@ def solve(
     tol: float = 1e-12,
     weights: Optional[Array] = None,
     expectation: str = "quadrature",
+    maxiter: int = 5000,
 ) -> Solution:
     """Optimal singular values ``s*`` of (1) for a gradient with singular values ``s``.
 
@@ -422,7 +424,7 @@ def solve(
         samples, seed: the Monte Carlo sample (``weights``, ``(N, >= k)`` Dirichlet rows, replaces
             it when given, and selects Monte Carlo).
         x0: a starting point (e.g. the previous step's solution); default: the best multiple of ``s``.
-        tol: projected-gradient tolerance relative to ``max s``.
+        tol: projected-gradient tolerance relative to ``max s``; ``maxiter``: L-BFGS-B iterations.
 
     Returns:
         A :class:`Solution`; ``solution.q`` is ``s*`` in the order of ``s``.
@@ -440,13 +442,13 @@ def solve(
     prog = ReducedProgram(s, H, n, samples, seed, weights, expectation)
     if x0 is None or np.asarray(x0).shape != (k,) or not np.all(np.isfinite(x0)):
         # two rays: along s (right for near-quadratic H) and along (1, ..., 1) (right near a kink)
-        starts = [_ray_start(prog, s), _ray_start(prog, np.where(s > 0, smax, 0.0))]
+        starts = [ray_start(prog, s), ray_start(prog, np.where(s > 0, smax, 0.0))]
     else:
         starts = [np.asarray(x0, dtype=np.float64)]
     hi = H.max_radius
     starts = [np.clip(x, 0.0, hi) for x in starts]
     bounds = [(0.0, hi)] * k
-    opts = {"maxiter": 5000, "maxcor": 30, "ftol": 1e-16, "gtol": tol * smax}
+    opts = {"maxiter": maxiter, "maxcor": 30, "ftol": 1e-16, "gtol": tol * smax}
     res = None
     for start in starts:
         prog.fit_control_variate(start)
@@ -469,7 +471,7 @@ def solve(
     return Solution(q, val, float(resid.max() / smax), float(se.max() / smax), method, int(res.nit))
 
 
-def _ray_start(prog: ReducedProgram, s: Array) -> Array:
+def ray_start(prog: ReducedProgram, s: Array) -> Array:
     """``t s`` with ``t`` minimizing ``f(t s)`` (a 1-d convex search on a log scale)."""
     def f(logt):
         return prog.value(math.exp(logt) * s)
