@@ -324,7 +324,7 @@ register(Experiment(
     description="isotropic curvature model: optimal one-step spectral maps vs orthogonalization",
     config=IsotropicCurvatureConfig, run_seed=run_seed, analyze=analyze, plot=plot,
     presets={
-        "smoke": dict(m=16, n=8, kink_n=6, grid=201),
+        "smoke": dict(m=16, n=8, kink_n=4, kink_maxiter=15, grid=201),
         "quick": dict(),
         "paper": dict(m=768, n=256, betas=(0.0, 0.5, 1.0, 1.5), kink_n=64),
     },  # fmt: skip
