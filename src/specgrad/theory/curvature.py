@@ -225,7 +225,7 @@ def kink(radius: float = 1.0, left: float = 0.0, right: float = 100.0) -> Curvat
     Example:
         >>> H = kink(1.0, 0.5, 10.0)
         >>> [float(H(np.array(r))) for r in (0.5, 2.0)]
-        [0.25, 11.0]
+        [0.25, 10.5]
     """
     radius = _check_pos("radius", radius)
     left, right = _check_pos("left", left, False), _check_pos("right", right)
