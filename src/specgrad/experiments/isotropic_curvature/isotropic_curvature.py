@@ -220,7 +220,8 @@ def analyze(cfg: IsotropicCurvatureConfig, series: dict) -> tuple[dict, list[Cla
                                                                for f in SUPER if f not in EXACT_SUPER)  # fmt: skip
     summary["quadrature/max_grad_se"] = max(summary.get(f"{f}/max_grad_se", 0.0) for f in FAMILIES)
     smooth = ("quadratic", "power3", "quartic", "quad_quartic", "quad_power", "kink_smooth")
-    summary["differentiable/max_min_over_max"] = max(summary[f"{f}/min_over_max"] for f in smooth)
+    summary["differentiable/max_min_over_max"] = max(min(r["s_star"]) / max(r["s_star"])
+                                                     for f in smooth for r in _runs(series, f))  # fmt: skip
     summary["differentiable/max_residual"] = max(summary[f"{f}/max_residual"] for f in smooth)
     rates = [v["rate"][0] for v in _runs(series, "kink_finite_descent")]
     for beta in cfg.betas:
