@@ -41,11 +41,15 @@ nondecreasing, and a larger ``q_i`` tilts ``w_i`` toward larger ``r``. With a ki
 ``a``, right slope ``b``) at ``r0`` and ``m >= n``, ``q = r0 1`` makes ``r = r0`` for every ``zeta``
 (``sum w = 1``), and the optimum is ``r0 U V^T`` once ``b`` is large enough: orthogonalization.
 
-Non-polynomial ``H``: its part that is not an even polynomial is averaged over a fixed
-sample of ``N`` Dirichlet weight vectors (seeded; the same sample for every ``q``, so the
-sampled objective is a deterministic convex function solved to convergence). The reported
-``grad_se`` is the Monte Carlo standard error of ``q_i E[phi(r) w_i]`` at the solution
-relative to ``max s``: the population stationarity (3) holds to about that relative error.
+Non-polynomial ``H`` (:mod:`.sphere`): non-integer powers ``c r^p`` have one-dimensional
+Laplace-integral forms; any other part ``h`` (a softplus kink, a user callable) is
+``E h(r) = h(r_lo) + int P(r^2 > t) d h(sqrt t)``, with the law of ``r^2`` (a ratio of Gaussian
+quadratic forms) from Imhof's inversion formula: a deterministic two-dimensional quadrature.
+Its error is controlled by re-evaluating the gradient at the solution on a finer rule
+(``Solution.grad_se``). A seeded Monte Carlo sample of ``N`` Dirichlet vectors is kept as an
+option (``expectation="monte-carlo"``, or ``weights``): the same sample for every ``q``, so the
+sampled objective is a deterministic convex function; ``grad_se`` is then the standard error
+of ``q_i E[phi(r) w_i]`` at the solution relative to ``max s``.
 
 Conventions: numpy float64; ``s`` is ``(k,)`` nonnegative (any order); ``n >= k`` is the
 dimension of ``zeta`` (the in-features of an ``nn.Linear`` weight ``(out, in)`` with ``out >= in``).
@@ -62,6 +66,15 @@ import torch
 from scipy.optimize import brentq, minimize, minimize_scalar
 from torch import Tensor
 
+from .sphere import (dirichlet_sample, moments_with_gradient, positive_part, power_expectation, radial_expectation,
+                     sphere_moments)
+
+__all__ = ["Curvature", "quadratic", "power", "quadratic_quartic", "quadratic_power", "smoothed_kink", "hard_kink",
+           "custom", "kink", "sphere_moments", "dirichlet_sample", "ReducedProgram", "Solution", "solve",
+           "ray_start", "quartic_fixed_point", "kink_descent", "order_violations", "max_pair_ratio",
+           "homogenization_ratio",
+           "general_objective"]  # fmt: skip
+
 
 Array = np.ndarray
 
@@ -72,13 +85,16 @@ Array = np.ndarray
 
 @dataclass(frozen=True)
 class Curvature:
-    """A radial curvature function ``H(r) = sum_j poly[j-1] r^(2j) + rest(r)``, ``r >= 0``.
+    """A radial curvature function ``H(r) = sum_j poly[j-1] r^(2j) + sum c r^p + rest(r)``, ``r >= 0``.
 
     ``poly`` holds the coefficients of the even-polynomial part (exact sphere moments);
-    ``rest`` / ``rest_dh`` the remaining part and its derivative (numpy ufunc-like callables,
-    sampled by Monte Carlo), or ``None``. ``H`` should be convex and nondecreasing on
-    ``[0, inf)`` for (2) to be convex. Build one with :func:`quadratic`, :func:`power`,
-    :func:`quadratic_quartic`, :func:`quadratic_power`, :func:`smoothed_kink` or :func:`custom`.
+    ``powers`` pairs ``(c, p)`` of non-even powers ``c r^p`` (one-dimensional integrals);
+    ``rest`` / ``rest_dh`` any remaining part and its derivative (numpy ufunc-like callables, a
+    two-dimensional quadrature), or ``None``; ``rest_floor`` a radius below which ``rest' = 0``
+    to working precision and ``rest_breaks`` radii where ``rest'`` changes fast (both only
+    guide the quadrature). ``H`` should be convex and nondecreasing on ``[0, inf)`` for (2) to be
+    convex. Build one with :func:`quadratic`, :func:`power`, :func:`quadratic_quartic`,
+    :func:`quadratic_power`, :func:`smoothed_kink`, :func:`hard_kink` or :func:`custom`.
 
     Example:
         >>> H = quadratic_quartic(1.0, 0.5)
@@ -92,23 +108,36 @@ class Curvature:
     rest_dh: Optional[Callable[[Array], Array]] = None
     params: dict = field(default_factory=dict)
     max_radius: Optional[float] = None  # H = +inf beyond it (a hard kink): a bound q_i <= max_radius
-    control_variate: bool = True  # sample only H minus a fitted b1 r^2 + b2 r^4 (off for kinks)
+    control_variate: bool = True  # Monte Carlo: sample only H minus a fitted b1 r^2 + b2 r^4 (off for kinks)
+    powers: tuple[tuple[float, float], ...] = ()
+    rest_floor: float = 0.0
+    rest_breaks: tuple[float, ...] = ()
 
     @property
     def exact(self) -> bool:
-        """Whether the objective is exact (no Monte Carlo part)."""
-        return self.rest is None
+        """Whether ``H`` is an even polynomial (closed-form objective)."""
+        return self.rest is None and not self.powers
+
+    def sampled(self, r) -> Array:
+        """The part of ``H`` that is not an even polynomial."""
+        r = np.asarray(r, dtype=np.float64)
+        out = sum(c * r**p for c, p in self.powers) + np.zeros_like(r)
+        return out + self.rest(r) if self.rest is not None else out
+
+    def sampled_dh(self, r) -> Array:
+        """Derivative of :meth:`sampled`."""
+        r = np.asarray(r, dtype=np.float64)
+        out = sum(c * p * r ** (p - 1) for c, p in self.powers) + np.zeros_like(r)
+        return out + self.rest_dh(r) if self.rest is not None else out
 
     def __call__(self, r) -> Array:
         r = np.asarray(r, dtype=np.float64)
-        out = sum(c * r ** (2 * (j + 1)) for j, c in enumerate(self.poly)) + np.zeros_like(r)
-        return out + self.rest(r) if self.rest is not None else out
+        return sum(c * r ** (2 * (j + 1)) for j, c in enumerate(self.poly)) + self.sampled(r)
 
     def derivative(self, r) -> Array:
         """``H'(r)``."""
         r = np.asarray(r, dtype=np.float64)
-        out = sum(2 * (j + 1) * c * r ** (2 * j + 1) for j, c in enumerate(self.poly)) + np.zeros_like(r)
-        return out + self.rest_dh(r) if self.rest is not None else out
+        return sum(2 * (j + 1) * c * r ** (2 * j + 1) for j, c in enumerate(self.poly)) + self.sampled_dh(r)
 
 
 def _check_pos(name: str, value, strict: bool = True) -> float:
@@ -138,7 +167,7 @@ def power(p: float, c: float = 1.0) -> Curvature:
     name = f"power p={p:g}"
     if p == round(p) and int(p) % 2 == 0:
         return Curvature(name, tuple([0.0] * (int(p) // 2 - 1) + [c]), params={"c": c, "p": p})
-    return Curvature(name, (), lambda r: c * r**p, lambda r: c * p * r ** (p - 1), params={"c": c, "p": p})
+    return Curvature(name, (), params={"c": c, "p": p}, powers=((c, p),))
 
 
 def quadratic_quartic(c2: float, c4: float) -> Curvature:
@@ -161,7 +190,7 @@ def quadratic_power(c2: float, cp: float, p: float) -> Curvature:
         poly = [c2] + [0.0] * (int(p) // 2 - 1)
         poly[-1] += cp
         return Curvature(name, tuple(poly), params=params)
-    return Curvature(name, (c2,), lambda r: cp * r**p, lambda r: cp * p * r ** (p - 1), params=params)
+    return Curvature(name, (c2,), params=params, powers=((cp, p),))
 
 
 def smoothed_kink(radius: float = 1.0, left: float = 0.0, right: float = 100.0, width: float = 1e-3) -> Curvature:
@@ -172,16 +201,47 @@ def smoothed_kink(radius: float = 1.0, left: float = 0.0, right: float = 100.0, 
     if right <= left:
         raise ValueError(f"right slope must exceed the left one, got left={left!r}, right={right!r}")
 
+    jump = right - left
+
     def h(r):
-        return left * r + (right - left) * width * np.logaddexp(0.0, (r - radius) / width)
+        return jump * width * np.logaddexp(0.0, (r - radius) / width)
 
     def dh(r):
         z = (r - radius) / width
-        return left + (right - left) * np.exp(-np.logaddexp(0.0, -z))  # sigmoid, overflow-free
+        return jump * np.exp(-np.logaddexp(0.0, -z))  # sigmoid, overflow-free
 
     name = f"kink r0={radius:g} slopes {left:g}/{right:g}"
     params = {"radius": radius, "left": left, "right": right, "width": width}
-    return Curvature(name, (), h, dh, params=params, control_variate=False)
+    # softplus(-36) = 2e-16: below radius - 36 width the softplus part is flat
+    return Curvature(name, (), h, dh, params=params, control_variate=False, powers=((left, 1.0),) if left else (),
+                     rest_floor=max(radius - 36 * width, 0.0),
+                     rest_breaks=tuple(radius + width * j for j in range(-36, 37, 4)))  # fmt: skip
+
+
+def kink(radius: float = 1.0, left: float = 0.0, right: float = 100.0) -> Curvature:
+    """The kink itself: slope ``left`` below ``radius``, ``right`` above,
+    ``H(r) = left r + (right - left) max(r - radius, 0)`` (the theorem's assumption, finite slopes).
+
+    Example:
+        >>> H = kink(1.0, 0.5, 10.0)
+        >>> [float(H(np.array(r))) for r in (0.5, 2.0)]
+        [0.25, 10.5]
+    """
+    radius = _check_pos("radius", radius)
+    left, right = _check_pos("left", left, False), _check_pos("right", right)
+    if right <= left:
+        raise ValueError(f"right slope must exceed the left one, got left={left!r}, right={right!r}")
+    jump = right - left
+
+    def h(r):
+        return jump * np.maximum(r - radius, 0.0)
+
+    def dh(r):
+        return np.where(r > radius, jump, 0.0)
+
+    name = f"kink r0={radius:g} slopes {left:g}/{right:g}"
+    return Curvature(name, (), h, dh, params={"radius": radius, "left": left, "right": right}, control_variate=False,
+                     powers=((left, 1.0),) if left else (), rest_floor=radius, rest_breaks=(radius,))  # fmt: skip
 
 
 def hard_kink(radius: float = 1.0, left: float = 0.0) -> Curvature:
@@ -192,63 +252,16 @@ def hard_kink(radius: float = 1.0, left: float = 0.0) -> Curvature:
     name = f"hard kink r0={radius:g} left {left:g}"
     if left == 0:
         return Curvature(name, (), params={"radius": radius, "left": 0.0}, max_radius=radius)
-    return Curvature(name, (), lambda r: left * r, lambda r: left + 0 * r, params={"radius": radius, "left": left},
-                     max_radius=radius, control_variate=False)  # fmt: skip
+    return Curvature(name, (), params={"radius": radius, "left": left}, max_radius=radius, control_variate=False,
+                     powers=((left, 1.0),))  # fmt: skip
 
 
 def custom(h: Callable[[Array], Array], dh: Callable[[Array], Array], name: str = "custom") -> Curvature:
-    """Any ``H`` (convex, nondecreasing) given with its derivative; sampled by Monte Carlo."""
+    """Any ``H`` (convex, nondecreasing) given with its derivative; its expectation by the
+    two-dimensional quadrature (or Monte Carlo)."""
     if not (callable(h) and callable(dh)):
         raise ValueError("h and dh must be callables on numpy arrays")
     return Curvature(name, (), h, dh)
-
-
-# --------------------------------------------------------------------------------------
-# sphere moments
-
-
-def sphere_moments(a, n: int, order: int) -> Array:
-    """``E[(sum_i a_i w_i)^j]`` for ``j = 1..order``, ``w ~ Dirichlet(1/2 x n)`` (the squared
-    coordinates of a uniform unit vector in ``R^n``); ``a`` is ``(k,)``, ``k <= n``, padded with zeros.
-
-    Example:
-        >>> a = np.array([1.0, 2.0, 0.0])
-        >>> np.allclose(sphere_moments(a, 3, 2), [1.0, (9 + 2 * 5) / 15])
-        True
-    """
-    return _moments(np.asarray(a, dtype=np.float64), n, order)[0]
-
-
-def _moments(a: Array, n: int, order: int) -> tuple[Array, Array]:
-    """Sphere moments ``(order,)`` and their gradients in ``a`` ``(order, k)``.
-
-    Raw moments of ``X = sum a_i g_i^2`` from cumulants, ``m_j = sum_l C(j-1, l-1) kappa_l m_{j-l}``,
-    carried with their derivatives, then divided by ``E |g|^{2j}``."""
-    k = a.shape[-1]
-    if k > n:
-        raise ValueError(f"need k <= n, got {k} singular values for n={n}")
-    kappa = [0.0] * (order + 1)
-    dkappa = [np.zeros(k)] * (order + 1)
-    for l in range(1, order + 1):
-        const = 2.0 ** (l - 1) * math.factorial(l - 1)
-        kappa[l] = const * float(np.sum(a**l))
-        dkappa[l] = const * l * a ** (l - 1)
-    m = [1.0] + [0.0] * order
-    dm = [np.zeros(k) for _ in range(order + 1)]
-    for j in range(1, order + 1):
-        for l in range(1, j + 1):
-            b = math.comb(j - 1, l - 1)
-            m[j] += b * kappa[l] * m[j - l]
-            dm[j] = dm[j] + b * (dkappa[l] * m[j - l] + kappa[l] * dm[j - l])
-    norm = np.cumprod([n + 2.0 * i for i in range(order)])
-    return np.array(m[1:]) / norm, np.stack(dm[1:]) / norm[:, None]
-
-
-def dirichlet_sample(n: int, samples: int, seed: int = 0) -> Array:
-    """``(samples, n)`` float64 rows ``w = g^2 / |g|^2``, ``g ~ N(0, I_n)`` from a seeded generator."""
-    g = torch.randn(samples, n, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)).numpy()
-    g2 = g * g
-    return g2 / g2.sum(1, keepdims=True)
 
 
 # --------------------------------------------------------------------------------------
@@ -256,16 +269,23 @@ def dirichlet_sample(n: int, samples: int, seed: int = 0) -> Array:
 
 
 class ReducedProgram:
-    """Objective (2) and gradient (3) for one spectrum; exact where ``H`` is an even
-    polynomial, a fixed Dirichlet sample for the rest."""
+    """Objective (2) and gradient (3) for one spectrum: exact moments for the even-polynomial
+    part of ``H``; the rest by quadrature (``expectation="quadrature"``, :mod:`.sphere`) or
+    averaged over a fixed Dirichlet sample (``"monte-carlo"``, or when ``weights`` are given).
+    ``points`` and ``h`` set the two-dimensional quadrature's resolution."""
 
     def __init__(self, s: Array, H: Curvature, n: int, samples: int = 4096, seed: int = 0,
-                 weights: Optional[Array] = None):  # fmt: skip
+                 weights: Optional[Array] = None, expectation: str = "quadrature", points: int = 10,
+                 h: float = 0.25):  # fmt: skip
+        if expectation not in ("quadrature", "monte-carlo"):
+            raise ValueError(f"expectation must be 'quadrature' or 'monte-carlo', got {expectation!r}")
         self.s, self.H, self.n = s, H, n
         self.k = s.shape[0]
         self.w = None
+        self.points, self.h = points, h
         self.cv = np.zeros(2)  # control variate b1 r^2 + b2 r^4 (exact moments) taken out of the sample
-        if not H.exact:
+        self.quadrature = not H.exact and weights is None and expectation == "quadrature"
+        if not H.exact and not self.quadrature:
             w = dirichlet_sample(n, samples, seed) if weights is None else weights
             self.w = np.ascontiguousarray(w[:, : self.k])
 
@@ -277,15 +297,18 @@ class ReducedProgram:
             return
         r2 = self.w @ (q * q)
         basis = np.stack([r2 - r2.mean(), r2**2 - (r2**2).mean()], 1)
-        y = self.H.rest(np.sqrt(r2))
+        y = self.H.sampled(np.sqrt(r2))
         self.cv = np.linalg.lstsq(basis, y - y.mean(), rcond=None)[0]
 
-    def value_grad(self, q: Array) -> tuple[float, Array]:
+    def value_grad(self, q: Array, grad: bool = True) -> tuple[float, Array]:
         # line searches may probe huge q: overflow then gives inf, which they step back from
         with np.errstate(over="ignore", invalid="ignore"):
-            return self._value_grad(q)
+            return self._value_grad(q, grad)
 
-    def _value_grad(self, q: Array) -> tuple[float, Array]:
+    def value(self, q: Array) -> float:
+        return self.value_grad(q, grad=False)[0]
+
+    def _value_grad(self, q: Array, need_grad: bool = True) -> tuple[float, Array]:
         val = -float(self.s @ q)
         grad = -self.s.copy()
         c = np.zeros(max(len(self.H.poly), 2 if self.w is not None else 0))
@@ -293,25 +316,54 @@ class ReducedProgram:
         if self.w is not None:
             c[:2] += self.cv
         if c.size:
-            mom, dmom = _moments(q * q, self.n, c.size)
+            mom, dmom = moments_with_gradient(q * q, self.n, c.size)
             val += float(c @ mom)
             grad += (c @ dmom) * 2 * q
+        if self.quadrature:
+            v, g = self._quadrature(q, self.points, self.h, need_grad)
+            val += v
+            grad += g
         if self.w is not None:
             r2 = self.w @ (q * q)
             r = np.sqrt(r2)
-            val += float(np.mean(self.H.rest(r) - self.cv[0] * r2 - self.cv[1] * r2 * r2))
+            val += float(np.mean(self.H.sampled(r) - self.cv[0] * r2 - self.cv[1] * r2 * r2))
             phi = self._phi(r) - 2 * self.cv[0] - 4 * self.cv[1] * r2
             grad += q * (phi @ self.w) / self.w.shape[0]
         return val, grad
 
+    def _quadrature(self, q: Array, points: int, h: float, need_grad: bool = True) -> tuple[float, Array]:
+        """``E`` of the non-polynomial part of ``H`` and its gradient in ``q``."""
+        a = q * q
+        val, ga = 0.0, np.zeros(self.k)
+        for c, p in self.H.powers:
+            v, g = power_expectation(a, self.n, p / 2)
+            val, ga = val + c * v, ga + c * g
+        H = self.H
+        if H.rest is not None:
+            def dG(t):
+                r = np.sqrt(t)
+                return H.rest_dh(r) / (2 * np.maximum(r, 1e-300))
+
+            v, g = radial_expectation(a, self.n, dG, float(H.rest(np.array(H.rest_floor))), t_lo=H.rest_floor**2,
+                                      breaks=[b * b for b in H.rest_breaks if b > 0], points=points, h=h,
+                                      grad=need_grad)  # fmt: skip
+            val, ga = val + v, ga + g
+        return val, 2 * q * ga
+
     def _phi(self, r: Array) -> Array:
-        """``H_rest'(r) / r``; at ``r = 0`` a one-sided difference quotient."""
+        """``H_sampled'(r) / r``; at ``r = 0`` a one-sided difference quotient."""
         tiny = 1e-300
         safe = np.maximum(r, tiny)
-        return self.H.rest_dh(safe) / safe
+        return self.H.sampled_dh(safe) / safe
 
-    def mc_standard_error(self, q: Array) -> Array:
-        """Per-coordinate standard error of the sampled part of ``q_i E[phi(r) w_i]``."""
+    def expectation_error(self, q: Array) -> Array:
+        """Per-coordinate error of the expectation's part of the gradient at ``q``: the Monte Carlo
+        standard error of ``q_i E[phi(r) w_i]``, or for the quadrature the change of the gradient
+        on a rule with twice the nodes per panel and half the inner step; zeros when exact."""
+        if self.quadrature:
+            with np.errstate(over="ignore", invalid="ignore"):
+                return np.abs(self._quadrature(q, 2 * self.points, self.h / 2)[1] - self._quadrature(q, self.points,
+                                                                                                     self.h)[1])
         if self.w is None:
             return np.zeros(self.k)
         r2 = self.w @ (q * q)
@@ -319,13 +371,16 @@ class ReducedProgram:
         terms = phi[:, None] * self.w * q[None, :]
         return terms.std(0, ddof=1) / math.sqrt(self.w.shape[0])
 
+    mc_standard_error = expectation_error
+
 
 @dataclass
 class Solution:
     """Optimal singular values ``q`` ``(k,)`` (order of the input ``s``), the objective, the
     largest stationarity residual ``max_i |df/dq_i|`` over active coordinates relative to
-    ``max s``, the Monte Carlo standard error ``grad_se`` (relative to ``max s``; 0 when exact),
-    and the evaluation method (``"exact"`` or ``"monte-carlo N=..."``)."""
+    ``max s``, the error of the expectation's part of that gradient ``grad_se`` (relative to
+    ``max s``: the Monte Carlo standard error, or the quadrature's change on a finer rule; 0
+    when exact), and the evaluation method (``"exact"``, ``"quadrature"`` or ``"monte-carlo N=..."``)."""
 
     q: Array
     objective: float
@@ -355,6 +410,8 @@ def solve(
     x0: Optional[Array] = None,
     tol: float = 1e-12,
     weights: Optional[Array] = None,
+    expectation: str = "quadrature",
+    maxiter: int = 5000,
 ) -> Solution:
     """Optimal singular values ``s*`` of (1) for a gradient with singular values ``s``.
 
@@ -362,10 +419,12 @@ def solve(
         s: ``(k,)`` singular values of ``G`` (any order, ``>= 0``), numpy or torch.
         H: the curvature function.
         n: dimension of ``zeta`` (columns of ``G``), ``>= k``; default ``k`` (``m >= n``).
-        samples, seed: the Monte Carlo sample for the non-polynomial part of ``H``
-            (``weights``, ``(N, >= k)`` Dirichlet rows, replaces it when given).
+        expectation: ``"quadrature"`` (deterministic, :mod:`.sphere`) or ``"monte-carlo"`` for the
+            part of ``H`` that is not an even polynomial.
+        samples, seed: the Monte Carlo sample (``weights``, ``(N, >= k)`` Dirichlet rows, replaces
+            it when given, and selects Monte Carlo).
         x0: a starting point (e.g. the previous step's solution); default: the best multiple of ``s``.
-        tol: projected-gradient tolerance relative to ``max s``.
+        tol: projected-gradient tolerance relative to ``max s``; ``maxiter``: L-BFGS-B iterations.
 
     Returns:
         A :class:`Solution`; ``solution.q`` is ``s*`` in the order of ``s``.
@@ -380,16 +439,16 @@ def solve(
     smax = float(s.max())
     if smax == 0:
         return Solution(np.zeros(k), 0.0, 0.0, 0.0, "zero gradient", 0)
-    prog = ReducedProgram(s, H, n, samples, seed, weights)
+    prog = ReducedProgram(s, H, n, samples, seed, weights, expectation)
     if x0 is None or np.asarray(x0).shape != (k,) or not np.all(np.isfinite(x0)):
         # two rays: along s (right for near-quadratic H) and along (1, ..., 1) (right near a kink)
-        starts = [_ray_start(prog, s), _ray_start(prog, np.where(s > 0, smax, 0.0))]
+        starts = [ray_start(prog, s), ray_start(prog, np.where(s > 0, smax, 0.0))]
     else:
         starts = [np.asarray(x0, dtype=np.float64)]
     hi = H.max_radius
     starts = [np.clip(x, 0.0, hi) for x in starts]
     bounds = [(0.0, hi)] * k
-    opts = {"maxiter": 5000, "maxcor": 30, "ftol": 1e-16, "gtol": tol * smax}
+    opts = {"maxiter": maxiter, "maxcor": 30, "ftol": 1e-16, "gtol": tol * smax}
     res = None
     for start in starts:
         prog.fit_control_variate(start)
@@ -407,15 +466,15 @@ def solve(
     lower = q <= 0
     upper = np.zeros(k, bool) if hi is None else q >= hi
     resid = np.abs(np.where(lower, np.minimum(grad, 0.0), np.where(upper, np.maximum(grad, 0.0), grad)))
-    se = prog.mc_standard_error(q)
-    method = "exact" if H.exact else f"monte-carlo N={prog.w.shape[0]}"
+    se = prog.expectation_error(q)
+    method = "exact" if H.exact else "quadrature" if prog.quadrature else f"monte-carlo N={prog.w.shape[0]}"
     return Solution(q, val, float(resid.max() / smax), float(se.max() / smax), method, int(res.nit))
 
 
-def _ray_start(prog: ReducedProgram, s: Array) -> Array:
+def ray_start(prog: ReducedProgram, s: Array) -> Array:
     """``t s`` with ``t`` minimizing ``f(t s)`` (a 1-d convex search on a log scale)."""
     def f(logt):
-        return prog.value_grad(math.exp(logt) * s)[0]
+        return prog.value(math.exp(logt) * s)
 
     if prog.H.max_radius is not None:  # bounded: the ray to the bound
         return s * (prog.H.max_radius / s.max())
@@ -479,6 +538,32 @@ def quartic_fixed_point(s, c: float, n: Optional[int] = None) -> Array:
     hi = 0.5 * float(np.sum(np.cbrt(b) ** 2)) + 1.0
     D = brentq(gap, 0.0, hi, xtol=1e-15, rtol=1e-15, maxiter=500)
     return cubic_roots(D)
+
+
+def kink_descent(s, directions, left: float, right: float, radius: float = 1.0) -> tuple[float, int]:
+    """Directional derivatives of the objective of the kink :func:`kink` at orthogonalization
+    ``q = radius (1, ..., 1)`` (``m >= n``, ``k = n``): there every ``r = radius``, so along ``delta`` it
+    changes at the rate ``phi(delta) = -s . delta + left sum(delta) / n + (right - left) E[(delta . w)_+]``
+    (:func:`~specgrad.theory.sphere.positive_part`). Orthogonalization is optimal iff ``phi >= 0``
+    for every ``delta``; a negative value along one of ``directions`` ``(D, k)`` certifies that it is
+    not. Returns the smallest ``phi`` over ``directions``, each scaled to ``max |delta| = 1``,
+    relative to ``max s``, and the index of its direction.
+
+    Example:
+        >>> s = np.array([1.0, 0.8, 0.6])
+        >>> kink_descent(s, [s - s.mean()], 0.0, 100.0)[0] > 0  # steep: no descent this way
+        True
+        >>> kink_descent(s, [s - s.mean()], 0.0, 1.0)[0] < 0  # shallow: orthogonalization loses
+        True
+    """
+    s, n = _check_spectrum(s, None)
+    vals = []
+    for d in np.atleast_2d(np.asarray(directions, dtype=np.float64)):
+        d = d / max(np.abs(d).max(), 1e-300)
+        v, _ = positive_part(d, n)
+        vals.append(-float(s @ d) + left * float(d.sum()) / n + (right - left) * v)
+    i = int(np.argmin(vals))
+    return vals[i] / float(s.max()), i
 
 
 # --------------------------------------------------------------------------------------

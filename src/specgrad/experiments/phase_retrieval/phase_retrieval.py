@@ -10,7 +10,12 @@ model (data, student, exact population gradient, early-phase linearization) live
    GD's measured early growth of ``b_k / a_k`` matches the linearized prediction;
 2. SpecGD reaches alignment ``a_k / ||W_k||_F >= 0.9`` in fewer steps than GD at large
    ``lam``, and the gap widens with ``lam``;
-3. the same ordering holds for a power-law covariance.
+3. the same ordering holds for power-law covariances (a sweep of the exponent and of the
+   signal's position in the spectrum);
+4. SpecGD contracts the bulk (noise) coefficient faster: ``c_k`` after the step budget;
+5. the same comparison with every lam at one fixed step per method (the step tuned for the
+   largest lam), so the spike's own cost is seen apart from GD's stability-limited step;
+6. finite samples: the ratio of steps at each fixed training-set size ``n``.
 
 Every run uses the exact population gradient in float64 unless it is the finite-sample
 condition. Step sizes: each method, on each condition, gets the step size of its grid that
@@ -59,6 +64,9 @@ class PhaseRetrievalConfig:
     power_alpha: float = 1.0  # Sigma = c diag(i^-alpha), tr Sigma = d (power_normalization)
     power_signal_index: int = 10  # theta* = e_10; the spike e_1 has 10^alpha x its variance
     power_normalization: str = "trace"
+    power_alphas: tuple[float, ...] = (0.5, 2.0)  # further exponents (at power_signal_index)
+    power_signal_indices: tuple[int, ...] = (3, 30)  # further signal positions (at power_alpha)
+    same_step: bool = True  # also run every lam at the step tuned for the largest lam
     finite_ns: tuple[int, ...] = (500, 1000, 2000)  # fixed training sets (at sweep_lambda), n each
     online_n: int = 500  # a run with a fresh batch of online_n samples every step (0: skip it)
     gd_lrs: tuple[float, ...] = lr_grid_field("gd", default=(0.01, 0.014, 0.02, 0.03, 0.05, 0.07, 0.1, 0.14, 0.2, 0.3,
@@ -90,6 +98,8 @@ class Condition:
     m: int
     n_samples: int = 0
     fresh: bool = False
+    alpha: float = math.nan  # power law only
+    signal_index: int = 0
 
 
 def conditions(cfg: PhaseRetrievalConfig) -> list[Condition]:
@@ -99,7 +109,12 @@ def conditions(cfg: PhaseRetrievalConfig) -> list[Condition]:
     s = f"lam{cfg.sweep_lambda:g}"
     out += [Condition(f"{s}-d{d}", "spiked", cfg.sweep_lambda, d, cfg.m) for d in cfg.d_sweep if d != cfg.d]
     out += [Condition(f"{s}-m{m}", "spiked", cfg.sweep_lambda, cfg.d, m) for m in cfg.m_sweep if m != cfg.m]
-    out.append(Condition("powerlaw", "power", math.nan, cfg.d, cfg.m))
+    out.append(Condition("powerlaw", "power", math.nan, cfg.d, cfg.m, alpha=cfg.power_alpha,
+                         signal_index=cfg.power_signal_index))  # fmt: skip
+    out += [Condition(f"power-a{a:g}-j{cfg.power_signal_index}", "power", math.nan, cfg.d, cfg.m, alpha=float(a),
+                      signal_index=cfg.power_signal_index) for a in cfg.power_alphas if a != cfg.power_alpha]
+    out += [Condition(f"power-a{cfg.power_alpha:g}-j{j}", "power", math.nan, cfg.d, cfg.m, alpha=cfg.power_alpha,
+                      signal_index=j) for j in cfg.power_signal_indices if j != cfg.power_signal_index and 2 <= j <= cfg.d]
     out += [Condition(f"{s}-n{n}", "spiked", cfg.sweep_lambda, cfg.d, cfg.m, n) for n in cfg.finite_ns]
     if cfg.online_n:
         out.append(Condition(f"{s}-online{cfg.online_n}", "spiked", cfg.sweep_lambda, cfg.d, cfg.m, cfg.online_n, True))
@@ -108,7 +123,7 @@ def conditions(cfg: PhaseRetrievalConfig) -> list[Condition]:
 
 def make_problem(cfg: PhaseRetrievalConfig, cond: Condition) -> PhaseRetrievalProblem:
     if cond.kind == "power":
-        return power_law_problem(cond.d, cfg.power_alpha, cfg.power_signal_index, cfg.power_normalization)
+        return power_law_problem(cond.d, cond.alpha, cond.signal_index, cfg.power_normalization)
     return spiked_problem(cond.d, cond.lam)
 
 
@@ -195,13 +210,28 @@ def run_seed(cfg: PhaseRetrievalConfig, seed: int, ctx) -> dict:
     cpu_only(ctx, "phase-retrieval", "float64 population gradients")
     conds = conditions(cfg)
     best = ctx.tuning["best_lr"]
-    ctx.steps(_progress_total(cfg, conds, False), "training")
+    same = same_step_conditions(cfg)
+    ctx.steps(_progress_total(cfg, conds, False) + len(same) * 2 * cfg.steps, "training")
     out = {}
     for cond in conds:
         for method in cfg.methods:
             key = f"{method}/{cond.name}"
             out[key] = run_one(cfg, cond, method, float(best[key]), seed, lambda _: ctx.advance())
+    top = f"lam{max(cfg.lambdas):g}"
+    for cond in same:
+        for method in ("gd", "specgd"):
+            out[f"{method}/{cond.name}"] = run_one(cfg, cond, method, float(best[f"{method}/{top}"]), seed,
+                                                   lambda _: ctx.advance())  # fmt: skip
     return out
+
+
+def same_step_conditions(cfg: PhaseRetrievalConfig) -> list[Condition]:
+    """Every lam of the sweep but the largest, run (untuned) at the steps tuned for the largest
+    lam: GD's tuned step there is below its stability limit ``m / (1 + lam)`` for every lam."""
+    if not cfg.same_step or not ({"gd", "specgd"} <= set(cfg.methods)):
+        return []
+    top = max(cfg.lambdas)
+    return [Condition(f"lam{lam:g}-samestep", "spiked", float(lam), cfg.d, cfg.m) for lam in cfg.lambdas if lam != top]
 
 
 def _spearman(x, y) -> float:
@@ -250,7 +280,7 @@ def _run_summary(cfg: PhaseRetrievalConfig, cond: Condition, method: str, runs: 
 
 
 def analyze(cfg: PhaseRetrievalConfig, series: dict) -> tuple[dict, list[Claim]]:
-    conds = conditions(cfg)
+    conds = conditions(cfg) + same_step_conditions(cfg)
     summary: dict[str, float] = {"steps_censored_at": float(cfg.steps + 1)}
     for cond in conds:
         for method in cfg.methods:
@@ -274,17 +304,17 @@ def analyze(cfg: PhaseRetrievalConfig, series: dict) -> tuple[dict, list[Claim]]
         Claim("gd-spike-outgrows-signal",
               f"under GD at lam={lams[-1]:g} the spike outgrows the signal: the peak of b_k/a_k over the run "
               "is at least 10 (geometric mean over seeds; b_0/a_0 is about 1)",
-              summary[f"gd/{top}/peak_spike_to_signal"], 10.0, "min"),
+              summary[f"gd/{top}/peak_spike_to_signal"], 10.0, "min", kind="study"),
         Claim("specgd-spike-not-amplified",
               f"under SpecGD at lam={lams[-1]:g} the spike never dominates the signal: the peak of b_k/a_k "
-              "over the run stays below 3", summary[f"specgd/{top}/peak_spike_to_signal"], 3.0, "max"),
+              "over the run stays below 3", summary[f"specgd/{top}/peak_spike_to_signal"], 3.0, "max", kind="study"),
     ]  # fmt: skip
     errors = [summary[f"gd/lam{lam:g}/early_ratio_growth_rel_error"] for lam in lams]
     summary["early_ratio_growth_max_rel_error"] = max(errors)
     claims.append(Claim("gd-growth-matches-linearization",
                         "GD's measured per-step growth of b_k/a_k over the first steps matches the linearized "
                         "prediction (1 + (1+lam) lr/m) / (1 + 3 lr/m) within 1% at every lam",
-                        max(errors), 0.01, "max"))  # fmt: skip
+                        max(errors), 0.01, "max", kind="self-consistency"))  # fmt: skip
     ratios = [summary[f"lam{lam:g}/gd_over_specgd_steps"] for lam in lams]
     rho = _spearman(lams, ratios)
     summary["gap_spearman_vs_lambda"] = rho if math.isfinite(rho) else 0.0  # constant ratios: no rise
@@ -292,16 +322,102 @@ def analyze(cfg: PhaseRetrievalConfig, series: dict) -> tuple[dict, list[Claim]]
     claims += [
         Claim("specgd-faster-at-large-lambda",
               f"at lam={lams[-1]:g} GD needs at least 1.5x SpecGD's steps to reach stable alignment "
-              f">= {cfg.target} (medians over seeds, each method at its tuned step size)", ratios[-1], 1.5, "min"),
+              f">= {cfg.target} (medians over seeds, each method at its tuned step size)", ratios[-1], 1.5, "min",
+              kind="study"),
         Claim("gap-widens-with-lambda",
               "the step ratio GD/SpecGD rises with lam (Spearman rank correlation over the lam sweep >= 0.8)",
-              summary["gap_spearman_vs_lambda"], 0.8, "min"),
+              summary["gap_spearman_vs_lambda"], 0.8, "min", kind="study"),
         Claim("power-law-specgd-faster",
               f"power-law covariance (alpha={cfg.power_alpha:g}, signal on e_{cfg.power_signal_index}): GD needs "
               "at least 1.5x SpecGD's steps to reach stable alignment", summary["powerlaw/gd_over_specgd_steps"],
-              1.5, "min"),
+              1.5, "min", kind="study"),
     ]  # fmt: skip
+    claims += _power_sweep_claims(cfg, summary)
+    claims += _noise_claims(cfg, summary, lams)
+    claims += _same_step_claims(cfg, summary, lams)
+    claims += _finite_sample_claims(cfg, summary)
     return summary, claims
+
+
+def _power_sweep_claims(cfg, summary) -> list[Claim]:
+    """The power-law sweep: where the linearization predicts that e_1 outgrows the signal under
+    GD (``sigma_1 > 3 sigma_j``, i.e. ``j^alpha > 3``), SpecGD should align faster."""
+    sweep = [c for c in conditions(cfg) if c.kind == "power"]
+    amplified, flat = [], []
+    for c in sweep:
+        key = f"{c.name}/gd_over_specgd_steps"
+        if key not in summary:
+            continue
+        (amplified if c.signal_index**c.alpha > 3 else flat).append(summary[key])
+    statement = ("power laws with alpha in {%s} and the signal on e_j, j in {%s}: wherever the linearization "
+                 "predicts amplification (j^alpha > 3), GD needs at least 1.5x SpecGD's steps (smallest ratio)"
+                 % (", ".join(f"{a:g}" for a in sorted({c.alpha for c in sweep})),
+                    ", ".join(str(j) for j in sorted({c.signal_index for c in sweep}))))  # fmt: skip
+    if len(sweep) < 2 or not amplified:
+        return [Claim.not_assessed("power-law-sweep-specgd-faster", statement,
+                                   "needs the power-law sweep (power_alphas, power_signal_indices)")]  # fmt: skip
+    summary["power_sweep/min_ratio_amplified"] = min(amplified)
+    if flat:
+        summary["power_sweep/max_ratio_not_amplified"] = max(flat)
+    return [Claim("power-law-sweep-specgd-faster", statement, min(amplified), 1.5, "min", kind="study")]
+
+
+def _noise_claims(cfg, summary, lams) -> list[Claim]:
+    """Noise contraction: the bulk ``c_k`` after the step budget, SpecGD over GD, at lam >= 10."""
+    out = []
+    for lam in [x for x in lams if x >= 10]:
+        sp, gd = (summary.get(f"{m}/lam{lam:g}/final_bulk", math.nan) for m in ("specgd", "gd"))
+        ratio = sp / gd if gd > 0 else math.nan
+        summary[f"lam{lam:g}/final_bulk_specgd_over_gd"] = ratio
+        statement = (f"SpecGD contracts the noise faster: at lam={lam:g}, after {cfg.steps} steps, the bulk "
+                     "coefficient c_k is smaller under SpecGD than under GD (ratio of seed means <= 1)")
+        if math.isfinite(ratio):
+            out.append(Claim(f"specgd-contracts-noise-lam{lam:g}", statement, ratio, 1.0, "max", kind="study"))
+        else:
+            out.append(Claim.not_assessed(f"specgd-contracts-noise-lam{lam:g}", statement, "a run diverged"))
+    if not out:
+        out.append(Claim.not_assessed("specgd-contracts-noise", "SpecGD contracts the noise (bulk c_k) faster",
+                                      "needs lam >= 10 in the sweep"))  # fmt: skip
+    return out
+
+
+def _same_step_claims(cfg, summary, lams) -> list[Claim]:
+    """Every lam at the step tuned for the largest lam: the spike's cost apart from the step."""
+    statement = ("at one fixed step per method (tuned for the largest lam), GD at the largest lam needs more "
+                 "steps than GD at lam = 0 (the spike's own cost; ratio > 1)")
+    same = {c.lam: c.name for c in same_step_conditions(cfg)}
+    same[lams[-1]] = f"lam{lams[-1]:g}"
+    if len(same) < 2 or f"gd/{same[min(same)]}/steps_to_align" not in summary:
+        return [Claim.not_assessed("spike-cost-at-same-step", statement, "needs same_step runs and two lam")]
+    base = summary[f"gd/{same[min(same)]}/steps_to_align"]
+    for lam, name in same.items():
+        gd, sp = summary[f"gd/{name}/steps_to_align"], summary[f"specgd/{name}/steps_to_align"]
+        summary[f"samestep/lam{lam:g}/gd_steps"] = gd
+        summary[f"samestep/lam{lam:g}/specgd_steps"] = sp
+        summary[f"samestep/lam{lam:g}/gd_over_specgd_steps"] = gd / max(sp, 1.0)
+        summary[f"samestep/lam{lam:g}/gd_over_gd_at_lam{min(same):g}"] = gd / max(base, 1.0)
+    value = summary[f"samestep/lam{lams[-1]:g}/gd_over_gd_at_lam{min(same):g}"]
+    return [Claim("spike-cost-at-same-step", statement, value, 1.0, "min", kind="study")]
+
+
+def _finite_sample_claims(cfg, summary) -> list[Claim]:
+    """Fixed training sets of n samples: the GD/SpecGD step ratio per n, and the largest n/d at
+    which the ordering is reversed (ratio below 1)."""
+    s = f"lam{cfg.sweep_lambda:g}"
+    out, reversed_at = [], []
+    for n in sorted(cfg.finite_ns):
+        ratio = summary.get(f"{s}-n{n}/gd_over_specgd_steps")
+        if ratio is None:
+            continue
+        if ratio < 1:
+            reversed_at.append(n / cfg.d)
+        out.append(Claim(f"finite-n{n}-specgd-faster",
+                         f"with n = {n} = {n / cfg.d:g}d fixed samples (lam={cfg.sweep_lambda:g}) SpecGD still reaches "
+                         "stable alignment first (GD/SpecGD step ratio >= 1; below 1 the ordering reverses)",
+                         ratio, 1.0, "min", kind="study"))  # fmt: skip
+    if out:
+        summary["finite/largest_reversed_n_over_d"] = max(reversed_at) if reversed_at else 0.0
+    return out
 
 
 def _xmax(cfg, summary, names) -> int:
@@ -399,13 +515,15 @@ register(Experiment(
     presets={
         "smoke": dict(d=24, m=4, steps=60, lambdas=(0.0, 20.0), d_sweep=(), m_sweep=(), power_signal_index=6,
                       finite_ns=(), online_n=0, methods=("gd", "specgd"), gd_lrs=(0.05, 0.2),
-                      specgd_lrs=(0.1, 0.3)),
+                      specgd_lrs=(0.1, 0.3), power_alphas=(), power_signal_indices=()),
         "demo": dict(lambdas=(0.0, 5.0, 20.0), d_sweep=(), m_sweep=(), finite_ns=(1000,), online_n=0,
+                     power_alphas=(), power_signal_indices=(),
                      gd_lrs=(0.02, 0.05, 0.1, 0.2, 0.3, 0.5), specgd_lrs=(0.05, 0.1, 0.2, 0.3, 0.5, 1.0),
                      muon_lrs=(0.05, 0.1, 0.2, 0.3, 0.5, 1.0)),
         "quick": dict(),
         "paper": dict(d=400, m=20, steps=1000, lambdas=(0.0, 2.0, 5.0, 10.0, 20.0, 50.0),
                       d_sweep=(100, 200, 800), m_sweep=(5, 10, 40), power_signal_index=20, finite_ns=(2000,),
+                      power_alphas=(0.5, 2.0), power_signal_indices=(3, 80),
                       online_n=2000,
                       gd_lrs=(0.002, 0.003, 0.005, 0.007, 0.01, 0.014, 0.02, 0.03, 0.05, 0.07, 0.1, 0.14, 0.2,
                               0.3, 0.5)),
