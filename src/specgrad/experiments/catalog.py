@@ -67,7 +67,7 @@ STUDIES: tuple[Study, ...] = (
         "Modelling one step by min_Q -tr(QG^T) + E H(||Q zeta||): for super-quadratic H the optimum keeps G's "
         "singular vectors and homogenizes its singular values with their order kept; a kinked H gives "
         "orthogonalization; measured GPT-2 curvature is quadratic near zero and super-quadratic (2 + alpha, "
-        "alpha 0.2-0.5) further out, so orthogonalization is directionally right but not optimal; "
+        "alpha > 0) further out, so orthogonalization is directionally right but not optimal; "
         "Newton-Schulz maps are not monotone.",
         ("isotropic-curvature", "curvature-profile"),
         "isotropic-curvature.md",
