@@ -111,8 +111,10 @@ def load_model(spec: str, seed: int = 0) -> LoadedModel:
 def _transformers_model(path: Path) -> LoadedModel:
     try:
         from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers.utils import logging as transformers_logging
     except ImportError:  # pragma: no cover - depends on the environment
         raise LoadError("a transformers config needs the transformers package: pip install transformers") from None
+    transformers_logging.set_verbosity_error()  # its warnings would crowd the table and one-line errors
     folder = path if path.is_dir() else path.parent
     config_file = path / "config.json" if path.is_dir() else path
     if not config_file.is_file():
