@@ -95,6 +95,7 @@ CASES = {
     "factory+factory": ("factories.py:make_mlp", "factories.py:make_batches"),
     "factory+synthetic": ("factories.py:make_mlp", None),
 }
+PROBE_ALL = {"llama-folder+ids", "factory+factory"}
 
 
 @pytest.fixture(scope="module")
@@ -107,18 +108,21 @@ def test_diagnose_prints_a_row_per_routed_matrix_and_writes_the_page(case, input
     model, data = CASES[case]
     out = inputs / f"{case}.html"
     args = ["--model", str(inputs / model), "--out", str(out), *FAST] + (["--data", str(inputs / data)] if data else [])
+    args += ["--probe", "all"] if case in PROBE_ALL else []
     rc, stdout, stderr = _run(args, capsys, monkeypatch)
     assert rc == 0, stderr
     m = load_model(str(inputs / model)).model
     routed = {r.name for r in split_params(m).routes if r.rule == "spectral"}
     with SpectralMonitor(m) as mon:
         blocks = mon.blocks
-        seen = {mon.block(b).parameter for b in blocks}
-    assert routed <= seen  # every routed matrix is measured ...
+        coverage = mon.coverage()
+    assert routed <= set(coverage["parameter"])  # every routed matrix is measured or said to be skipped ...
     table = stdout.split("recommended routing")[0]
     for b in blocks:  # ... and has its row
         assert f" {b} " in table, b
     assert "split_params(model" in stdout
+    probed = [line for line in table.splitlines() if any(f" {b} " in line for b in blocks)]
+    assert any(" spectral " in line.split("│")[-3] or " euclidean " in line.split("│")[-3] for line in probed)
     page = out.read_text()
     for b in blocks:
         assert f"data-block='{b}'" in page
@@ -128,7 +132,7 @@ def test_diagnose_prints_a_row_per_routed_matrix_and_writes_the_page(case, input
 
 def test_factory_model_lists_what_it_cannot_see(inputs, capsys, monkeypatch):
     out = inputs / "skipped.html"
-    rc, stdout, _ = _run(["--model", str(inputs / "factories.py:make_model"), "--out", str(out), "--no-probe", *FAST],
+    rc, stdout, _ = _run(["--model", str(inputs / "factories.py:make_model"), "--out", str(out), "--probe", "off", *FAST],
                          capsys, monkeypatch)  # fmt: skip
     assert rc == 0 and "grouped convolution" in out.read_text() and "1 matrices not measured" in stdout
 
@@ -243,3 +247,55 @@ def test_pages_in_a_real_browser(pages, tmp_path):
         assert shot.stat().st_size > 10_000
     finally:
         browser.quit()
+
+
+def test_recommend_routing_from_a_monitor_history():
+    from specgrad.diagnostics.recommend import recommend_routing
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64), torch.nn.ReLU(),
+                              torch.nn.Linear(64, 4))  # fmt: skip
+    x, y = torch.randn(256, 16), torch.randn(256, 4)
+    with SpectralMonitor(net, every=1) as mon:
+        for _ in range(3):
+            torch.nn.functional.mse_loss(net(x), y).backward()
+            mon.step()
+            net.zero_grad()
+        rec = recommend_routing(mon, routing=split_params(net))
+        frame = mon.frame()
+    table = rec.table.set_index("parameter")
+    assert list(table.index) == ["0.weight", "2.weight", "4.weight"] and (table["blocks"] == 1).all()
+    gains = frame.groupby("block")["ratio"].apply(lambda r: float(np.exp(np.log(r).mean())))
+    assert np.allclose(table["gain"].values, gains[["0", "2", "4"]].values)
+    routed = {r.name: r.rule for r in split_params(net, rec.overrides).routes}  # the overrides pasted
+    for name, row in table.iterrows():
+        expected = "spectral" if row.gain >= 1.25 else "adamw" if row.gain <= 0.8 else "keep"
+        assert row.rule == expected and (row.default == "spectral") == (name == "2.weight")
+        assert routed[name] == (row.default if expected == "keep" else expected)
+    assert all(rule == "adamw" for name, rule in routed.items() if name.endswith("bias"))
+    # the same from the history, blocks named like their modules
+    again = recommend_routing(frame, routing=split_params(net))
+    assert again.overrides == rec.overrides
+
+
+def test_recommend_routing_keeps_the_default_when_too_close_or_the_probe_disagrees():
+    import pandas as pd
+
+    from specgrad.diagnostics.recommend import recommend_routing
+
+    report = pd.DataFrame({
+        "block": ["h.0.q", "h.0.k", "h.0.v", "h.1.fc", "h.2.fc", "out"],
+        "parameter": ["h.0.qkv.weight"] * 3 + ["h.1.fc.weight", "h.2.fc.weight", "out.weight"],
+        "predicted_gain": [3.0, 3.0, 3.0, 1.1, 4.0, float("nan")],
+        "verdict": ["spectral"] * 5 + ["no gradient"],
+        "measured": ["euclidean", "euclidean", "spectral", "n/a", "spectral", "n/a"],
+    })  # fmt: skip
+    rec = recommend_routing(report)
+    rules = dict(zip(rec.table["parameter"], rec.table["rule"]))
+    assert rules == {"h.0.qkv.weight": "keep", "h.1.fc.weight": "keep", "h.2.fc.weight": "spectral", "out.weight": "keep"}
+    reasons = dict(zip(rec.table["parameter"], rec.table["reason"]))
+    assert "probe measured the other step lower on 2/3" in reasons["h.0.qkv.weight"]
+    assert "too close to call" in reasons["h.1.fc.weight"] and "no gradient" in reasons["out.weight"]
+    assert rec.overrides == {"h.2.fc.weight": "spectral"} and '"h.2.fc.weight": "spectral"' in rec.code()
+    with pytest.raises(ValueError, match="band"):
+        recommend_routing(report, band=0.5)

@@ -136,6 +136,7 @@ def _diagnose(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .diagnostics import SpectralMonitor, diagnose
+    from .diagnostics.diagnose import PROBE_COLUMNS
     from .diagnostics.load import LoadError, load_batches, load_model
     from .diagnostics.page import render_page
     from .diagnostics.recommend import recommend_routing
@@ -144,7 +145,7 @@ def _diagnose(args: argparse.Namespace) -> int:
     from .experiments.runner import write_text
     from .optim import split_params
 
-    for name in ("steps", "batch_size", "seq_len"):
+    for name in ("steps", "batch_size", "seq_len", "probe_batch"):
         if getattr(args, name) < (2 if name == "seq_len" else 1):
             raise UsageError(f"--{name.replace('_', '-')} must be at least {2 if name == 'seq_len' else 1}, "
                              f"got {getattr(args, name)}")  # fmt: skip
@@ -182,18 +183,41 @@ def _diagnose(args: argparse.Namespace) -> int:
                 progress.advance(task)
             parameters = {b: mon.block(b).parameter for b in mon.blocks}
             history = mon.frame()
-        progress.add_task("probe (one step per block on the last batch)" if args.probe else "last batch", total=None)
-        report = diagnose(model, data.batches[-1], probe=args.probe)
+        progress.add_task("last batch", total=None)
+        last = data.batches[-1]
+        report = diagnose(model, last)
+        if args.probe != "off":
+            progress.add_task(f"probe: one step per block on {args.probe_batch} sample(s) of the last batch", total=None)
+            layers = None if args.probe == "all" else _probe_layers(report)
+            probed = diagnose(model, last.head(args.probe_batch), probe=True, layers=layers).set_index("block")
+            for col in PROBE_COLUMNS:
+                report[col] = report["block"].map(probed[col])
+            report["measured"] = report["measured"].fillna("n/a")
+            report["probe_note"] = report["probe_note"].fillna("not probed (--probe all probes every block)")
+            report["agrees"] = [None if m == "n/a" else m == v for m, v in zip(report["measured"], report["verdict"])]
     history["parameter"] = history["block"].map(parameters)
     rec = recommend_routing(pd.concat([history, report], ignore_index=True), routing=routing)
     seconds = time.perf_counter() - start
     _print_diagnosis(console, report, routing, rec)
     meta = {"model": args.model, "data": data.source + "".join(f" ({n})" for n in data.notes),
             "optimizer": f"{args.optimizer} for {args.steps} step(s), lr {args.lr or lr}",
-            "probe": "on the last batch" if args.probe else "off", "seconds": f"{seconds:.1f}"}  # fmt: skip
+            "probe": "off" if args.probe == "off" else f"{args.probe} blocks, {args.probe_batch} sample(s) of the last batch",
+            "seconds": f"{seconds:.1f}"}  # fmt: skip
     write_text(out, render_page(report, rec, meta=meta))
     console.print(f"page: {escape(str(out.resolve()))}  ({seconds:.0f} s)", soft_wrap=True)
     return 0
+
+
+def _probe_layers(report) -> "list[str] | None":
+    """The modules of one layer of each repeated kind (the middle one of ``h.0.mlp``,
+    ``h.1.mlp``, ...) and every module that is not repeated: what ``--probe sample`` probes."""
+    import re
+
+    modules = list(dict.fromkeys(p.rsplit(".", 1)[0] for p in report["parameter"] if "." in p))
+    roles: dict[str, list[str]] = {}
+    for m in modules:
+        roles.setdefault(re.sub(r"(?<=\.)\d+(?=\.|$)|^\d+(?=\.)", "*", m), []).append(m)
+    return [names[len(names) // 2] for names in roles.values()] or None
 
 
 def _print_diagnosis(console, report, routing, rec) -> None:
@@ -262,8 +286,11 @@ def build_parser() -> argparse.ArgumentParser:
     diag.add_argument("--optimizer", default="muon", choices=sorted(DIAGNOSE_LRS), help="default muon")
     diag.add_argument("--lr", type=float, default=None, help="learning rate of the matrices (default: per optimizer)")
     diag.add_argument("--batch-size", type=int, default=8, help="sequences (or samples) per batch (default 8)")
-    diag.add_argument("--seq-len", type=int, default=128, help="tokens per sequence (default 128)")
-    diag.add_argument("--no-probe", dest="probe", action="store_false", help="skip the measured one-step probe")
+    diag.add_argument("--seq-len", type=int, default=64, help="tokens per sequence (default 64)")
+    diag.add_argument("--probe", default="sample", choices=("sample", "all", "off"),
+                      help="measure one spectral and one Euclidean step per block: on one layer of each repeated "
+                      "kind (sample, the default), on every block (all), or not (off)")
+    diag.add_argument("--probe-batch", type=int, default=2, help="samples of the last batch the probe uses (default 2)")
     diag.add_argument("--out", default="diagnose.html", help="the HTML page to write (default diagnose.html)")
     diag.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     diag.add_argument("--seed", type=int, default=0)

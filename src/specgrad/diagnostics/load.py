@@ -51,7 +51,6 @@ TENSOR_SUFFIXES = (".pt", ".pth", ".npy", ".npz")
 SYNTHETIC_TOKENS = 1 << 16  # length of the synthetic token stream
 SYNTHETIC_SIZE = 32  # height and width of synthetic images
 
-Closure = Callable[[nn.Module], Tensor]
 
 
 class LoadError(ValueError):
@@ -74,7 +73,7 @@ class LoadedModel:
 class Batches:
     """``batches[i](model) -> loss`` for step ``i``, and what they are (for the page)."""
 
-    batches: list[Closure]
+    batches: list["Batch"]
     source: str
     notes: list[str] = field(default_factory=list)
 
@@ -228,7 +227,7 @@ def load_batches(spec: Optional[str], loaded: LoadedModel, *, steps: int, batch_
         items = [made] if _is_batch(made) else list(itertools.islice(made, steps)) if _iterable(made) else None
         if not items:
             raise LoadError(f"the data factory {spec} returned {type(made).__name__}: give a batch or batches")
-        closures = [_closure(b, _targets_loss) for b in items]
+        closures = [Batch(b, _targets_loss) for b in items]
         return Batches(list(itertools.islice(itertools.cycle(closures), steps)), spec)
     raise LoadError(f"no data at {spec} (give a text file, a .pt/.npy/.npz file or module:factory)")
 
@@ -296,7 +295,7 @@ def _tensor_file(path, loaded, steps, batch_size, seq_len, g) -> Batches:
         x, y = obj
         if len(x) != len(y):
             raise LoadError(f"{path}: {len(x)} inputs but {len(y)} targets")
-        batches = [_closure((x[i], y[i]), _targets_loss) for i in _sample_rows(len(x), steps, batch_size, g)]
+        batches = [Batch((x[i], y[i]), _targets_loss) for i in _sample_rows(len(x), steps, batch_size, g)]
         return Batches(batches, f"{path.name}: {len(x):,} inputs and targets")
     what = f"a float tensor {tuple(obj.shape)}" if isinstance(obj, Tensor) else type(obj).__name__
     raise LoadError(f"{path} holds {what}: give token ids, or (inputs, targets) saved with torch.save")
@@ -331,9 +330,9 @@ def _token_batches(tokens, loaded, steps, batch_size, seq_len, g, source) -> Bat
     for _ in range(steps):
         x, y = random_windows(tokens, batch_size, context, g)
         if loaded.transformers:  # shifts the labels itself
-            batches.append(_closure({"input_ids": x, "labels": x}, None))
+            batches.append(Batch({"input_ids": x, "labels": x}, None))
         else:
-            batches.append(_closure((x, y), _targets_loss))
+            batches.append(Batch((x, y), _targets_loss))
     return Batches(batches, source, notes)
 
 
@@ -347,7 +346,7 @@ def _sequence_batches(seqs, loaded, steps, batch_size, g, source) -> Batches:
     for rows in _sample_rows(len(seqs), steps, batch_size, g):
         s = seqs[rows]
         batch = {"input_ids": s, "labels": s} if loaded.transformers else (s[:, :-1], s[:, 1:])
-        batches.append(_closure(batch, None if loaded.transformers else _targets_loss))
+        batches.append(Batch(batch, None if loaded.transformers else _targets_loss))
     return Batches(batches, source)
 
 
@@ -370,7 +369,7 @@ def _synthetic(loaded, steps, batch_size, seq_len, g) -> Batches:
             y = torch.randn(loaded.model(x[: shape[0]]).shape, generator=g)
     except Exception as e:
         raise LoadError(f"synthetic inputs {tuple(shape)} do not fit the model ({_first_line(e)}): pass --data") from None
-    batches = [_closure((x[i * shape[0] : (i + 1) * shape[0]], y), _targets_loss) for i in range(steps)]
+    batches = [Batch((x[i * shape[0] : (i + 1) * shape[0]], y), _targets_loss) for i in range(steps)]
     return Batches(batches, f"synthetic Gaussian inputs {tuple(shape)} against fixed random targets")
 
 
@@ -426,18 +425,42 @@ def _device(model: nn.Module) -> torch.device:
     return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
-def _closure(batch: Any, loss_fn: Optional[Callable]) -> Closure:
-    """``batch`` as a function of the model that returns the loss (its tensors moved to
-    the model's device)."""
-    if callable(batch) and not isinstance(batch, (Tensor, nn.Module)):
-        return batch
-    if isinstance(batch, Mapping):
-        return lambda model: _output_loss(model(**_to(batch, _device(model))))
-    if isinstance(batch, tuple) and len(batch) == 2 and loss_fn is not None:
+class Batch:
+    """A batch as a function of the model that returns the loss (its tensors moved to the
+    model's device): a form :func:`~specgrad.diagnostics.diagnose` takes.
 
-        def loss(model: nn.Module) -> Tensor:
-            x, y = _to(batch, _device(model))
-            return loss_fn(model(x), y)
+    Example:
+        >>> net = torch.nn.Linear(3, 2)
+        >>> b = Batch((torch.randn(8, 3), torch.randn(8, 2)), torch.nn.functional.mse_loss)
+        >>> b(net).shape, b.head(2).data[0].shape
+        (torch.Size([]), torch.Size([2, 3]))
+    """
 
-        return loss
-    return lambda model: _output_loss(model(_to(batch, _device(model))))
+    def __init__(self, data: Any, loss_fn: Optional[Callable] = None):
+        self.data = data
+        self.loss_fn = loss_fn
+
+    def __call__(self, model: nn.Module) -> Tensor:
+        data = self.data
+        if callable(data) and not isinstance(data, (Tensor, nn.Module)):
+            return data(model)
+        data = _to(data, _device(model))
+        if isinstance(data, Mapping):
+            return _output_loss(model(**data))
+        if isinstance(data, tuple) and len(data) == 2 and self.loss_fn is not None:
+            return self.loss_fn(model(data[0]), data[1])
+        return _output_loss(model(data))
+
+    def head(self, rows: int) -> "Batch":
+        """The batch cut to its first ``rows`` samples (a function batch stays whole)."""
+        return Batch(_head(self.data, rows), self.loss_fn)
+
+
+def _head(x: Any, rows: int) -> Any:
+    if isinstance(x, Tensor):
+        return x[:rows] if x.ndim else x
+    if isinstance(x, (tuple, list)):
+        return type(x)(_head(v, rows) for v in x)
+    if isinstance(x, Mapping):
+        return {k: _head(v, rows) for k, v in x.items()}
+    return x
