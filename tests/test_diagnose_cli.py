@@ -299,3 +299,17 @@ def test_recommend_routing_keeps_the_default_when_too_close_or_the_probe_disagre
     assert rec.overrides == {"h.2.fc.weight": "spectral"} and '"h.2.fc.weight": "spectral"' in rec.code()
     with pytest.raises(ValueError, match="band"):
         recommend_routing(report, band=0.5)
+
+
+def test_recommend_routing_leaves_embeddings_where_the_routing_puts_them():
+    import pandas as pd
+
+    from specgrad.diagnostics.recommend import recommend_routing
+
+    net = torch.nn.Sequential(torch.nn.Embedding(50, 8), torch.nn.Linear(8, 8), torch.nn.Linear(8, 50))
+    report = pd.DataFrame({"block": ["0", "1", "2"], "parameter": ["0.weight", "1.weight", "2.weight"],
+                           "predicted_gain": [5.0, 5.0, 5.0]})  # fmt: skip
+    rec = recommend_routing(report, routing=split_params(net))
+    assert dict(zip(rec.table["parameter"], rec.table["rule"])) == {"0.weight": "keep", "1.weight": "spectral",
+                                                                     "2.weight": "spectral"}  # fmt: skip
+    assert "kept on adamw: embedding" in rec.table["reason"][0] and rec.overrides == {"2.weight": "spectral"}

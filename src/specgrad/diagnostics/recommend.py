@@ -13,6 +13,10 @@ from typing import Any, Optional
 import pandas as pd
 
 RULES = ("spectral", "adamw")
+# Routing reasons that no measurement overrides: a lookup table (its rows are tokens or
+# positions, and a tied output head shares them) or expert scores; Muon's own recipe keeps
+# them on AdamW, and the one-step bound speaks of one multiplication, not of a lookup.
+FIXED = ("embedding", "router")
 COLUMNS = ["parameter", "blocks", "gain", "margin", "probe", "default", "rule", "reason"]
 
 
@@ -66,7 +70,8 @@ def recommend_routing(report: Any, *, routing: Any = None, parameters: Optional[
 
     ``routing``: a :class:`~specgrad.optim.ParamRouting` (``split_params(model)``) or a
     dict ``name -> rule``: the defaults; overrides are given only where the recommendation
-    differs. ``parameters``: block -> parameter name, for a history without a ``parameter``
+    differs. A ``ParamRouting`` also keeps embeddings (and heads tied to them) and
+    mixture-of-experts routers where it puts them, whatever their gain (:data:`FIXED`). ``parameters``: block -> parameter name, for a history without a ``parameter``
     column (the monitor's records); without it, a block ``fc`` is taken to be ``fc.weight``.
 
     Example:
@@ -83,7 +88,7 @@ def recommend_routing(report: Any, *, routing: Any = None, parameters: Optional[
     if not (threshold > 0 and band >= 1):
         raise ValueError(f"threshold must be positive and band at least 1, got threshold={threshold}, band={band}")
     frame, parameters = _frame(report, parameters)
-    defaults = _defaults(routing)
+    defaults, fixed = _defaults(routing)
     gains = frame["predicted_gain"] if "predicted_gain" in frame else frame.get("ratio")
     if "predicted_gain" in frame and "ratio" in frame:  # a diagnosis and a history together
         gains = gains.fillna(frame["ratio"])
@@ -94,7 +99,10 @@ def recommend_routing(report: Any, *, routing: Any = None, parameters: Optional[
         frame["parameter"] = [parameters.get(b) or _guess(b, defaults) for b in frame["block"]]
     rows = []
     for name, part in frame.groupby("parameter", sort=False):
-        rows.append(_decide(name, part, defaults.get(name, ""), threshold, band))
+        row = _decide(name, part, defaults.get(name, ""), threshold, band)
+        if name in fixed and row["rule"] in RULES and row["rule"] != row["default"]:
+            row.update(rule="keep", margin=math.nan, reason=f"{row['reason']}; kept on {row['default']}: {fixed[name]}")
+        rows.append(row)
     table = pd.DataFrame(rows, columns=COLUMNS)
     final = {**defaults, **{r["parameter"]: r["rule"] for r in rows if r["rule"] in RULES}}
     changed = {r["parameter"]: r["rule"] for r in rows if r["rule"] in RULES and r["rule"] != r["default"]}
@@ -113,13 +121,15 @@ def _frame(report: Any, parameters: Optional[Mapping[str, str]]) -> tuple[pd.Dat
                      f"got {type(report).__name__}")  # fmt: skip
 
 
-def _defaults(routing: Any) -> dict[str, str]:
+def _defaults(routing: Any) -> tuple[dict[str, str], dict[str, str]]:
+    """The default rule of every parameter, and the routing's reason for those it fixes."""
     if routing is None:
-        return {}
+        return {}, {}
     if hasattr(routing, "routes"):
-        return {r.name: r.rule for r in routing.routes}
+        fixed = {r.name: r.reason for r in routing.routes if any(w in r.reason for w in FIXED)}
+        return {r.name: r.rule for r in routing.routes}, fixed
     if isinstance(routing, Mapping):
-        return dict(routing)
+        return dict(routing), {}
     raise ValueError(f"routing must be a ParamRouting or a dict name -> rule, got {type(routing).__name__}")
 
 
