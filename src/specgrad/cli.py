@@ -128,6 +128,8 @@ DIAGNOSE_LRS = {"muon": (0.02, 1e-3), "specgd": (0.02, 1e-3), "shampoo": (1e-3, 
 
 
 def _diagnose(args: argparse.Namespace) -> int:
+    """Train ``--steps`` steps with the monitor on, diagnose (and probe) the last batch,
+    print the table and the recommended routing, write the page."""
     import time
 
     import pandas as pd
@@ -189,12 +191,16 @@ def _diagnose(args: argparse.Namespace) -> int:
         if args.probe != "off":
             progress.add_task(f"probe: one step per block on {args.probe_batch} sample(s) of the last batch", total=None)
             layers = None if args.probe == "all" else _probe_layers(report)
-            probed = diagnose(model, last.head(args.probe_batch), probe=True, layers=layers).set_index("block")
+            try:
+                probed = diagnose(model, last.head(args.probe_batch), probe=True, layers=layers).set_index("block")
+            except ValueError as e:  # a model diagnose cannot copy to float64
+                raise UsageError(f"the probe failed ({e}); rerun with --probe off") from None
             for col in PROBE_COLUMNS:
                 report[col] = report["block"].map(probed[col])
-            report["measured"] = report["measured"].fillna("n/a")
+            report["measured"] = report["measured"].fillna("-")
             report["probe_note"] = report["probe_note"].fillna("not probed (--probe all probes every block)")
-            report["agrees"] = [None if m == "n/a" else m == v for m, v in zip(report["measured"], report["verdict"])]
+            report["agrees"] = [m == v if m in ("spectral", "euclidean") else None
+                                for m, v in zip(report["measured"], report["verdict"])]  # fmt: skip
     history["parameter"] = history["block"].map(parameters)
     rec = recommend_routing(pd.concat([history, report], ignore_index=True), routing=routing)
     seconds = time.perf_counter() - start

@@ -161,12 +161,12 @@ def _decide(name: str, part: pd.DataFrame, default: str, threshold: float, band:
         row["probe"] = f"spectral on {spectral}/{len(probed)}"
     if gain >= threshold * band:
         rule, margin = "spectral", gain / threshold
-        reason = f"nr(G)/st(A) = {gain:.3g}: the spectral step's guaranteed decrease is {margin:.3g}x the Euclidean"
+        reason = f"nr/st = {gain:.3g}: the spectral step's guaranteed decrease is {margin:.3g}x the Euclidean one's"
     elif gain <= threshold / band:
         rule, margin = "adamw", threshold / gain
-        reason = f"nr(G)/st(A) = {gain:.3g}: the Euclidean step's guaranteed decrease is {margin:.3g}x the spectral"
+        reason = f"nr/st = {gain:.3g}: the Euclidean step's guaranteed decrease is {margin:.3g}x the spectral one's"
     else:
-        return dict(row, reason=f"nr(G)/st(A) = {gain:.3g}, within {band:g}x of {threshold:g}: too close to call")
+        return dict(row, reason=f"nr/st = {gain:.3g}, within {band:g}x of {threshold:g}: too close to call")
     if len(probed):
         agree = int((probed == ("spectral" if rule == "spectral" else "euclidean")).sum())
         if 2 * agree < len(probed):
