@@ -127,6 +127,9 @@ DIAGNOSE_LRS = {"muon": (0.02, 1e-3), "specgd": (0.02, 1e-3), "shampoo": (1e-3, 
                 "sgd": (0.1, 1e-3)}  # fmt: skip
 
 
+HISTORY_EVERY = 2  # the monitor's sampling of the training steps (the last batch is diagnosed apart)
+
+
 def _diagnose(args: argparse.Namespace) -> int:
     """Train ``--steps`` steps with the monitor on, diagnose (and probe) the last batch,
     print the table and the recommended routing, write the page."""
@@ -169,7 +172,7 @@ def _diagnose(args: argparse.Namespace) -> int:
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task(f"{args.optimizer} steps", total=args.steps)
-        with SpectralMonitor(model, every=1) as mon:
+        with SpectralMonitor(model, every=HISTORY_EVERY) as mon:
             for i, batch in enumerate(data.batches):
                 try:
                     loss = batch(model)
@@ -219,7 +222,8 @@ def _probe_layers(report) -> "list[str] | None":
     ``h.1.mlp``, ...) and every module that is not repeated: what ``--probe sample`` probes."""
     import re
 
-    modules = list(dict.fromkeys(p.rsplit(".", 1)[0] for p in report["parameter"] if "." in p))
+    probed = report[report["kind"] != "embedding"]  # never probed: their statistic is token counts
+    modules = list(dict.fromkeys(p.rsplit(".", 1)[0] for p in probed["parameter"] if "." in p))
     roles: dict[str, list[str]] = {}
     for m in modules:
         roles.setdefault(re.sub(r"(?<=\.)\d+(?=\.|$)|^\d+(?=\.)", "*", m), []).append(m)
