@@ -6,6 +6,7 @@ from .diagnose import diagnose
 from .inputs import conv1d_patches, conv2d_patches, first_input, model_blocks
 from .loggers import CSVLogger, JSONLinesLogger, TensorBoardLogger, plot_history
 from .monitor import Block, SpectralMonitor
+from .recommend import Recommendation, recommend_routing
 
 __all__ = [
     "ActivationGram",
@@ -13,6 +14,7 @@ __all__ = [
     "CSVLogger",
     "JSONLinesLogger",
     "NonFiniteStatisticError",
+    "Recommendation",
     "SketchedActivation",
     "SpectralMonitor",
     "TensorBoardLogger",
@@ -23,4 +25,5 @@ __all__ = [
     "first_input",
     "model_blocks",
     "plot_history",
+    "recommend_routing",
 ]

@@ -34,8 +34,10 @@ COLUMNS = ["block", "shape", "st_A", "nr_G", "ratio", "verdict", "predicted_gain
 PROBE_COLUMNS = ["curvature", "loss_euclidean", "loss_spectral", "measured", "agrees", "probe_note"]
 
 
-def _loss(model: nn.Module, batch, loss_fn: Optional[Callable]) -> Tensor:
-    """The scalar loss of ``batch`` (see :func:`diagnose`)."""
+def batch_loss(model: nn.Module, batch, loss_fn: Optional[Callable] = None) -> Tensor:
+    """The scalar loss of ``batch``, in any form :func:`diagnose` takes: a function of the
+    model, a dict of keyword inputs (the model returns ``.loss``), ``(inputs, targets)`` with
+    ``loss_fn(outputs, targets)``, or inputs (``loss_fn(outputs)``, or the model's loss)."""
     if _is_call(batch):
         out = batch(model)
     elif isinstance(batch, Mapping):
@@ -221,7 +223,7 @@ def _measure(model, batch, loss_fn, randomness, settings, keep: bool):
     model.train()
     model.zero_grad(set_to_none=True)
     with SpectralMonitor(model, every=1, **settings) as mon, randomness.replay():
-        loss = _loss(model, batch, loss_fn)
+        loss = batch_loss(model, batch, loss_fn)
         loss.backward()
         blocks = {name: mon.block(name) for name in mon.blocks}
         grams = {n: None if (g := b.gram()) is None else g.clone() for n, b in blocks.items()} if keep else {}
@@ -254,7 +256,7 @@ def _probe_all(model, batch, loss_fn, randomness, frame, loss, measured, blocks,
 
     def evaluate() -> float:
         with torch.no_grad(), randomness.replay():
-            return float(_loss(model, batch, loss_fn))
+            return float(batch_loss(model, batch, loss_fn))
 
     out = []
     for r in frame.itertuples():

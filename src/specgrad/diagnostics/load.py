@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data import random_windows, zipf_corpus
+from .diagnose import batch_loss
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -402,15 +403,6 @@ def _targets_loss(out: Any, y: Tensor) -> Tensor:
     return F.mse_loss(out, y.to(out.dtype))
 
 
-def _output_loss(out: Any) -> Tensor:
-    if isinstance(out, Tensor) and out.numel() == 1:
-        return out.reshape(())
-    loss = out.get("loss") if isinstance(out, Mapping) else getattr(out, "loss", None)
-    if not isinstance(loss, Tensor):
-        raise LoadError(f"the model returned {type(out).__name__} without a loss: give (inputs, targets)")
-    return loss
-
-
 def _to(x: Any, device: torch.device) -> Any:
     if isinstance(x, Tensor):
         return x.to(device)
@@ -442,14 +434,13 @@ class Batch:
 
     def __call__(self, model: nn.Module) -> Tensor:
         data = self.data
-        if callable(data) and not isinstance(data, (Tensor, nn.Module)):
-            return data(model)
-        data = _to(data, _device(model))
-        if isinstance(data, Mapping):
-            return _output_loss(model(**data))
-        if isinstance(data, tuple) and len(data) == 2 and self.loss_fn is not None:
-            return self.loss_fn(model(data[0]), data[1])
-        return _output_loss(model(data))
+        if not (callable(data) and not isinstance(data, (Tensor, nn.Module))):
+            data = _to(data, _device(model))
+        try:
+            pair = isinstance(data, tuple) and len(data) == 2  # loss_fn(outputs, targets) takes the targets
+            return batch_loss(model, data, self.loss_fn if pair else None)
+        except ValueError as e:  # a model without a loss: the data does not fit it
+            raise LoadError(f"{e}: give (inputs, targets)") from None
 
     def head(self, rows: int) -> "Batch":
         """The batch cut to its first ``rows`` samples (a function batch stays whole)."""
