@@ -22,6 +22,7 @@ from ..series import curve, finite_or, loglog_slope, seed_runs
 from .stable_ranks import fast_stable_rank
 
 
+MIN_WIDTH_GROWTH_CLAIM = 64  # the smallest width of the sweep the width-growth claim compares against
 HOMOGENEOUS = ("abs", "relu", "leaky_relu", "relu2")  # sigma(c t) = c^p sigma(t) for c > 0
 
 
@@ -225,11 +226,15 @@ def analyze(cfg: InitStableRankConfig, series: dict) -> tuple[dict, list[Claim]]
             f"pi(q^2+p^2)/(q-p)^2 for leaky ReLU, 6 for ReLU^2, {bounds.get('gelu', math.nan):.3f} for GELU) at every "
             f"width and sample count, up to {cfg.bound_tolerance:.0%} finite-size slack: max st/B",
             worst, tol, "max"))  # fmt: skip
-        claims.append(Claim(
-            "one-layer-bounded-in-width",
-            f"these stable ranks do not grow with width: st at width {cfg.widths[-1]} over st at width "
-            f"{cfg.widths[0]} is at most 1.25 for every activation with a nonzero Gaussian mean (worst case)",
-            growth, 1.25, "max"))  # fmt: skip
+        statement = (f"these stable ranks do not grow with width: st at width {cfg.widths[-1]} over st at width "
+                     f"{cfg.widths[0]} is at most 1.25 for every activation with a nonzero Gaussian mean (worst case)")
+        if cfg.widths[0] < MIN_WIDTH_GROWTH_CLAIM:
+            claims.append(Claim.not_assessed(
+                "one-layer-bounded-in-width", statement,
+                f"needs widths from {MIN_WIDTH_GROWTH_CLAIM} up: below it st is still rising towards B(sigma) "
+                "(the O(1/width) finite-size deficit, 15% for ReLU^2 at width 64)", threshold=1.25, direction="max"))
+        else:
+            claims.append(Claim("one-layer-bounded-in-width", statement, growth, 1.25, "max"))  # fmt: skip
     if "swiglu" in cfg.activations and "width/swiglu/loglog_slope" in summary:
         claims.append(Claim(
             "swiglu-grows-with-width",
