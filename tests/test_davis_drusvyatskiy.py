@@ -14,7 +14,8 @@ from specgrad.experiments.davis_drusvyatskiy import nuclear_rank_growth as nrg
 from specgrad.experiments.davis_drusvyatskiy import random_features as rfe
 from specgrad.experiments.davis_drusvyatskiy import sparse_regression as sre
 from specgrad.experiments.davis_drusvyatskiy import sparse_regression_swiglu as srs
-from specgrad.experiments.davis_drusvyatskiy import stable_ranks as srk
+from specgrad.experiments.davis_drusvyatskiy import sparse_training as spt
+from specgrad.experiments.davis_drusvyatskiy import stable_rank_sweeps as srk
 from specgrad.experiments.davis_drusvyatskiy.stable_ranks import fast_stable_rank
 from specgrad.linalg import nuclear_rank, polar_svd, stable_rank
 from specgrad.theory import random_features as rf
@@ -377,10 +378,10 @@ def test_spike_stable_rank_closed_form_and_critical_value():
 
 
 def test_ratio_interval():
-    mean, low, high = sre.ratio_interval([2.0, 4.0, 8.0])
+    mean, low, high = spt.ratio_interval([2.0, 4.0, 8.0])
     assert mean == pytest.approx(4.0) and low < 1.0 < 4.0 < high
-    assert sre.ratio_interval([3.0]) == pytest.approx((3.0, 3.0, 3.0))
-    assert sre.ratio_interval([5.0, 5.0, 5.0]) == pytest.approx((5.0, 5.0, 5.0))
+    assert spt.ratio_interval([3.0]) == pytest.approx((3.0, 3.0, 3.0))
+    assert spt.ratio_interval([5.0, 5.0, 5.0]) == pytest.approx((5.0, 5.0, 5.0))
 
 
 def test_swiglu_sparse_regression_config_needs_one_lr_per_batch():

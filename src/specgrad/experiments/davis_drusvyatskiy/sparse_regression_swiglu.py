@@ -11,7 +11,6 @@ initialization.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -21,7 +20,7 @@ from ..devices import cpu_only
 from ..plots import save
 from ..registry import Claim, Experiment, register, setting
 from ..series import seed_runs
-from .sparse_regression import SparseRegressionConfig, plot_pair, problem, summarize, train
+from .sparse_training import SparseRegressionConfig, plot_pair, problem, summarize, train
 
 
 @dataclass
