@@ -124,7 +124,7 @@ register(Experiment(
     config=SwiGLUSparseRegressionConfig, run_seed=run_seed, analyze=analyze, plot=plot,
     presets={
         "smoke": dict(input_dim=16, hidden=32, batch_sizes=(64, 256), steps=30, record_every=5, early_step=15),
-        "quick": dict(input_dim=64, hidden=256, batch_sizes=(256, 4096), steps=200, record_every=10, early_step=50),
+        "quick": dict(input_dim=32, hidden=128, batch_sizes=(128, 2048), steps=200, record_every=10, early_step=50),
         "paper": dict(),
     },  # fmt: skip
     seeds={"smoke": 1, "demo": 1, "quick": 3, "paper": 3},
