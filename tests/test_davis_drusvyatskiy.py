@@ -33,7 +33,7 @@ CLAIMS = {
                         "swiglu-gd-wins"},
     "sparse-regression": {"specgd-ahead-early", "hidden-stable-rank-small", "nr-exceeds-st-at-init"},
     "sparse-regression-swiglu": {"swiglu-hidden-st-exceeds-relu2-bound", "swiglu-st-grows-with-batch",
-                                 "layerwise-rule-predicts-early-winner"},
+                                 "swiglu-large-batch-gd-ahead-at-end", "layerwise-rule-predicts-early-winner"},
     "nuclear-rank-growth": {"nr-init-about-constant", "nr-one-step-linear", "ts-nr-init-about-constant",
                             "ts-nr-one-step-linear"},
     "stable-ranks": {"spike-st-closed-form", "one-step-rule-predicts-first-step", "gd-wins-at-identity",
