@@ -388,7 +388,7 @@ def test_swiglu_sparse_regression_config_needs_one_lr_per_batch():
     from specgrad.experiments.registry import UsageError, get
 
     with pytest.raises(UsageError, match="one value each per batch size"):
-        get("sparse-regression-swiglu").make_config("smoke", {"gd_lrs": "0.1"})
+        get("sparse-regression-swiglu").make_config("smoke", {"gd_lr_per_batch": "0.1"})
     cfg = srs.SwiGLUSparseRegressionConfig()
     assert cfg.variant(1).samples == 8196 and cfg.variant(1).gd_lr == 0.0035 and cfg.variant(0).specgd_lr == 0.025
 

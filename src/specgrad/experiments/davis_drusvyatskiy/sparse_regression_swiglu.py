@@ -28,8 +28,8 @@ class SwiGLUSparseRegressionConfig:
     input_dim: int = setting(128, ge=3)
     hidden: int = setting(512, ge=1)  # gate and up projections are hidden wide each
     batch_sizes: tuple[int, ...] = setting((512, 8196), ge=1, nonempty=True)
-    gd_lrs: tuple[float, ...] = setting((0.01, 0.0035), gt=0)  # one per batch size
-    specgd_lrs: tuple[float, ...] = setting((0.025, 0.0015), gt=0)
+    gd_lr_per_batch: tuple[float, ...] = setting((0.01, 0.0035), gt=0)  # one per batch size
+    specgd_lr_per_batch: tuple[float, ...] = setting((0.025, 0.0015), gt=0)
     steps: int = setting(400, ge=1)
     spectral_layers: tuple[int, ...] = (2, 3)
     loss: str = setting("half_mse", choices=("half_mse", "mse"))
@@ -38,15 +38,16 @@ class SwiGLUSparseRegressionConfig:
     base_seed: int = 42
 
     def validate(self):
-        if not len(self.batch_sizes) == len(self.gd_lrs) == len(self.specgd_lrs):
-            raise ValueError(f"batch_sizes, gd_lrs and specgd_lrs need one value each per batch size, got "
-                             f"{len(self.batch_sizes)}, {len(self.gd_lrs)}, {len(self.specgd_lrs)}")  # fmt: skip
+        if not len(self.batch_sizes) == len(self.gd_lr_per_batch) == len(self.specgd_lr_per_batch):
+            raise ValueError("batch_sizes, gd_lr_per_batch and specgd_lr_per_batch need one value each per batch "
+                             f"size, got {len(self.batch_sizes)}, {len(self.gd_lr_per_batch)}, "
+                             f"{len(self.specgd_lr_per_batch)}")  # fmt: skip
 
     def variant(self, i: int) -> SparseRegressionConfig:
         """The ``sparse-regression`` config of batch size number ``i``."""
         return SparseRegressionConfig(
             input_dim=self.input_dim, hidden=self.hidden, samples=self.batch_sizes[i], steps=self.steps,
-            gd_lr=self.gd_lrs[i], specgd_lr=self.specgd_lrs[i], spectral_layers=self.spectral_layers,
+            gd_lr=self.gd_lr_per_batch[i], specgd_lr=self.specgd_lr_per_batch[i], spectral_layers=self.spectral_layers,
             loss=self.loss, record_every=self.record_every, early_step=self.early_step, base_seed=self.base_seed,
             activation="swiglu")  # fmt: skip
 
