@@ -36,7 +36,8 @@ STUDIES: tuple[Study, ...] = (
         "stable rank of the block's incoming activations; post-activations have low stable rank at "
         "initialization and during training, so spectral steps win on hidden layers; SwiGLU features "
         "are a counterexample where gradient descent wins.",
-        ("init-stable-rank", "random-features", "sparse-regression", "nuclear-rank-growth", "lm-spectra"),
+        ("init-stable-rank", "random-features", "sparse-regression", "sparse-regression-swiglu", "nuclear-rank-growth",
+         "stable-ranks", "lm-spectra"),
         "davis-drusvyatskiy.md",
     ),
     Study(

@@ -132,6 +132,26 @@ def spike_bound(name: str, leaky: tuple[float, float] = LEAKY_SLOPES) -> float:
     raise ValueError(f"unknown activation {name!r}; choose one of {ACTIVATIONS}")
 
 
+def spike_bound_at_scale(name: str, variance: float, leaky: tuple[float, float] = LEAKY_SLOPES) -> float:
+    """``E[sigma(z)^2] / E[sigma(z)]^2`` for ``z ~ N(0, variance)``: the spike bound of a layer
+    whose pre-activations have that variance (a plain deep net's layers drift away from
+    variance 1). Equal to :func:`spike_bound` for positively homogeneous activations (``|t|``,
+    ReLU, leaky ReLU, ReLU^2); for GELU it grows like ``pi / (2 variance)`` as the variance
+    goes to 0 (GELU is then nearly linear, ``E gelu(z) ~ variance / sqrt(2 pi)``).
+
+    Example:
+        >>> round(spike_bound_at_scale("relu", 0.01), 6), round(spike_bound_at_scale("gelu", 1.0), 4)
+        (3.141593, 5.3435)
+    """
+    if not variance > 0:
+        raise ValueError(f"variance must be positive, got {variance}")
+    if name in ("abs", "relu", "leaky_relu", "relu2") or not math.isfinite(spike_bound(name, leaky)):
+        return spike_bound(name, leaky)
+    fn, s = scalar_activation(name, leaky), math.sqrt(variance)
+    mean, second = gaussian_moments(lambda t: fn(s * t))
+    return second / mean**2
+
+
 @dataclass(frozen=True)
 class RandomFeatureProblem:
     """``min_W (1/2n) ||W A - Y||_F^2`` for features ``A`` ``(k, n)`` and targets ``Y = W# A``
@@ -187,6 +207,45 @@ def random_feature_problem(dim: int, feature_dim: int, samples: int, activation:
         A = post_activation(activation, V @ X)
     W_sharp = torch.randn(dim, dim, generator=g, dtype=dt) / math.sqrt(dim)
     return least_squares_problem(A, W_sharp @ A)
+
+
+def teacher_student_features(dim: int, feature_dim: int, samples: int, activation: str,
+                             generator: torch.Generator) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """The authors' "Model 2": student features ``A = sigma(V_s X)`` ``(dim, samples)`` and targets
+    ``Y = W_t sigma(V_t X)`` from an independent teacher (``V_s``, ``V_t`` ``(dim, feature_dim)``
+    with ``N(0, 1/feature_dim)`` entries, ``W_t`` ``(dim, dim)`` with ``N(0, 1/dim)``), drawn in
+    the order ``X, V_s, V_t, W_t``; not realizable (``f* > 0``). ``activation`` is not SwiGLU.
+
+    Example:
+        >>> A, Y = teacher_student_features(6, 3, 10, "relu", torch.Generator().manual_seed(0))
+        >>> A.shape, Y.shape, bool((A >= 0).all())
+        (torch.Size([6, 10]), torch.Size([6, 10]), True)
+    """
+    dt = torch.float64
+    X = torch.randn(feature_dim, samples, generator=generator, dtype=dt)
+    V_s = torch.randn(dim, feature_dim, generator=generator, dtype=dt) / math.sqrt(feature_dim)
+    V_t = torch.randn(dim, feature_dim, generator=generator, dtype=dt) / math.sqrt(feature_dim)
+    W_t = torch.randn(dim, dim, generator=generator, dtype=dt) / math.sqrt(dim)
+    return post_activation(activation, V_s @ X), W_t @ post_activation(activation, V_t @ X)
+
+
+def rotated_gd_gradients_for_targets(A: Tensor, Y: Tensor, steps: Sequence[int]) -> list[Tensor]:
+    """``G_t U`` (as :func:`rotated_gd_gradients`) for any targets ``Y`` ``(k', n)``, realizable
+    or not: with ``S = A A^T / n = U diag(lam) U^T`` and ``B = Y A^T / n``, GD from zero with
+    step ``1/lam_max`` has ``G_{t+1} = G_t (I - eta S)``, so ``G_t U = -(B U) diag((1 - eta lam)^t)``
+    (returned without the sign).
+
+    Example:
+        >>> A = torch.eye(3, dtype=torch.float64) * 2
+        >>> [float(G.abs().max()) for G in rotated_gd_gradients_for_targets(A, torch.ones(2, 3, dtype=torch.float64), [0, 1])]
+        [0.6666666666666666, 0.0]
+    """
+    n = A.shape[1]
+    lam, U = torch.linalg.eigh(A @ A.T / n)
+    lam = lam.clamp_min(0)
+    eta = 1.0 / float(lam.max())
+    BU = (Y @ A.T / n) @ U
+    return [BU * (1 - eta * lam) ** t for t in steps]
 
 
 def rotated_gd_gradients(A: Tensor, W_sharp: Tensor, steps: Sequence[int]) -> list[Tensor]:

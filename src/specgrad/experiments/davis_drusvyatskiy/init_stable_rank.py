@@ -14,12 +14,16 @@ from torch import Tensor
 
 from ...data import CharCorpus
 from ...models import GPT, GPTConfig
-from ...theory.random_features import ACTIVATIONS, LEAKY_SLOPES, post_activation, spike_bound
+from ...theory.random_features import ACTIVATIONS, LEAKY_SLOPES, post_activation, spike_bound, spike_bound_at_scale
 from ..devices import cpu_only
 from ..plots import mean_band, save
 from ..registry import Claim, Experiment, register
 from ..series import curve, finite_or, loglog_slope, seed_runs
 from .stable_ranks import fast_stable_rank
+
+
+MIN_WIDTH_GROWTH_CLAIM = 64  # the smallest width of the sweep the width-growth claim compares against
+HOMOGENEOUS = ("abs", "relu", "leaky_relu", "relu2")  # sigma(c t) = c^p sigma(t) for c > 0
 
 
 @dataclass
@@ -32,7 +36,8 @@ class InitStableRankConfig:
     samples_per_width: float = 2.0  # ... and n = samples_per_width * width
     sample_width: int = 512  # the sample sweep: m = d = sample_width ...
     sample_counts: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048, 4096)  # ... and these n
-    # (b) deep feedforward net: A_l = sigma(W_l A_{l-1} / rms(A_{l-1})), W_l N(0, 1/width)
+    # (b) deep feedforward net: A_l = sigma(W_l A_{l-1} / rms(A_{l-1})), W_l N(0, 1/width), and the
+    # plain net A_l = sigma(W_l A_{l-1}) with the same weights
     depth: int = 8
     deep_width: int = 512
     deep_samples: int = 1024
@@ -62,19 +67,28 @@ def _one_layer(cfg: InitStableRankConfig, m: int, d: int, n: int, g: torch.Gener
     return out
 
 
-def _deep_net(cfg: InitStableRankConfig, name: str, g: torch.Generator) -> list[float]:
-    """Per-layer ``st(A_l)``, ``l = 1..depth``; every layer's input is rescaled to unit mean
-    square (what a norm layer does) so that each pre-activation is ~ N(0, 1)."""
+def _deep_net(cfg: InitStableRankConfig, name: str, g: torch.Generator) -> tuple[list[float], dict[str, list[float]]]:
+    """Per-layer ``st(A_l)``, ``l = 1..depth``, of two nets with the same weights: every layer's
+    input rescaled to unit mean square (what a norm layer does, so that each pre-activation is
+    ~ N(0, 1)), and the plain net ``A_l = sigma(W_l A_{l-1})`` (``W_l`` N(0, 1/width)), whose
+    pre-activation variance drifts with depth; the plain net's record has its st and that
+    variance (the mean square of ``W_l A_{l-1}``)."""
     w, n = cfg.deep_width, cfg.deep_samples
-    A = torch.randn(w, n, generator=g, dtype=torch.float64)
-    out = []
+    A = P = torch.randn(w, n, generator=g, dtype=torch.float64)
+    leaky = (cfg.leaky_q, cfg.leaky_p)
+    rescaled, plain = [], {"stable_rank": [], "pre_variance": []}
     for _ in range(cfg.depth):
         A = A / A.square().mean().sqrt()
-        Z = (torch.randn(w, w, generator=g, dtype=torch.float64) / math.sqrt(w)) @ A
-        Z2 = (torch.randn(w, w, generator=g, dtype=torch.float64) / math.sqrt(w)) @ A if name == "swiglu" else None
-        A = post_activation(name, Z, Z2, (cfg.leaky_q, cfg.leaky_p))
-        out.append(fast_stable_rank(A))
-    return out
+        W = torch.randn(w, w, generator=g, dtype=torch.float64) / math.sqrt(w)
+        W2 = torch.randn(w, w, generator=g, dtype=torch.float64) / math.sqrt(w) if name == "swiglu" else None
+        A = post_activation(name, W @ A, W2 @ A if W2 is not None else None, leaky)
+        rescaled.append(fast_stable_rank(A))
+        Z = W @ P
+        P = post_activation(name, Z, W2 @ P if W2 is not None else None, leaky)
+        finite = bool(torch.isfinite(P).all())
+        plain["pre_variance"].append(float(Z.square().mean()))
+        plain["stable_rank"].append(fast_stable_rank(P) if finite and P.abs().max() > 0 else math.nan)
+    return rescaled, plain
 
 
 def _gpt_at_init(cfg: InitStableRankConfig, mlp: str, seed: int, corpus: CharCorpus) -> dict[str, list]:
@@ -130,7 +144,9 @@ def run_seed(cfg: InitStableRankConfig, seed: int, ctx) -> dict:
             rec["empirical_bound"].append(emp)
         ctx.advance()
     for name in cfg.activations:
-        out[f"deep/{name}"] = {"layer": list(range(1, cfg.depth + 1)), "stable_rank": _deep_net(cfg, name, g)}
+        rescaled, plain = _deep_net(cfg, name, g)
+        out[f"deep/{name}"] = {"layer": list(range(1, cfg.depth + 1)), "stable_rank": rescaled}
+        out[f"deep-plain/{name}"] = {"layer": list(range(1, cfg.depth + 1)), **plain}
         ctx.advance()
     if cfg.gpt_mlps:
         corpus = CharCorpus.default()
@@ -146,6 +162,7 @@ def analyze(cfg: InitStableRankConfig, series: dict) -> tuple[dict, list[Claim]]
     spiked = [a for a in cfg.activations if math.isfinite(bounds[a])]
     summary: dict[str, float] = {f"bound/{a}": b for a, b in bounds.items() if math.isfinite(b)}
     worst, growth, deep_worst = 1e-300, 0.0, 1e-300
+    plain_worst, homogeneous_diff = -math.inf, -math.inf
     for a in cfg.activations:
         for sweep in ("width", "samples"):
             runs = seed_runs(series, f"{sweep}/{a}")
@@ -171,6 +188,23 @@ def analyze(cfg: InitStableRankConfig, series: dict) -> tuple[dict, list[Claim]]
             summary[f"deep/{a}/last_layer_st"] = float(st[:, -1].mean())
             if a in spiked:
                 deep_worst = max(deep_worst, float(st.max()) / bounds[a])
+        plain_runs = seed_runs(series, f"deep-plain/{a}")
+        if plain_runs and runs:
+            pst = np.asarray([r["stable_rank"] for r in plain_runs], dtype=float)
+            q = np.asarray([r["pre_variance"] for r in plain_runs], dtype=float)
+            summary[f"deep-plain/{a}/last_layer_st"] = float(np.nanmean(pst[:, -1]))
+            summary[f"deep-plain/{a}/last_pre_variance"] = float(np.exp(np.log(q[:, -1]).mean()))
+            summary[f"deep-plain/{a}/overflowed_layers"] = float(np.isnan(pst).sum())
+            ok = np.isfinite(pst)
+            if ok.any():
+                summary[f"deep-plain/{a}/max_rel_diff_vs_rescaled"] = float(np.max(np.abs(pst[ok] / st[ok] - 1)))
+            if a in spiked and ok.any():
+                layer_bounds = np.vectorize(lambda v: spike_bound_at_scale(a, float(v), leaky))(q)
+                summary[f"deep-plain/{a}/max_st_over_layer_bound"] = float(np.max(pst[ok] / layer_bounds[ok]))
+                summary[f"deep-plain/{a}/max_st_over_unit_bound"] = float(np.max(pst[ok]) / bounds[a])
+                plain_worst = max(plain_worst, summary[f"deep-plain/{a}/max_st_over_layer_bound"])
+            if a in HOMOGENEOUS and ok.any():
+                homogeneous_diff = max(homogeneous_diff, summary[f"deep-plain/{a}/max_rel_diff_vs_rescaled"])
     for mlp in cfg.gpt_mlps:
         runs = seed_runs(series, f"gpt/{mlp}")
         if runs:
@@ -181,6 +215,8 @@ def analyze(cfg: InitStableRankConfig, series: dict) -> tuple[dict, list[Claim]]
     summary["max_st_over_bound"] = worst
     summary["max_width_growth_spiked"] = growth
     summary["deep/max_st_over_bound"] = deep_worst
+    if math.isfinite(plain_worst):
+        summary["deep-plain/max_st_over_layer_bound"] = plain_worst
     claims: list[Claim] = []
     tol = 1 + cfg.bound_tolerance
     if spiked and any(f"width/{a}/max_st_over_bound" in summary for a in spiked):
@@ -190,11 +226,15 @@ def analyze(cfg: InitStableRankConfig, series: dict) -> tuple[dict, list[Claim]]
             f"pi(q^2+p^2)/(q-p)^2 for leaky ReLU, 6 for ReLU^2, {bounds.get('gelu', math.nan):.3f} for GELU) at every "
             f"width and sample count, up to {cfg.bound_tolerance:.0%} finite-size slack: max st/B",
             worst, tol, "max"))  # fmt: skip
-        claims.append(Claim(
-            "one-layer-bounded-in-width",
-            f"these stable ranks do not grow with width: st at width {cfg.widths[-1]} over st at width "
-            f"{cfg.widths[0]} is at most 1.25 for every activation with a nonzero Gaussian mean (worst case)",
-            growth, 1.25, "max"))  # fmt: skip
+        statement = (f"these stable ranks do not grow with width: st at width {cfg.widths[-1]} over st at width "
+                     f"{cfg.widths[0]} is at most 1.25 for every activation with a nonzero Gaussian mean (worst case)")
+        if cfg.widths[0] < MIN_WIDTH_GROWTH_CLAIM:
+            claims.append(Claim.not_assessed(
+                "one-layer-bounded-in-width", statement,
+                f"needs widths from {MIN_WIDTH_GROWTH_CLAIM} up: below it st is still rising towards B(sigma) "
+                "(the O(1/width) finite-size deficit, 15% for ReLU^2 at width 64)", threshold=1.25, direction="max"))
+        else:
+            claims.append(Claim("one-layer-bounded-in-width", statement, growth, 1.25, "max"))  # fmt: skip
     if "swiglu" in cfg.activations and "width/swiglu/loglog_slope" in summary:
         claims.append(Claim(
             "swiglu-grows-with-width",
@@ -206,6 +246,19 @@ def analyze(cfg: InitStableRankConfig, series: dict) -> tuple[dict, list[Claim]]
             f"deep feedforward net ({cfg.depth} layers, width {cfg.deep_width}) at init: every layer's "
             f"post-activation st <= B(sigma) (+{cfg.bound_tolerance:.0%}): max st/B over layers and activations",
             deep_worst, tol, "max"))  # fmt: skip
+    if math.isfinite(plain_worst):
+        claims.append(Claim(
+            "deep-plain-net-below-layer-bound",
+            f"plain deep feedforward net (no rescaling, W_l ~ N(0, 1/width)) at init: every layer's st(A_l) <= "
+            f"E[sigma(z)^2]/E[sigma(z)]^2 for z ~ N(0, q_l), q_l the layer's measured pre-activation variance "
+            f"(= B(sigma) for homogeneous sigma) (+{cfg.bound_tolerance:.0%}): max ratio over layers and activations",
+            plain_worst, tol, "max"))  # fmt: skip
+    if math.isfinite(homogeneous_diff):
+        claims.append(Claim(
+            "deep-plain-homogeneous-equals-rescaled",
+            "for positively homogeneous sigma (|t|, ReLU, leaky ReLU, ReLU^2) rescaling a layer's input only rescales "
+            "its output, so the plain and the rescaled net have the same st at every layer: max relative difference",
+            homogeneous_diff, 1e-8, "max", kind="sanity"))  # fmt: skip
     plain = [m for m in cfg.gpt_mlps if m != "swiglu" and f"gpt/{m}/max_st_mlp_post_over_dim" in summary]
     if plain:
         value = max(max(summary[f"gpt/{m}/max_st_mlp_post_over_dim"], summary[f"gpt/{m}/max_st_attn_input_over_dim"])
@@ -246,10 +299,14 @@ def plot(cfg: InitStableRankConfig, series: dict, summary: dict, folder) -> list
         cur = curve(series, f"deep/{a}", "stable_rank", x="layer")
         if cur is not None:
             axes[0].plot(cur[0], cur[1].mean(0), "o-", color=f"C{k}", ms=3, label=a)
+        cur = curve(series, f"deep-plain/{a}", "stable_rank", x="layer")
+        if cur is not None and a not in HOMOGENEOUS:  # homogeneous: the same curve
+            axes[0].plot(cur[0], np.nanmean(cur[1], 0), "x--", color=f"C{k}", ms=4, lw=1, label=f"{a}, plain")
     axes[0].set_yscale("log")
     axes[0].set_xlabel("layer")
     axes[0].set_ylabel("st(A_l)")
-    axes[0].set_title(f"deep net at init, width {cfg.deep_width}, n = {cfg.deep_samples}", fontsize=10)
+    axes[0].set_title(f"deep net at init, width {cfg.deep_width}, n = {cfg.deep_samples} (dashed: no rescaling)",
+                      fontsize=10)  # fmt: skip
     axes[0].legend(fontsize=7, ncol=2)
     ax = axes[1]
     token = []
