@@ -9,7 +9,7 @@ here; the other models are used as modules (``specgrad.theory.imbalanced``):
 * :mod:`.imbalanced`: imbalanced Gaussian mixtures, closed-form GD/SpecGD trajectories;
 * :mod:`.phase_retrieval`: anisotropic phase retrieval, population gradients;
 * :mod:`.random_features`: random-feature least squares, activations, spike bounds;
-* :mod:`.sparse_regression`: ``y = x1 x2 x3`` and a squared-ReLU network.
+* :mod:`.sparse_regression`: ``y = x1 x2 x3`` and a squared-ReLU or SwiGLU network.
 """
 
 from . import curvature, icm_maps, imbalanced, random_features, sparse_regression
