@@ -36,7 +36,8 @@ STUDIES: tuple[Study, ...] = (
         "stable rank of the block's incoming activations; post-activations have low stable rank at "
         "initialization and during training, so spectral steps win on hidden layers; SwiGLU features "
         "are a counterexample where gradient descent wins.",
-        ("init-stable-rank", "random-features", "sparse-regression", "nuclear-rank-growth", "lm-spectra"),
+        ("init-stable-rank", "random-features", "sparse-regression", "nuclear-rank-growth", "lm-spectra",
+         "criterion-accuracy"),
         "davis-drusvyatskiy.md",
     ),
     Study(
@@ -77,7 +78,7 @@ STUDIES: tuple[Study, ...] = (
         "Taking, per block, the spectral step where nr(M) >= st(A) and the Euclidean one elsewhere "
         "should match the better of pure spectral and pure Euclidean training on every task, and beat "
         "both where layers (or phases of training) disagree.",
-        ("hybrid",),
+        ("hybrid", "hybrid-grid"),
         "hybrid.md",
     ),
 )

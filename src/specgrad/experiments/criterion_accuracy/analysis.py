@@ -26,7 +26,7 @@ def scored(rows: pd.DataFrame) -> pd.DataFrame:
     Example:
         >>> t = pd.DataFrame(dict(predicted_gain=[3.0, 0.5], measured=["spectral", "spectral"], loss_base=[1.0, 1.0],
         ...                       loss_euclidean=[0.9, 0.8], loss_spectral=[0.7, 0.7]))
-        >>> scored(t)[["predicted", "correct", "measured_gain"]].values.tolist()
+        >>> scored(t)[["predicted", "correct", "measured_gain"]].round(6).values.tolist()
         [['spectral', True, 3.0], ['euclidean', False, 1.5]]
     """
     t = rows[rows["measured"].isin(CLASSES)].copy()

@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 
 from ...diagnostics import diagnose
+from ..devices import cpu_only
 from ..methods import lm_adamw_rule, make
 from ..plots import save
 from ..registry import Claim, Experiment, register
@@ -37,7 +38,7 @@ COLUMNS = ("block", "type", "moment", "step", "st_A", "nr_G", "predicted_gain", 
 class CriterionAccuracyConfig:
     models: tuple[str, ...] = TASKS
     optimizers: tuple[str, ...] = ("adamw", "muon")
-    steps: int = 200  # training steps per run; moments at 0, steps/10, steps/2, steps
+    steps: int = 150  # training steps per run; moments at 0, steps/10, steps/2, steps
     adamw_lr: float = 3e-3  # AdamW runs, and Muon's AdamW rule on non-matrix parameters
     muon_lr: float = 0.02
     corpus: str = ""  # a text file for the language models; "": the embedded standard-library corpus
@@ -48,9 +49,9 @@ class CriterionAccuracyConfig:
     n_layer: int = 2  # language models
     n_embd: int = 64
     context: int = 32
-    batch_size: int = 32
+    batch_size: int = 16
     probe_rows: int = 256  # rows of the fixed probe batch (regression, digits)
-    probe_seqs: int = 8  # sequences of the fixed probe batch (language models)
+    probe_seqs: int = 4  # sequences of the fixed probe batch (language models)
 
     def validate(self):
         bad = [m for m in self.models if m not in TASKS]
@@ -66,8 +67,8 @@ def moments(steps: int) -> dict[int, str]:
     """Step -> moment name: init 0, early ``steps // 10``, middle ``steps // 2``, late ``steps``.
 
     Example:
-        >>> moments(200)
-        {0: 'init', 20: 'early', 100: 'middle', 200: 'late'}
+        >>> moments(150)
+        {0: 'init', 15: 'early', 75: 'middle', 150: 'late'}
     """
     return {0: "init", steps // 10: "early", steps // 2: "middle", steps: "late"}
 
@@ -105,6 +106,7 @@ def _optimizer(cfg: CriterionAccuracyConfig, task, method: str):
 
 
 def run_seed(cfg: CriterionAccuracyConfig, seed: int, ctx) -> dict:
+    cpu_only(ctx, "criterion-accuracy", "small models probed in float64")
     corpus = load_corpus(cfg.corpus or None) if any(m.startswith(("gpt-", "hf-")) for m in cfg.models) else None
     at = moments(cfg.steps)
     ctx.steps(len(cfg.models) * len(cfg.optimizers) * cfg.steps, "training and probing")

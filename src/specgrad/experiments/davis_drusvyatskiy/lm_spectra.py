@@ -27,7 +27,7 @@ from ..series import curve, key_of, rounded, seed_runs
 from ..training import load_corpus, seeded_gpt, train_lm
 
 # the paper preset's length: what two shared CPU cores train, both optimizers, in about an hour
-PAPER_ITERS, PAPER_BATCH = 120, 4
+PAPER_ITERS, PAPER_BATCH = 60, 2
 HIDDEN_KINDS = ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.in", "mlp.out")
 
 
@@ -272,8 +272,8 @@ register(Experiment(
         "quick": dict(),
         "paper": dict(corpus="../shared/data/tinyshakespeare.txt", n_layer=6, n_head=6, n_embd=384, context=256,
                       batch_size=PAPER_BATCH, mlp="relu2", norm="rms", optimizers=("muon", "adamw"), iters=PAPER_ITERS,
-                      warmup=PAPER_ITERS // 10, lr=0.02, adamw_lr=1e-3, monitor_every=PAPER_ITERS // 6,
-                      eval_every=PAPER_ITERS // 6, eval_batches=4),
+                      warmup=PAPER_ITERS // 10, lr=0.02, adamw_lr=1e-3, monitor_every=PAPER_ITERS // 12,
+                      eval_every=PAPER_ITERS // 6, eval_batches=2),
     },  # fmt: skip
     seeds={"smoke": 1, "demo": 1, "quick": 2, "paper": 1},
     size=lambda c: f"{c.n_layer}x{c.n_embd}, ctx {c.context}, {c.iters} it, {'+'.join(c.optimizers)}",
