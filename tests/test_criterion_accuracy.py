@@ -1,9 +1,6 @@
 """``criterion-accuracy``: the scoring on constructed tables (confusion, majority baseline,
 margins, failures), block types of every model family, and a smoke run end to end."""
 
-import math
-
-import numpy as np
 import pandas as pd
 import pytest
 import torch
