@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from specgrad.experiments import run_experiment
+from specgrad.experiments.registry import EXPERIMENTS
 from specgrad.experiments.davis_drusvyatskiy import init_stable_rank as isr
 from specgrad.experiments.davis_drusvyatskiy import lm_spectra as lms
 from specgrad.experiments.davis_drusvyatskiy import nuclear_rank_growth as nrg
@@ -325,6 +326,26 @@ def test_lm_spectra_with_tied_embeddings_reports_one_shared_gradient(tmp_path):
     assert emb["nr_G"] == pytest.approx(head["nr_G"], rel=1e-6)
     assert emb["st_A"] != pytest.approx(head["st_A"])  # token indicator vs ln_f output
     assert r["summary"]["tied"] == 1.0
+
+
+def test_lm_spectra_analyzes_each_optimizer_and_claims_over_all():
+    cfg = lms.LMSpectraConfig(optimizers=("muon", "adamw"))
+    series = {f"muon/{k}": v for k, v in _lm_series(6.0, 8.0, 20.0).items()}
+    series.update({f"adamw/{k}": v for k, v in _lm_series(6.0, 100.0, 20.0).items()})
+    summary, claims = lms.analyze(cfg, series)
+    assert summary["muon/max_st_A/mlp.out"] == 8.0 and summary["adamw/max_st_A/mlp.out"] == 100.0
+    assert summary["max_mlp_post_st_over_dim"] == pytest.approx(100 / 256)  # the worse optimizer decides
+    assert not _claims(claims)["mlp-post-activation-low-st"]
+    assert lms.by_optimizer(lms.LMSpectraConfig(), {"training/seed0": 1}) == {"muon": {"training/seed0": 1}}
+
+
+def test_lm_spectra_rms_norm_paper_shape_runs(tmp_path):
+    r = run_experiment("lm-spectra", "smoke", tmp_path, progress=False,
+                       overrides={"norm": "rms", "mlp": "relu2", "optimizers": "muon,adamw", "iters": "10"})
+    assert {"muon/training/seed0", "adamw/block/h0.mlp.out/seed0"} <= set(r["series"])
+    assert "adamw/max_nr_G/attn.v" in r["summary"]
+    cfg = EXPERIMENTS["lm-spectra"].make_config("paper")
+    assert (cfg.n_layer, cfg.n_embd, cfg.context, cfg.mlp, cfg.norm) == (6, 384, 256, "relu2", "rms")
 
 
 # -- teacher-student model, scale-dependent spike bounds, SwiGLU net, stable-rank sweeps -------------

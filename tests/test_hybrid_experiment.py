@@ -4,6 +4,8 @@ analysis pairs seeds and treats diverged runs as lost, and the smoke preset runs
 import json
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -66,3 +68,33 @@ def test_smoke_run(tmp_path):
                                                               "strictly-better-somewhere"}  # fmt: skip
     assert "char-lm/hybrid-decisions/seed0" in result["series"]
     assert (tmp_path / "hybrid" / "hybrid.png").stat().st_size > 1000
+
+
+# -- hybrid-grid: Hybrid against AdamW and Muon on the criterion-accuracy models ------------------
+
+import specgrad.experiments.hybrid.hybrid_grid as hg  # noqa: E402
+
+
+def test_grid_analysis_compares_with_the_better_pure_method_and_counts_decisions():
+    series = {}
+    for seed, finals in enumerate([(2.0, 1.0, 1.0), (2.2, 1.1, 1.2)]):
+        for method, v in zip(hg.METHODS, finals):
+            series[f"rf-relu/{method}/seed{seed}"] = {"step": [0, 10], "loss": [3.0, v]}
+        series[f"rf-relu/hybrid-decisions/seed{seed}"] = {"step": [0, 10], "block": ["readout.weight"] * 2,
+                                                          "type": ["head"] * 2, "ratio": [2.0, 0.5],
+                                                          "spectral": [1.0, 0.0]}  # fmt: skip
+    summary, claims = hg.analyze(hg.HybridGridConfig(models=("rf-relu",)), series)
+    assert summary["rf-relu/better_pure"] == "muon"
+    assert summary["rf-relu/hybrid_over_better"] == pytest.approx(np.median([1.0, 1.2 / 1.1]))
+    assert summary["type/head/hybrid_spectral_share"] == 0.5
+    (claim,) = claims
+    assert claim.id == "hybrid-matches-better-pure" and claim.threshold > 1
+
+
+def test_grid_smoke_run(tmp_path):
+    r = run_experiment("hybrid-grid", "smoke", tmp_path, progress=False, overrides={"models": "rf-relu,sr-relu2"})
+    assert {"rf-relu/hybrid/seed0", "rf-relu/hybrid-decisions/seed0", "sr-relu2/muon/seed0"} <= set(r["series"])
+    log = r["series"]["sr-relu2/hybrid-decisions/seed0"]
+    assert set(log["type"]) <= {"input", "hidden", "head"} and len(log["type"]) == len(log["spectral"])
+    assert [c["id"] for c in r["claims"]] == ["hybrid-matches-better-pure"]  # one seed: not assessed
+    assert r["claims"][0]["passed"] is None

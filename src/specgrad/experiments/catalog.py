@@ -41,6 +41,15 @@ STUDIES: tuple[Study, ...] = (
         "davis-drusvyatskiy.md",
     ),
     Study(
+        "criterion-accuracy",
+        "Does the layerwise test predict? A validation of Davis & Drusvyatskiy's rule nr(G) >= st(A)",
+        "Per block, the predicted gain nr(G)/st(A) tells whether a spectral step lowers the loss more than a "
+        "Euclidean one (sufficient margin 2 for least squares); measured here against the one-step decreases "
+        "of both steps, in float64, over models and training moments.",
+        ("criterion-accuracy",),
+        "criterion-accuracy.md",
+    ),
+    Study(
         "phase-retrieval",
         "Spectral gradient descent mitigates anisotropy-driven misalignment: phase retrieval "
         "(Braun, Bao, Huang, Imaizumi, arXiv 2601.22652)",
@@ -79,7 +88,7 @@ STUDIES: tuple[Study, ...] = (
         "Taking, per block, the spectral step where nr(M) >= st(A) and the Euclidean one elsewhere "
         "should match the better of pure spectral and pure Euclidean training on every task, and beat "
         "both where layers (or phases of training) disagree.",
-        ("hybrid",),
+        ("hybrid", "hybrid-grid"),
         "hybrid.md",
     ),
 )

@@ -1,5 +1,12 @@
 """``lm-spectra``: activation stable ranks and gradient nuclear ranks of every block of a tiny GPT
-trained with Muon, measured along training by :class:`~specgrad.diagnostics.SpectralMonitor`."""
+trained with Muon (and, in the ``paper`` preset, AdamW), measured along training by
+:class:`~specgrad.diagnostics.SpectralMonitor`.
+
+The ``paper`` preset follows the study's NanoGPT shape as far as two CPU cores allow: RMSNorm
+(no gain, as in modded-nanogpt) instead of LayerNorm, a ReLU^2 MLP, an untied head, 6 x 384 at
+context 256 on a character corpus. With one optimizer the series keys are ``training`` and
+``block/<name>``; with several, each is prefixed by the optimizer (``adamw/block/h0.mlp.out``).
+"""
 
 from __future__ import annotations
 
@@ -9,14 +16,18 @@ from typing import Optional
 import matplotlib.pyplot as plt
 import numpy as np
 
+from torch import nn
+
 from ...diagnostics import SpectralMonitor
 from ...models import GPT
-from ..methods import lm_optimizer
+from ..methods import LM_METHODS, lm_optimizer
 from ..plots import save
 from ..registry import Claim, Experiment, register
 from ..series import curve, key_of, rounded, seed_runs
 from ..training import load_corpus, seeded_gpt, train_lm
 
+# the paper preset's length: what two shared CPU cores train, both optimizers, in about an hour
+PAPER_ITERS, PAPER_BATCH = 60, 2
 HIDDEN_KINDS = ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.in", "mlp.out")
 
 
@@ -30,14 +41,22 @@ class LMSpectraConfig:
     batch_size: int = 16
     mlp: str = "gelu"
     tied: bool = False  # False (default): wte and lm_head are separate blocks (as in modded-nanogpt)
-    optimizer: str = "muon"  # any of training.LM_METHODS
+    norm: str = "layer"  # "layer" (nn.LayerNorm, the GPT's own) or "rms" (RMSNorm without gain)
+    optimizers: tuple[str, ...] = ("muon",)  # any of training.LM_METHODS, each trained from the same init
     lr: float = 0.05  # spectral lr (Muon); AdamW on embeddings, head and norms at adamw_lr
-    adamw_lr: float = 3e-3
+    adamw_lr: float = 3e-3  # also the lr of a pure AdamW run
     iters: int = 2000
     warmup: int = 50
     monitor_every: int = 25
     eval_every: int = 250
     eval_batches: int = 10
+
+    def validate(self):
+        if self.norm not in ("layer", "rms"):
+            raise ValueError(f"norm must be 'layer' or 'rms', got {self.norm!r}")
+        bad = [o for o in self.optimizers if o not in LM_METHODS]
+        if bad or not self.optimizers or len(set(self.optimizers)) != len(self.optimizers):
+            raise ValueError(f"optimizers must be distinct names of {LM_METHODS}, got {self.optimizers!r}")
 
 
 def _add_blocks(mon: SpectralMonitor, model: GPT, cfg: LMSpectraConfig) -> None:
@@ -54,14 +73,33 @@ def _add_blocks(mon: SpectralMonitor, model: GPT, cfg: LMSpectraConfig) -> None:
     mon.add_block("lm_head", model.lm_head)
 
 
-def run_seed(cfg: LMSpectraConfig, seed: int, ctx) -> dict:
-    corpus = load_corpus(cfg.corpus)
+def rms_normed(model: GPT) -> GPT:
+    """``model`` with every LayerNorm (``ln_1``, ``ln_2``, ``ln_f``) replaced by an RMSNorm
+    without a learned gain (modded-nanogpt's ``F.rms_norm``), in place.
+
+    Example:
+        >>> from specgrad.models import GPTConfig
+        >>> m = rms_normed(GPT(GPTConfig(vocab_size=11, context=8, n_layer=1, n_head=2, n_embd=16)))
+        >>> type(m.transformer.ln_f).__name__, sum(1 for n, _ in m.named_parameters() if "ln" in n)
+        ('RMSNorm', 0)
+    """
+    width = model.config.n_embd
+    for block in model.transformer.h:
+        block.ln_1 = nn.RMSNorm(width, elementwise_affine=False)
+        block.ln_2 = nn.RMSNorm(width, elementwise_affine=False)
+    model.transformer.ln_f = nn.RMSNorm(width, elementwise_affine=False)
+    return model
+
+
+def _train_one(cfg: LMSpectraConfig, corpus, optimizer: str, seed: int, ctx) -> dict:
     model = seeded_gpt(seed, ctx.device, vocab_size=corpus.vocab_size, context=cfg.context, n_layer=cfg.n_layer,
                        n_head=cfg.n_head, n_embd=cfg.n_embd, mlp=cfg.mlp, tied=cfg.tied)  # fmt: skip
-    opt = lm_optimizer(cfg.optimizer, model, cfg.lr, cfg.adamw_lr)
+    if cfg.norm == "rms":
+        model = rms_normed(model).to(ctx.device)
+    lr = cfg.adamw_lr if optimizer == "adamw" else cfg.lr
+    opt = lm_optimizer(optimizer, model, lr, cfg.adamw_lr)
     mon = SpectralMonitor(model, every=cfg.monitor_every, layers=[])
     _add_blocks(mon, model, cfg)
-    ctx.steps(cfg.iters, "training")
     try:
         train = train_lm(model, corpus, opt, iters=cfg.iters, batch_size=cfg.batch_size, context=cfg.context,
                          warmup=min(cfg.warmup, max(1, cfg.iters // 10)), eval_every=cfg.eval_every,
@@ -79,6 +117,22 @@ def run_seed(cfg: LMSpectraConfig, seed: int, ctx) -> dict:
     return out
 
 
+def run_seed(cfg: LMSpectraConfig, seed: int, ctx) -> dict:
+    corpus = load_corpus(cfg.corpus)
+    ctx.steps(cfg.iters * len(cfg.optimizers), "training")
+    if len(cfg.optimizers) == 1:
+        return _train_one(cfg, corpus, cfg.optimizers[0], seed, ctx)
+    return {f"{o}/{k}": v for o in cfg.optimizers for k, v in _train_one(cfg, corpus, o, seed, ctx).items()}
+
+
+def by_optimizer(cfg: LMSpectraConfig, series: dict) -> dict[str, dict]:
+    """``series`` split per optimizer, prefixes dropped: ``{optimizer: {"training/seed0": ...}}``
+    (unprefixed keys belong to the single optimizer of the run)."""
+    if len(cfg.optimizers) == 1:
+        return {cfg.optimizers[0]: series}
+    return {o: {k[len(o) + 1:]: v for k, v in series.items() if k.startswith(o + "/")} for o in cfg.optimizers}
+
+
 def _kind(block: str) -> str:
     """``"h0.attn.q"`` -> ``"attn.q"``, ``"h1.mlp.in_up"`` -> ``"mlp.in"``, others unchanged."""
     kind = block.split(".", 1)[1] if block.startswith("h") and "." in block else block
@@ -89,44 +143,58 @@ def _blocks(series: dict) -> list[str]:
     return sorted({key_of(k)[len("block/"):] for k in series if k.startswith("block/")})
 
 
-def analyze(cfg: LMSpectraConfig, series: dict) -> tuple[dict, list[Claim]]:
-    summary: dict[str, float] = {"tied": float(cfg.tied)}
+def _analyze_one(series: dict, summary: dict, prefix: str, acc: dict) -> None:
+    """Per-block numbers of one optimizer's series into ``summary`` (keys prefixed by
+    ``prefix``); st/dim of post-activations and normalized inputs and the hidden nr/st ratios
+    into ``acc``."""
     train = seed_runs(series, "training")
     if train:
-        summary["final_val_loss"] = float(np.mean([r["val_loss"][-1] for r in train]))
-        summary["initial_val_loss"] = float(np.mean([r["val_loss"][0] for r in train]))
-    post, normed, ratios = [], [], []
+        summary[f"{prefix}final_val_loss"] = float(np.mean([r["val_loss"][-1] for r in train]))
+        summary[f"{prefix}initial_val_loss"] = float(np.mean([r["val_loss"][0] for r in train]))
     for b in _blocks(series):
         runs = seed_runs(series, f"block/{b}")
         kind = _kind(b)
         st = np.concatenate([np.asarray(r["st_A"], dtype=float) for r in runs])
         nr = np.concatenate([np.asarray(r["nr_G"], dtype=float) for r in runs])
         dim = runs[0]["in_dim"][0]
-        summary[f"{b}/max_st_A"] = float(st.max())
-        summary[f"{b}/median_st_A"] = float(np.median(st))
-        summary[f"{b}/median_nr_G"] = float(np.median(nr))
+        summary[f"{prefix}{b}/max_st_A"] = float(st.max())
+        summary[f"{prefix}{b}/median_st_A"] = float(np.median(st))
+        summary[f"{prefix}{b}/median_nr_G"] = float(np.median(nr))
+        summary[f"{prefix}max_st_A/{kind}"] = max(summary.get(f"{prefix}max_st_A/{kind}", 0.0), float(st.max()))
+        summary[f"{prefix}max_nr_G/{kind}"] = max(summary.get(f"{prefix}max_nr_G/{kind}", 0.0), float(nr.max()))
         ok = st > 0
         if ok.any():
-            summary[f"{b}/median_nr_over_st"] = float(np.median(nr[ok] / st[ok]))
+            summary[f"{prefix}{b}/median_nr_over_st"] = float(np.median(nr[ok] / st[ok]))
         if kind == "mlp.out":
-            post.append(float(st.max()) / dim)
-        if kind in ("attn.q", "mlp.in", "lm_head"):  # LayerNorm outputs: ln_1, ln_2, ln_f
-            normed.append(float(st.max()) / dim)
+            acc["post"].append(float(st.max()) / dim)
+        if kind in ("attn.q", "mlp.in", "lm_head"):  # normalized inputs: ln_1, ln_2, ln_f
+            acc["normed"].append(float(st.max()) / dim)
         if kind in HIDDEN_KINDS:
-            ratios.extend((nr[ok] / st[ok]).tolist())
+            acc["ratios"].extend((nr[ok] / st[ok]).tolist())
+
+
+def analyze(cfg: LMSpectraConfig, series: dict) -> tuple[dict, list[Claim]]:
+    summary: dict[str, float] = {"tied": float(cfg.tied)}
+    acc: dict[str, list] = {"post": [], "normed": [], "ratios": []}
+    groups = by_optimizer(cfg, series)
+    for opt, sub in groups.items():
+        _analyze_one(sub, summary, "" if len(groups) == 1 else f"{opt}/", acc)
+    post, normed, ratios = acc["post"], acc["normed"], acc["ratios"]
     claims = []
+    over = "optimizers, " if len(groups) > 1 else ""
     if post:
         summary["max_mlp_post_st_over_dim"] = max(post)
         claims.append(Claim(
             "mlp-post-activation-low-st",
             "MLP post-activations (input of mlp.c_proj) keep a stable rank below 0.25 of their dimension "
-            "throughout training (max over blocks, recorded steps and seeds of st/dim)", max(post), 0.25, "max"))  # fmt: skip
+            f"throughout training (max over {over}blocks, recorded steps and seeds of st/dim)", max(post), 0.25, "max"))  # fmt: skip
     if normed:
         summary["max_normalized_input_st_over_dim"] = max(normed)
         claims.append(Claim(
             "normalized-inputs-low-st",
-            "LayerNorm outputs feeding Q/K/V, the MLP and the head keep a stable rank below 0.25 of the width "
-            "throughout training (max over blocks, steps and seeds of st/dim)", max(normed), 0.25, "max"))  # fmt: skip
+            "Normalized inputs (ln_1, ln_2, ln_f outputs) feeding Q/K/V, the MLP and the head keep a stable rank "
+            f"below 0.25 of the width throughout training (max over {over}blocks, steps and seeds of st/dim)",
+            max(normed), 0.25, "max"))  # fmt: skip
     if ratios:
         arr = np.asarray(ratios)
         summary["hidden_median_nr_over_st"] = float(np.median(arr))
@@ -134,27 +202,28 @@ def analyze(cfg: LMSpectraConfig, series: dict) -> tuple[dict, list[Claim]]:
         claims.append(Claim(
             "hidden-nr-above-st",
             "hidden-matrix gradients (Q, K, V, O, MLP in/out) have nuclear rank above the stable rank of their "
-            "incoming activations: median of nr(G)/st(A) over blocks, recorded steps and seeds > 1",
+            f"incoming activations: median of nr(G)/st(A) over {over}blocks, recorded steps and seeds > 1",
             summary["hidden_median_nr_over_st"], 1.0))  # fmt: skip
     return summary, claims
 
 
-def plot(cfg: LMSpectraConfig, series: dict, summary: dict, folder) -> list[str]:
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    blocks = _blocks(series)
-    styles = {"attn.q": ("C0", "-"), "attn.k": ("C1", "-"), "attn.v": ("C2", "-"), "attn.o": ("C3", "-"),
-              "mlp.in": ("C4", "--"), "mlp.out": ("C5", "--"), "embedding": ("k", ":"), "lm_head": ("C7", ":")}  # fmt: skip
-    act_label = {"attn.q": "ln_1 output (Q/K/V input)", "attn.o": "attention output (O input)",
-                 "mlp.in": "ln_2 output (MLP input)", "mlp.out": "MLP post-activation",
-                 "embedding": "token indicator 1/p_max", "lm_head": "ln_f output (head input)"}  # fmt: skip
+_STYLES = {"attn.q": ("C0", "-"), "attn.k": ("C1", "-"), "attn.v": ("C2", "-"), "attn.o": ("C3", "-"),
+           "mlp.in": ("C4", "--"), "mlp.out": ("C5", "--"), "embedding": ("k", ":"), "lm_head": ("C7", ":")}  # fmt: skip
+
+
+def _plot_one(cfg: LMSpectraConfig, series: dict, optimizer: str, axes) -> None:
+    norm = "RMSNorm" if cfg.norm == "rms" else "ln"
+    act_label = {"attn.q": f"{norm} 1 output (Q/K/V input)", "attn.o": "attention output (O input)",
+                 "mlp.in": f"{norm} 2 output (MLP input)", "mlp.out": "MLP post-activation",
+                 "embedding": "token indicator 1/p_max", "lm_head": f"{norm} f output (head input)"}  # fmt: skip
     seen_a, seen_g = set(), set()
-    for b in blocks:
+    for b in _blocks(series):
         kind = _kind(b)
         if b.endswith("in_up"):
             continue
         cur = curve(series, f"block/{b}", "st_A")
         nrc = curve(series, f"block/{b}", "nr_G")
-        color, ls = styles.get(kind, ("0.5", "-"))
+        color, ls = _STYLES.get(kind, ("0.5", "-"))
         if kind in act_label:
             axes[0].plot(cur[0], cur[1].mean(0), color=color, ls=ls, lw=1,
                          label=act_label[kind] if kind not in seen_a else None)  # fmt: skip
@@ -164,9 +233,10 @@ def plot(cfg: LMSpectraConfig, series: dict, summary: dict, folder) -> list[str]
     axes[0].set_yscale("log")
     axes[0].set_ylabel("st(A) of the block's input")
     axes[1].set_ylabel("nr(G) of the block's gradient")
-    axes[0].set_title(f"activation stable rank (width {cfg.n_embd}, MLP {cfg.mlp})", fontsize=10)
+    axes[0].set_title(f"{optimizer}: activation stable rank (width {cfg.n_embd}, MLP {cfg.mlp})", fontsize=10)
     axes[1].set_yscale("log")
-    axes[1].set_title("gradient nuclear rank" + (" (wte = lm_head: tied)" if cfg.tied else ""), fontsize=10)
+    axes[1].set_title(f"{optimizer}: gradient nuclear rank" + (" (wte = lm_head: tied)" if cfg.tied else ""),
+                      fontsize=10)  # fmt: skip
     for ax in axes[:2]:
         ax.set_xlabel("step")
         ax.legend(fontsize=7)
@@ -175,9 +245,19 @@ def plot(cfg: LMSpectraConfig, series: dict, summary: dict, folder) -> list[str]
         axes[2].plot(train[0], train[1].mean(0), color="C0")
         axes[2].set_xlabel("step")
         axes[2].set_ylabel("validation loss")
-        axes[2].set_title(f"{cfg.optimizer}, lr {cfg.lr:g} (AdamW {cfg.adamw_lr:g})", fontsize=10)
-    fig.suptitle(f"tiny GPT {cfg.n_layer}x{cfg.n_embd} on characters: st(A) and nr(G) along training (mean over seeds)",
-                 fontsize=11)  # fmt: skip
+        lr = cfg.adamw_lr if optimizer == "adamw" else cfg.lr
+        rest = "" if optimizer == "adamw" else f" (AdamW {cfg.adamw_lr:g})"
+        axes[2].set_title(f"{optimizer}, lr {lr:g}{rest}", fontsize=10)
+
+
+def plot(cfg: LMSpectraConfig, series: dict, summary: dict, folder) -> list[str]:
+    groups = by_optimizer(cfg, series)
+    fig, axes = plt.subplots(len(groups), 3, figsize=(15, 4.2 * len(groups)), squeeze=False)
+    for row, (opt, sub) in zip(axes, groups.items()):
+        _plot_one(cfg, sub, opt, row)
+    norm = "RMSNorm, " if cfg.norm == "rms" else ""
+    fig.suptitle(f"GPT {cfg.n_layer}x{cfg.n_embd} ({norm}MLP {cfg.mlp}) on characters: st(A) and nr(G) along "
+                 "training (mean over seeds)", fontsize=11)  # fmt: skip
     return [save(fig, folder, "lm_spectra.png")]
 
 
@@ -190,9 +270,11 @@ register(Experiment(
                       eval_every=15, eval_batches=2),
         "demo": dict(iters=1000),
         "quick": dict(),
-        "paper": dict(n_layer=6, n_head=6, n_embd=384, context=256, batch_size=64, iters=5000, warmup=200, lr=0.02,
-                      adamw_lr=1e-3, monitor_every=100, eval_every=250, eval_batches=50),
+        "paper": dict(corpus="../shared/data/tinyshakespeare.txt", n_layer=6, n_head=6, n_embd=384, context=256,
+                      batch_size=PAPER_BATCH, mlp="relu2", norm="rms", optimizers=("muon", "adamw"), iters=PAPER_ITERS,
+                      warmup=PAPER_ITERS // 10, lr=0.02, adamw_lr=1e-3, monitor_every=PAPER_ITERS // 12,
+                      eval_every=PAPER_ITERS // 6, eval_batches=2),
     },  # fmt: skip
-    seeds={"smoke": 1, "demo": 1, "quick": 2, "paper": 3},
-    size=lambda c: f"{c.n_layer}x{c.n_embd}, ctx {c.context}, {c.iters} it, {c.optimizer}",
+    seeds={"smoke": 1, "demo": 1, "quick": 2, "paper": 1},
+    size=lambda c: f"{c.n_layer}x{c.n_embd}, ctx {c.context}, {c.iters} it, {'+'.join(c.optimizers)}",
 ))
