@@ -27,6 +27,19 @@ batching does (GPU); measured times are in the README and ``benchmarks/optimizer
 Its orthogonality error is smaller on spectra decaying like ``1/sqrt(i)``, larger where
 singular values reach below ``3e-3 sigma_max``."""
 
+TORCH_MUON = {
+    "orthogonalizer": "newton_schulz",
+    "ns_coefficients": "jordan",
+    "ns_steps": 5,
+    "ns_norm": "frobenius",
+    "ns_gram": False,
+    "ns_dtype": torch.bfloat16,
+}
+"""``Muon(params, **TORCH_MUON)``: the update of ``torch.optim.Muon`` (Keller Jordan's
+``(3.4445, -4.7750, 2.0315)`` for 5 steps, in bfloat16, on the Frobenius-normalized
+update), equal to it up to bfloat16 rounding. :meth:`Muon.torch_compatible` adds torch's
+``lr`` and ``weight_decay`` defaults."""
+
 
 class Muon(ChainOptimizer):
     """Muon (Keller Jordan, 2024): EMA momentum, then the polar factor of the update.
@@ -58,6 +71,9 @@ class Muon(ChainOptimizer):
         ns_gram: iterate rectangular matrices on their Gram matrix: ``False`` (default),
             ``True`` or ``"auto"`` (aspect ratio >= 2). :data:`FAST` sets all three.
         weight_decay: decoupled, applied with the unscaled ``lr`` (default 0).
+        cautious_weight_decay: decay only the coordinates the update moves toward zero
+            (``mask = 1[update * W > 0]``; Chen et al. 2025; see
+            :class:`~specgrad.optim.transforms.DecoupledWeightDecay`). Default False.
         shape_scaling: ``"original"`` (``sqrt(max(1, out/in))``, Keller Jordan; default),
             ``"match_rms_adamw"`` (``0.2 sqrt(max(out, in))``, Moonlight, Liu et al. 2025),
             ``"spectral"`` (``sqrt(out/in)``) or ``"none"``.
@@ -66,6 +82,9 @@ class Muon(ChainOptimizer):
         nonfinite: ``"raise"`` or ``"skip"`` on NaN/Inf gradients (see ``ChainOptimizer``).
         distribute: under DDP, split the orthogonalizations across ranks by cost and share
             the results with one ``all_gather`` (FSDP2 DTensor parameters are always split).
+        **settings: the further group keys that the links of a subclass's chain read
+            (:class:`~specgrad.optim.NorMuon`'s ``beta2``, ``eps``); a key no link reads is
+            refused.
 
     Example:
         >>> model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
@@ -91,11 +110,17 @@ class Muon(ChainOptimizer):
         ns_norm: str = "frobenius",
         ns_gram=False,
         weight_decay: float = 0.0,
+        cautious_weight_decay: bool = False,
         shape_scaling: str = "original",
         adamw: Optional[dict] = None,
         nonfinite: str = "raise",
         distribute: bool = False,
+        **settings,
     ):
+        known = {k for t in self.chain() for k in t.defaults}
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            raise ValueError(f"{type(self).__name__} got unknown settings {unknown}; its chain reads {sorted(known)}")
         defaults = dict(
             lr=lr,
             momentum=momentum,
@@ -107,9 +132,24 @@ class Muon(ChainOptimizer):
             ns_norm=ns_norm,
             ns_gram=ns_gram,
             weight_decay=weight_decay,
+            cautious_weight_decay=cautious_weight_decay,
             shape_scaling=shape_scaling,
+            **settings,
         )
         super().__init__(params, defaults, adamw=adamw, nonfinite=nonfinite, distribute=distribute)
+
+    @classmethod
+    def torch_compatible(cls, params, lr: float = 1e-3, weight_decay: float = 0.1, **kwargs) -> "Muon":
+        """``torch.optim.Muon``'s update and defaults (``lr=1e-3``, ``weight_decay=0.1``,
+        momentum 0.95 with Nesterov, :data:`TORCH_MUON`'s iteration, ``"original"`` shape
+        scaling); ``kwargs`` as for :class:`Muon`.
+
+        Example:
+            >>> W = torch.nn.Parameter(torch.zeros(4, 4))
+            >>> Muon.torch_compatible([W]).param_groups[0]["ns_dtype"]
+            torch.bfloat16
+        """
+        return cls(params, lr=lr, weight_decay=weight_decay, **{**TORCH_MUON, **kwargs})
 
     def chain(self):
         return [Momentum(), AsMatrix(), Orthogonalize(), ShapeScale(), DecoupledWeightDecay(), ApplyLR()]
