@@ -7,6 +7,7 @@ import math
 from typing import Iterable, Optional, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..linalg import check_positive_int, check_range
@@ -23,7 +24,7 @@ def max_logits(qkv: Tensor, n_head: int, scale: Optional[float] = None, causal: 
         causal: take the maximum over ``j <= i`` only (the logits a causal softmax reads).
 
     Returns:
-        ``(n_head,)`` float32 tensor.
+        ``(n_head,)`` tensor, float32 (float64 for a float64 ``qkv``).
 
     Example:
         >>> q = torch.zeros(1, 2, 4); q[0, 1, :2] = 1.0  # head 0 of token 1: (1, 1)
@@ -37,7 +38,8 @@ def max_logits(qkv: Tensor, n_head: int, scale: Optional[float] = None, causal: 
     B, T, width = qkv.shape
     C = width // 3
     hd = C // n_head
-    q, k = (t.reshape(B, T, n_head, hd).transpose(1, 2).float() for t in (qkv[..., :C], qkv[..., C : 2 * C]))
+    dtype = torch.promote_types(qkv.dtype, torch.float32)
+    q, k = (t.reshape(B, T, n_head, hd).transpose(1, 2).to(dtype) for t in (qkv[..., :C], qkv[..., C : 2 * C]))
     logits = (q @ k.transpose(-2, -1)) * (scale if scale is not None else 1.0 / math.sqrt(hd))
     if causal:
         logits = logits.masked_fill(~torch.ones(T, T, dtype=torch.bool, device=qkv.device).tril(), -math.inf)
@@ -63,9 +65,11 @@ class QKClip:
     * ``True`` (default): the logits of the *updated* weights on the last training batch,
       recomputed in :meth:`step` from that batch's input to ``c_attn`` (kept by reference;
       one extra ``c_attn`` product and ``q k^T`` per layer and step). After the clip those
-      logits are ``<= tau`` exactly.
+      logits are ``<= tau`` exactly; the next forward's can sit a little above ``tau``,
+      since the step also moved what feeds each ``c_attn`` (embeddings, earlier layers).
     * ``False``: the largest logits the forwards since the last :meth:`step` saw (Kimi K2's
-      form, nothing recomputed); the step that follows may still raise them.
+      form, nothing recomputed); the step that follows may still raise them by its own
+      change of ``W_q`` and ``W_k``.
 
     Args:
         model: a module holding the attention modules, or an iterable of them.
@@ -138,7 +142,8 @@ class QKClip:
         out = []
         for i, (proj, heads, scale) in enumerate(self.layers):
             if self.recompute and self._inputs[i] is not None:
-                s = max_logits(proj(self._inputs[i].detach()), heads, scale)
+                # F.linear, not proj(...): the module's forward hooks must not see this product
+                s = max_logits(F.linear(self._inputs[i].detach(), proj.weight, proj.bias), heads, scale)
             else:
                 s = self._seen[i]
             self._inputs[i] = self._seen[i] = None
