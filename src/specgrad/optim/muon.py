@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
@@ -41,6 +41,26 @@ update), equal to it up to bfloat16 rounding. :meth:`Muon.torch_compatible` adds
 ``lr`` and ``weight_decay`` defaults."""
 
 
+def fast_ns_dtype(device: Union[str, torch.device]) -> Optional[torch.dtype]:
+    """The precision ``ns_dtype="auto"`` picks on ``device``: ``torch.bfloat16`` on a GPU (or
+    other accelerator) and on a CPU whose oneDNN has native bfloat16 matrix products
+    (AVX512-BF16, AMX); ``None`` (the gradient's dtype) on other CPUs, which emulate
+    bfloat16 products several times slower than float32 ones.
+
+    Example:
+        >>> fast_ns_dtype("cuda")
+        torch.bfloat16
+    """
+    device = torch.device(device)
+    if device.type != "cpu":
+        return torch.bfloat16
+    try:
+        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        native = False
+    return torch.bfloat16 if native else None
+
+
 class Muon(ChainOptimizer):
     """Muon (Keller Jordan, 2024): EMA momentum, then the polar factor of the update.
 
@@ -50,12 +70,13 @@ class Muon(ChainOptimizer):
         M   <- (1 - momentum) * G + momentum * buf   (Nesterov; else M = buf)
         W   <- (1 - lr * weight_decay) * W - lr * scale(out, in) * orthogonalize(M)
 
-    The default iteration is 5 Polar Express steps in bfloat16: faster than
-    ``torch.optim.Muon``'s 5 Jordan steps in bfloat16 (the same products; the difference is
-    our fused kernels) and about 2.5x closer to orthogonal (``max |sigma_i - 1|`` 0.13
-    against 0.32 on gradient-like spectra); ratios are measured in the README and
-    ``benchmarks/optimizer_step.py``. :data:`TORCH_MUON` (or :meth:`torch_compatible`) is
-    ``torch.optim.Muon``'s exact rule, :data:`FAST` fewer flops still.
+    The default iteration is 5 Polar Express steps (Amsel et al. 2025) in the fastest
+    precision of the device (:func:`fast_ns_dtype`): about 2.5x closer to orthogonal than
+    ``torch.optim.Muon``'s 5 Jordan steps (``max |sigma_i - 1|`` 0.13 against 0.32 on
+    gradient-like spectra) at the same number of products, and faster than its step where
+    measured (README, ``benchmarks/optimizer_step.py``). :data:`TORCH_MUON` (or
+    :meth:`torch_compatible`) is ``torch.optim.Muon``'s exact rule, :data:`FAST` fewer
+    flops still.
 
     Parameters with fewer than 2 dims (and any group with ``algorithm="adamw"``) follow
     AdamW with the ``adamw`` settings. Use :func:`specgrad.optim.split_params` to also send
@@ -72,8 +93,10 @@ class Muon(ChainOptimizer):
         ns_steps: iterations of the iterative orthogonalizers (default 5).
         ns_coefficients: Newton-Schulz schedule (default Keller Jordan's triple; read by
             ``"newton_schulz"`` only).
-        ns_dtype: precision of the iteration (default ``torch.bfloat16``, as
-            ``torch.optim.Muon``); ``None`` keeps the gradient's dtype.
+        ns_dtype: precision of the iteration: ``"auto"`` (default; :func:`fast_ns_dtype` of
+            the group's device: bfloat16 on a GPU or a CPU with bfloat16 matrix units, as
+            ``torch.optim.Muon``, else the gradient's dtype), a dtype, or ``None`` (the
+            gradient's dtype).
         ns_norm: ``"frobenius"`` (default, as ``torch.optim.Muon``) or ``"schatten8"``, a
             tighter bound of ``sigma_max`` at no cost (see
             :func:`~specgrad.linalg.quintic_iteration`).
@@ -115,7 +138,7 @@ class Muon(ChainOptimizer):
         orthogonalizer: str = "polar_express",
         ns_steps: int = 5,
         ns_coefficients="jordan",
-        ns_dtype: Optional[torch.dtype] = torch.bfloat16,
+        ns_dtype: Union[None, str, torch.dtype] = "auto",
         ns_norm: str = "frobenius",
         ns_gram=False,
         weight_decay: float = 0.0,
@@ -146,6 +169,16 @@ class Muon(ChainOptimizer):
             **settings,
         )
         super().__init__(params, defaults, adamw=adamw, nonfinite=nonfinite, distribute=distribute)
+
+    def add_param_group(self, param_group: dict) -> None:
+        # ns_dtype="auto" becomes a dtype here, where the group's device is known
+        if param_group.get("algorithm", self.rule) == self.rule and param_group.get("ns_dtype", self.defaults.get("ns_dtype")) == "auto":
+            params = param_group["params"]
+            params = [params] if isinstance(params, torch.Tensor) else list(params)
+            first = next((p[1] if isinstance(p, tuple) else p for p in params), None)
+            param_group = {**param_group, "params": params,
+                           "ns_dtype": fast_ns_dtype(first.device if first is not None else "cpu")}  # fmt: skip
+        super().add_param_group(param_group)
 
     @classmethod
     def torch_compatible(cls, params, lr: float = 1e-3, weight_decay: float = 0.1, **kwargs) -> "Muon":
