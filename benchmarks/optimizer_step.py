@@ -124,7 +124,8 @@ MUON_ROWS = {
 FAMILY_ROWS = {  # the default orthogonalizer, and each method's own link
     "specgrad NorMuon": lambda ps: NorMuon(ps, lr=0.02, weight_decay=WEIGHT_DECAY),
     "specgrad AdaMuon": lambda ps: AdaMuon(ps, lr=0.02, weight_decay=WEIGHT_DECAY),
-    "specgrad Muon, cautious decay": lambda ps: Muon(ps, lr=0.02, weight_decay=WEIGHT_DECAY, cautious_weight_decay=True),
+    "specgrad Muon, cautious decay": lambda ps: Muon(ps, lr=0.02, weight_decay=WEIGHT_DECAY,
+                                                     cautious_weight_decay=True),
 }
 
 

@@ -172,7 +172,8 @@ class Muon(ChainOptimizer):
 
     def add_param_group(self, param_group: dict) -> None:
         # ns_dtype="auto" becomes a dtype here, where the group's device is known
-        if param_group.get("algorithm", self.rule) == self.rule and param_group.get("ns_dtype", self.defaults.get("ns_dtype")) == "auto":
+        dtype = param_group.get("ns_dtype", self.defaults.get("ns_dtype"))
+        if param_group.get("algorithm", self.rule) == self.rule and dtype == "auto":
             params = param_group["params"]
             params = [params] if isinstance(params, torch.Tensor) else list(params)
             first = next((p[1] if isinstance(p, tuple) else p for p in params), None)

@@ -90,4 +90,5 @@ class NorMuon(Muon):
     rule = "normuon"
 
     def chain(self):
-        return [Momentum(), AsMatrix(), Orthogonalize(), RowNormalize(), ShapeScale(), DecoupledWeightDecay(), ApplyLR()]
+        return [Momentum(), AsMatrix(), Orthogonalize(), RowNormalize(), ShapeScale(), DecoupledWeightDecay(),
+                ApplyLR()]  # fmt: skip

@@ -142,8 +142,9 @@ def table(summary: dict, methods) -> str:
             "|---|---|---|---|---|"]  # fmt: skip
     for m in methods:
         if f"{m}_final_val_loss" in summary:
-            rows.append(f"| {m} | {summary[f'{m}_final_val_loss']:.3f} | {cell(f'{m}_steps_to_target', '.0f')} | "
-                        f"{cell(f'{m}_seconds_to_target', '.1f')} | {summary[f'{m}_seconds_per_step']:.3f} |")  # fmt: skip
+            steps, seconds = cell(f"{m}_steps_to_target", ".0f"), cell(f"{m}_seconds_to_target", ".1f")
+            loss, per_step = summary[f"{m}_final_val_loss"], summary[f"{m}_seconds_per_step"]
+            rows.append(f"| {m} | {loss:.3f} | {steps} | {seconds} | {per_step:.3f} |")
     return "\n".join(rows)
 
 
