@@ -13,7 +13,7 @@ from .adamuon import AdaMuon
 from .chain import ChainOptimizer, NonFiniteGradError
 from .euclidean import NormalizedGD, SignDescent
 from .hybrid import Hybrid
-from .muon import FAST, TORCH_MUON, Muon
+from .muon import FAST, TORCH_MUON, Muon, fast_ns_dtype
 from .normuon import NorMuon
 from .qkclip import QKClip
 from .routing import ParamRouting, split_params
@@ -38,6 +38,7 @@ __all__ = [
     "SpecGD",
     "SpectralDescent",
     "TORCH_MUON",
+    "fast_ns_dtype",
     "shape_scale",
     "split_params",
 ]
