@@ -3,9 +3,9 @@ AdaMuon, Muon with cautious weight decay) at tuned learning rates.
 
 Claim (Muon's practice, e.g. Jordan 2024; Liu et al. 2025): Muon reaches AdamW's final
 validation loss in fewer steps; the project's goal is at most 0.7x the steps. The summary
-gives every method's steps *and* training seconds to AdamW's final validation loss, per
-seed (mean, min, max): a spectral step costs more than an AdamW step, and the user pays in
-seconds.
+also gives every method's steps *and* training seconds to AdamW's final validation loss of
+the same seed (mean, min and max over seeds): a spectral step costs more than an AdamW
+step, and the user pays in seconds.
 """
 
 from __future__ import annotations
@@ -84,10 +84,11 @@ def run_seed(cfg: CharLMConfig, seed: int, ctx) -> dict:
     return {m: _train(cfg, corpus, m, best[m], best["adamw"], cfg.iters, seed, ctx) for m in cfg.methods}
 
 
-def to_target(xs, ys, secs, target: float) -> tuple[np.ndarray, np.ndarray]:
+def to_target(xs, ys, secs, targets) -> tuple[np.ndarray, np.ndarray]:
     """Per seed (rows of ``ys``, ``secs``): the first step at which the validation loss
-    reaches ``target`` (interpolated; NaN if never) and the training seconds at that step."""
-    steps = np.array([first_reach(xs, y, target) for y in ys])
+    reaches that seed's ``targets[k]`` (interpolated; NaN if never) and the training
+    seconds at that step."""
+    steps = np.array([first_reach(xs, y, t) for y, t in zip(ys, targets)])
     seconds = np.array([np.interp(k, xs, sec) if math.isfinite(k) else math.nan for k, sec in zip(steps, secs)])
     return steps, seconds
 
@@ -114,7 +115,9 @@ def analyze(cfg: CharLMConfig, series: dict) -> tuple[dict, list[Claim]]:
         summary[f"{m}_steps_to_adamw_final"] = first_reach(xs, curve, target)
         sec_curve = secs[m][1].mean(0)
         summary[f"{m}_seconds_to_adamw_final"] = float(np.interp(summary[f"{m}_steps_to_adamw_final"], xs, sec_curve)) if math.isfinite(summary[f"{m}_steps_to_adamw_final"]) else math.nan
-        per_seed_steps, per_seed_seconds = to_target(xs, ys, secs[m][1], target)
+        # paired by seed: each seed's run against AdamW's final loss on the same seed
+        n = min(len(ys), len(adam))
+        per_seed_steps, per_seed_seconds = to_target(xs, ys[:n], secs[m][1][:n], adam[:n, -1])
         summary.update(_stats(f"{m}_steps_to_target", per_seed_steps))
         summary.update(_stats(f"{m}_seconds_to_target", per_seed_seconds))
         summary[f"{m}_seconds_per_step"] = float(np.mean(secs[m][1][:, -1] / xs[-1])) if xs[-1] > 0 else math.nan
@@ -132,11 +135,14 @@ def analyze(cfg: CharLMConfig, series: dict) -> tuple[dict, list[Claim]]:
 
 def table(summary: dict, methods) -> str:
     """A Markdown table of steps and seconds to AdamW's final validation loss (mean over
-    seeds, min-max in brackets) and the final loss of each method."""
+    seeds, min-max in brackets) and the final loss of each method, from :func:`analyze`'s
+    summary (or a result file's)."""
 
     def cell(prefix, fmt):
-        mean, lo, hi = (summary.get(f"{prefix}_{k}", math.nan) for k in ("mean", "min", "max"))
-        return "not reached" if not math.isfinite(mean) else f"{mean:{fmt}} [{lo:{fmt}}-{hi:{fmt}}]"
+        mean, lo, hi = (summary.get(f"{prefix}_{k}") for k in ("mean", "min", "max"))
+        if mean is None or not math.isfinite(mean):  # NaN is stored as null in result.json
+            return "not reached by every seed"
+        return f"{mean:{fmt}} [{lo:{fmt}}-{hi:{fmt}}]"
 
     rows = ["| method | final val loss | steps to AdamW's final | seconds to AdamW's final | s / step |",
             "|---|---|---|---|---|"]  # fmt: skip
