@@ -2,7 +2,9 @@
 
 For a GPT of ``L`` layers and width ``d`` (q, k, v, o: ``d x d``; MLP in ``4d x d`` and out
 ``d x 4d``; token and position embeddings; norms), it times ``step()`` on the hidden
-matrices of our ``Muon`` with each orthogonalizer and with :data:`specgrad.optim.FAST`,
+matrices of our ``Muon`` with its default, with each orthogonalizer and with
+:data:`specgrad.optim.FAST` and :data:`specgrad.optim.TORCH_MUON`, of the Muon family
+(``NorMuon``, ``AdaMuon``, Muon with cautious weight decay, each at its defaults),
 ``torch.optim.Muon`` (bfloat16 Newton-Schulz, per matrix) and ``torch.optim.AdamW``, plus
 the Muon of ``pytorch-optimizer`` and ``heavyball`` when they are installed
 (``pip install -e .[bench]``); then the whole parameter set: our ``Muon`` with its AdamW
@@ -20,6 +22,7 @@ gradients (``1/sqrt(i)``) and on a steeper spectrum (``1/i``, down to ``1/width`
 
     python benchmarks/optimizer_step.py            # 6x384 and 12x768
     python benchmarks/optimizer_step.py --quick    # 6x384 only, fewer rounds
+    python benchmarks/optimizer_step.py --size 2x256 --rounds 5   # one small size
     python benchmarks/optimizer_step.py --device cuda --rounds 50
 """
 
@@ -33,9 +36,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from orthogonalize import time_interleaved
+from orthogonalize import load_average, time_interleaved
 from specgrad.linalg import JORDAN, orthogonalize_many
-from specgrad.optim import FAST, Muon
+from specgrad.optim import FAST, TORCH_MUON, AdaMuon, Muon, NorMuon
 
 
 def spectrum_grad(m: int, n: int, power: float, g: torch.Generator) -> torch.Tensor:
@@ -110,11 +113,19 @@ def peers():
 WEIGHT_DECAY = 0.1  # torch.optim.Muon's default, given to every Muon so all do the same work
 
 MUON_ROWS = {
-    "newton_schulz (bfloat16)": dict(ns_dtype=torch.bfloat16),
-    "newton_schulz (float32)": dict(ns_dtype=torch.float32),
+    "default": {},
+    "TORCH_MUON": TORCH_MUON,
+    "newton_schulz (float32)": dict(orthogonalizer="newton_schulz", ns_dtype=torch.float32),
     "polar_express (bfloat16)": dict(orthogonalizer="polar_express", ns_dtype=torch.bfloat16),
+    "polar_express (float32)": dict(orthogonalizer="polar_express", ns_dtype=torch.float32),
     "FAST": FAST,
     "svd": dict(orthogonalizer="svd"),
+}
+FAMILY_ROWS = {  # the default orthogonalizer, and each method's own link
+    "specgrad NorMuon": lambda ps: NorMuon(ps, lr=0.02, weight_decay=WEIGHT_DECAY),
+    "specgrad AdaMuon": lambda ps: AdaMuon(ps, lr=0.02, weight_decay=WEIGHT_DECAY),
+    "specgrad Muon, cautious decay": lambda ps: Muon(ps, lr=0.02, weight_decay=WEIGHT_DECAY,
+                                                     cautious_weight_decay=True),
 }
 
 
@@ -128,7 +139,7 @@ def run(layers: int, width: int, rounds: int, console: Console, device: torch.de
     }
 
     def orth_of(settings: dict):
-        g = {**Muon(hidden[:1]).defaults, **settings}
+        g = Muon(hidden[:1], **settings).param_groups[0]  # "auto" resolved for the device
         kw = dict(coefficients=g["ns_coefficients"], dtype=g.get("ns_dtype"), norm=g.get("ns_norm", "frobenius"),
                   gram=g.get("ns_gram", False))  # fmt: skip
         return lambda G: orthogonalize_many([G], g["orthogonalizer"], g["ns_steps"], **kw)[0]
@@ -136,12 +147,14 @@ def run(layers: int, width: int, rounds: int, console: Console, device: torch.de
     rows: dict[str, tuple] = {
         "torch.optim.Muon (bf16)": (lambda: torch.optim.Muon(hidden, lr=0.02, weight_decay=WEIGHT_DECAY,
                                                              ns_coefficients=JORDAN),
-                                    orth_of(MUON_ROWS["newton_schulz (bfloat16)"])),
+                                    orth_of(TORCH_MUON)),
         "torch.optim.AdamW": (lambda: torch.optim.AdamW(hidden, lr=1e-3), None),
     }
     for name, settings in MUON_ROWS.items():
         rows[f"specgrad Muon {name}"] = (lambda s=settings: Muon(hidden, lr=0.02, weight_decay=WEIGHT_DECAY, **s),
                                          orth_of(settings))
+    for label, make in FAMILY_ROWS.items():
+        rows[label] = (lambda make=make: make(hidden), None)
     peer_rows = peers()
     for label, make in peer_rows.items():
         rows[label] = (lambda make=make: make(hidden), None)
@@ -175,19 +188,21 @@ def run(layers: int, width: int, rounds: int, console: Console, device: torch.de
     # the whole parameter set: one optimizer of ours against torch's two
     # embeddings, like norms, go to the AdamW rule, as split_params routes them
     ours_all = Muon([dict(params=hidden), dict(params=other, algorithm="adamw", lr=1e-3, weight_decay=0.01)],
-                    lr=0.02, weight_decay=WEIGHT_DECAY, **FAST)  # fmt: skip
+                    lr=0.02, weight_decay=WEIGHT_DECAY)  # fmt: skip
     torch_muon = torch.optim.Muon(hidden, lr=0.02, weight_decay=WEIGHT_DECAY, ns_coefficients=JORDAN)
     torch_adamw = torch.optim.AdamW(other, lr=1e-3, weight_decay=0.01)
-    steps["all params: specgrad Muon FAST (+ its AdamW rule)"] = with_grads(ours_all.step)
+    steps["all params: specgrad Muon default (+ its AdamW rule)"] = with_grads(ours_all.step)
     steps["all params: torch.optim.Muon + torch.optim.AdamW"] = with_grads(lambda: (torch_muon.step(), torch_adamw.step()))
     seconds = median_times(steps, rounds, device)
     if [float(g.double().square().sum()) for g in grads] != checksum:
         raise RuntimeError("an optimizer changed the gradients in place; the timings are not comparable")
 
     base = seconds["torch.optim.Muon (bf16)"]
+    default_dtype = Muon(hidden[:1]).param_groups[0]["ns_dtype"]
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     table = Table(title=f"optimizer step, GPT {layers} layers x width {width} ({n_hidden / 1e6:.1f}M hidden-matrix params), "
-                        f"{where}, torch {torch.__version__}, median of {rounds} rounds")  # fmt: skip
+                        f"{where}, torch {torch.__version__}, median of {rounds} rounds, load {load_average()}; "
+                        f"default ns_dtype here: {default_dtype}")  # fmt: skip
     for col in ("optimizer", "ms / step", "x torch Muon", *(f"orth err {k}" for k in samples)):
         table.add_column(col, justify="left" if col == "optimizer" else "right")
     for label in rows:
@@ -206,12 +221,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="6x384 only, 3 rounds")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:k]")
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 7, quick 3)")
+    parser.add_argument("--size", default=None, help="one size LAYERSxWIDTH, e.g. 2x256 (overrides --quick)")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch.cuda.is_available() is False on this machine")
     console = Console(width=150)
     sizes = [(6, 384)] if args.quick else [(6, 384), (12, 768)]
+    if args.size:
+        layers, width = args.size.lower().split("x")
+        sizes = [(int(layers), int(width))]
     for layers, width in sizes:
         run(layers, width, args.rounds or (3 if args.quick else 7), console, device)
 

@@ -6,19 +6,25 @@ import pytest
 
 from specgrad.experiments import run_experiment
 from specgrad.experiments.catalog import load_all
-from specgrad.experiments.char_lm.char_lm import CharLMConfig, analyze
+from specgrad.experiments.char_lm.char_lm import CharLMConfig, analyze, table
 from specgrad.experiments.series import first_reach
 from specgrad.experiments.training import warmup_cosine
 
 load_all()
 
 
+METHODS = {"adamw", "muon", "specgd", "normuon", "adamuon", "muon-cautious"}
+
+
 def test_smoke_run_learns_and_writes_everything(tmp_path):
     r = run_experiment("char-lm", "smoke", tmp_path, progress=False)
-    for method in ("adamw", "muon", "specgd"):
+    for method in METHODS:
         val = r["series"][f"{method}/seed0"]["val_loss"]
         assert val[-1] < val[0] - 0.3, method  # ~4.6 (uniform over ~96 chars) falls
-    assert set(r["tuning"]["best_lr"]) == {"adamw", "muon", "specgd"}
+    assert set(r["tuning"]["best_lr"]) == METHODS
+    for method in METHODS:  # steps and seconds to AdamW's final loss, over seeds
+        for key in ("steps_to_target", "seconds_to_target"):
+            assert {f"{method}_{key}_{s}" for s in ("mean", "min", "max")} <= set(r["summary"])
     assert {c["id"] for c in r["claims"]} == {"muon-fewer-steps", "muon-0.7x-steps"}
     assert (tmp_path / "char-lm" / "val_loss.png").stat().st_size > 0
 
@@ -37,6 +43,29 @@ def test_claim_logic_on_constructed_series():
     assert [c.passed for c in claims] == [True, True]
     summary, claims = analyze(cfg, _series({"adamw": [4, 3, 2.5, 2.0], "muon": [4, 3.5, 3.0, 2.2]}))
     assert math.isinf(summary["muon_step_ratio"]) and not any(c.passed for c in claims)
+    assert math.isnan(summary["muon_steps_to_target_mean"])
+
+
+def test_steps_and_seconds_to_target_per_seed():
+    """Each seed's run is measured against AdamW's final loss on the same seed; seconds are
+    read off that seed's clock at that step; the summary keeps mean, min and max."""
+    series = {
+        "adamw/seed0": {"step": [0, 100, 200], "val_loss": [4, 3, 2.0], "seconds": [0, 1, 2]},
+        "adamw/seed1": {"step": [0, 100, 200], "val_loss": [4, 3, 2.2], "seconds": [0, 1, 2]},
+        "normuon/seed0": {"step": [0, 100, 200], "val_loss": [4, 2.1, 1.9], "seconds": [0, 3, 6]},
+        "normuon/seed1": {"step": [0, 100, 200], "val_loss": [4, 3.1, 2.0], "seconds": [0, 4, 8]},
+    }
+    summary, _ = analyze(CharLMConfig(), series)
+    assert summary["adamw_final_val_loss"] == pytest.approx(2.1)
+    assert summary["adamw_steps_to_target_mean"] == pytest.approx(200)  # AdamW meets itself at the end
+    k0 = 100 + 100 * (2.1 - 2.0) / (2.1 - 1.9)  # seed 0 reaches 2.0
+    k1 = 100 + 100 * (3.1 - 2.2) / (3.1 - 2.0)  # seed 1 reaches 2.2
+    assert summary["normuon_steps_to_target_min"] == pytest.approx(k0)
+    assert summary["normuon_steps_to_target_max"] == pytest.approx(k1)
+    assert summary["normuon_steps_to_target_mean"] == pytest.approx((k0 + k1) / 2)
+    assert summary["normuon_seconds_to_target_mean"] == pytest.approx((3 * k0 / 100 + 4 * k1 / 100) / 2)
+    assert summary["normuon_seconds_per_step"] == pytest.approx(0.035)
+    assert "| normuon | 1.950 |" in table(summary, ["adamw", "normuon"])
 
 
 def test_first_reach_interpolates_and_schedule_shape():

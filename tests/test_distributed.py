@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from specgrad.diagnostics import SpectralMonitor
-from specgrad.optim import Hybrid, Muon, SpecGD
+from specgrad.optim import AdaMuon, Hybrid, Muon, NorMuon, SpecGD
 
 WORLD = 2
 STEPS = 4
@@ -40,9 +40,13 @@ def batch():
     return torch.randn(8, 6, generator=g), torch.randn(8, 3, generator=g)
 
 
+FAMILY = {"muon": Muon, "normuon": NorMuon, "adamuon": AdaMuon}
+
+
 def make_opt(kind, params, **kw):
-    if kind == "muon":
-        return Muon(params, lr=0.05, weight_decay=0.1, orthogonalizer="polar_express", **kw)
+    if kind in FAMILY:  # NorMuon and AdaMuon with cautious weight decay; all in the gradient's dtype
+        return FAMILY[kind](params, lr=0.05, weight_decay=0.1, orthogonalizer="polar_express", ns_dtype=None,
+                            cautious_weight_decay=kind != "muon", **kw)  # fmt: skip
     return SpecGD(params, lr=0.05, step_size="nuclear", momentum=0.9, **kw)
 
 
@@ -243,7 +247,7 @@ def spawn(scenario, kind, tmp_path, timeout=120):
     return results
 
 
-@pytest.mark.parametrize("kind", ["muon", "specgd"])
+@pytest.mark.parametrize("kind", ["muon", "specgd", "normuon", "adamuon"])
 def test_ddp_matches_single_process(kind, tmp_path):
     expected = single_process(kind)
     for r in spawn("ddp", kind, tmp_path):
@@ -264,7 +268,7 @@ def test_hybrid_matches_single_process(kind, tmp_path):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["muon", "specgd"])
+@pytest.mark.parametrize("kind", ["muon", "specgd", "normuon", "adamuon"])
 def test_fsdp2_matches_single_process_with_uneven_shards(kind, tmp_path):
     expected = single_process(kind)
     results = spawn("fsdp", kind, tmp_path)

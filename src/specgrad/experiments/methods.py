@@ -2,8 +2,8 @@
 the learning-rate grids of a config.
 
 ``make(method, target, lr, **settings)`` calls :data:`METHODS`'s factory. ``target`` is an
-``nn.Module`` or a list of parameters. A spectral method (``muon``, ``specgd``, ``shampoo``,
-``icm``) routes a module's parameters with :func:`~specgrad.optim.split_params` (``overrides``
+``nn.Module`` or a list of parameters. A spectral method (``muon``, ``normuon``, ``adamuon``,
+``specgd``, ``shampoo``, ``icm``) routes a module's parameters with :func:`~specgrad.optim.split_params` (``overrides``
 as there) and trains what it leaves out with the AdamW rule ``adamw`` (a dict of AdamW
 settings, ``lr`` included); a list of parameters is all spectral. A Euclidean method takes
 every parameter with its own rule and ignores ``overrides`` and ``adamw``, so that one call
@@ -33,7 +33,8 @@ from typing import Any, Callable, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from ..optim import Hybrid, Muon, NormalizedGD, Shampoo, SignDescent, SpecGD, SpectralDescent, split_params
+from ..optim import (AdaMuon, Hybrid, Muon, NorMuon, NormalizedGD, Shampoo, SignDescent, SpecGD, SpectralDescent,
+                     split_params)
 from ..theory.curvature import Curvature, homogenization_ratio
 from ..theory.icm_maps import icm_map
 
@@ -101,11 +102,24 @@ def _spectral(cls, target: Target, lr: float, overrides: Optional[dict], adamw: 
 
 
 def muon(target: Target, lr: float, *, momentum: float = 0.95, nesterov: bool = True,
-         shape_scaling: str = "original", overrides: Optional[dict] = None, adamw: Optional[dict] = None,
-         weight_decay: Optional[float] = None):  # fmt: skip
-    """:class:`~specgrad.optim.Muon`: momentum, Jordan's 5-step Newton-Schulz."""
-    return _spectral(Muon, target, lr, overrides, adamw, weight_decay, momentum=momentum, nesterov=nesterov,
-                     shape_scaling=shape_scaling)  # fmt: skip
+         shape_scaling: str = "original", cautious_weight_decay: bool = False, overrides: Optional[dict] = None,
+         adamw: Optional[dict] = None, weight_decay: Optional[float] = None, cls=Muon, **settings):  # fmt: skip
+    """:class:`~specgrad.optim.Muon` (or ``cls``, a preset of its chain) with its default
+    orthogonalizer; ``settings`` are the further keys of ``cls``'s chain."""
+    return _spectral(cls, target, lr, overrides, adamw, weight_decay, momentum=momentum, nesterov=nesterov,
+                     shape_scaling=shape_scaling, cautious_weight_decay=cautious_weight_decay, **settings)  # fmt: skip
+
+
+def normuon(target: Target, lr: float, *, beta2: float = 0.95, **kwargs):
+    """:class:`~specgrad.optim.NorMuon`: Muon with a per-row second moment of its update;
+    the rest as :func:`muon`."""
+    return muon(target, lr, cls=NorMuon, beta2=beta2, **kwargs)
+
+
+def adamuon(target: Target, lr: float, *, beta2: float = 0.999, sign_momentum: bool = True, **kwargs):
+    """:class:`~specgrad.optim.AdaMuon`: Muon on the sign of the momentum with an elementwise
+    second moment of its update; the rest as :func:`muon`."""
+    return muon(target, lr, cls=AdaMuon, beta2=beta2, sign_momentum=sign_momentum, **kwargs)
 
 
 def specgd(target: Target, lr: float, *, momentum: float = 0.0, nesterov: bool = False, orthogonalizer: str = "svd",
@@ -160,6 +174,9 @@ METHODS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "ngd": normalized_gd,
     "sign": sign_descent,
     "muon": muon,
+    "muon-cautious": muon,  # the same factory; its settings turn cautious weight decay on
+    "normuon": normuon,
+    "adamuon": adamuon,
     "specgd": specgd,
     "shampoo": shampoo,
     "icm": icm,
@@ -176,14 +193,22 @@ def make(method: str, target: Target, lr: float, **settings: Any) -> torch.optim
 
 # -- the language-model recipe ----------------------------------------------------------------
 
-LM_METHODS = ("adamw", "muon", "specgd")
+LM_METHODS = ("adamw", "muon", "specgd", "normuon", "adamuon", "muon-cautious")
 LM_SETTINGS = {
     # AdamW on everything, betas (0.9, 0.99), decay on matrices (nanoGPT's shakespeare_char)
     "adamw": dict(betas=(0.9, 0.99), weight_decay=0.1, decay="matrices"),
-    # hidden matrices spectral, Nesterov 0.95, Jordan's Newton-Schulz, "original" shape scaling
+    # hidden matrices spectral, Nesterov 0.95, Muon's default orthogonalizer, "original" shape scaling
     "muon": dict(momentum=0.95, nesterov=True),
     # the same with the exact SVD polar factor (SpecGD with momentum)
     "specgd": dict(momentum=0.95, nesterov=True, orthogonalizer="svd", shape_scaling="original"),
+    # Muon's settings (and "original" scaling, so one lr grid serves the Muon family) with
+    # NorMuon's row normalization / AdaMuon's sign and elementwise second moment at their
+    # papers' constants
+    "normuon": dict(momentum=0.95, nesterov=True, beta2=0.95),
+    "adamuon": dict(momentum=0.95, nesterov=True, beta2=0.999, sign_momentum=True),
+    # Muon with cautious decay: lr * weight_decay = 5e-4 at lr 0.02, the order of AdamW's
+    # 3e-3 * 0.1 (Muon's lr is ~10x AdamW's, so AdamW's 0.1 would decay ~10x harder)
+    "muon-cautious": dict(momentum=0.95, nesterov=True, weight_decay=0.025, cautious_weight_decay=True),
 }
 
 
@@ -194,8 +219,9 @@ def lm_adamw_rule(adamw_lr: float) -> dict:
 
 def lm_optimizer(method: str, model: nn.Module, lr: float, adamw_lr: float, weight_decay: float = 0.1):
     """The optimizers of the char-LM comparisons (:data:`LM_SETTINGS`): ``adamw`` (with
-    ``weight_decay`` on matrices), or ``muon`` / ``specgd`` on the hidden matrices with the
-    AdamW rule at ``adamw_lr`` on the rest."""
+    ``weight_decay`` on matrices), or a spectral method (``muon``, ``specgd``, ``normuon``,
+    ``adamuon``, ``muon-cautious``) on the hidden matrices with the AdamW rule at
+    ``adamw_lr`` on the rest."""
     if method not in LM_METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {LM_METHODS}")
     settings = dict(LM_SETTINGS[method], **({"weight_decay": weight_decay} if method == "adamw" else {}))

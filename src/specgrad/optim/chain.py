@@ -23,7 +23,7 @@ from .routing import routed_params
 from .transforms import Transform, Updates, adamw_chain
 
 SPARSE_LAYOUTS = (torch.sparse_coo, torch.sparse_csr, torch.sparse_csc, torch.sparse_bsr, torch.sparse_bsc)
-ADAMW_DEFAULTS = {"lr": 3e-4, "betas": (0.9, 0.95), "eps": 1e-8, "weight_decay": 0.0}
+ADAMW_DEFAULTS = {"lr": 3e-4, "betas": (0.9, 0.95), "eps": 1e-8, "weight_decay": 0.0, "cautious_weight_decay": False}
 
 
 class NonFiniteGradError(FloatingPointError):

@@ -443,17 +443,41 @@ class Adam(Transform):
 class DecoupledWeightDecay(Transform):
     """``p <- (1 - lr * weight_decay) p`` with the group's unscaled ``lr`` (the AdamW and
     ``torch.optim.Muon`` convention). Applied to the parameters, not the update. Reads
-    ``weight_decay`` (at least 0, default 0)."""
+    ``weight_decay`` (at least 0, default 0) and ``cautious_weight_decay`` (bool, default
+    False).
 
-    defaults = {"weight_decay": 0.0}
+    Cautious weight decay (Chen et al. 2025, "Cautious Weight Decay"; modded-nanogpt #154,
+    microsoft/dion #14) decays only the coordinates that the update already moves toward
+    zero: with the step ``p <- p - lr * (s * u + weight_decay * mask * p)``,
+    ``mask = 1[u * p > 0]``, where ``u`` is the final update and ``s > 0`` its lr scale. It
+    runs before :class:`ApplyLR`, so the mask reads the parameter the update is taken at.
+    """
+
+    defaults = {"weight_decay": 0.0, "cautious_weight_decay": False}
 
     def validate(self, group):
         check_range("weight_decay", group["weight_decay"], 0.0)
+        if not isinstance(group["cautious_weight_decay"], bool):
+            raise ValueError(f"cautious_weight_decay must be True or False, got {group['cautious_weight_decay']!r}")
 
     def __call__(self, u):
         wd = u.group["weight_decay"]
-        if wd != 0:
+        if wd == 0:
+            return
+        if not u.group.get("cautious_weight_decay", False):
             torch._foreach_mul_(u.params, 1 - u.group["lr"] * wd)
+            return
+        for i, p in enumerate(u.params):
+            x = self.in_param_shape(u, i)
+            p.addcmul_(p, (x * p > 0).to(p.dtype), value=-u.group["lr"] * wd)
+
+    @staticmethod
+    def in_param_shape(u: Updates, i: int) -> Tensor:
+        """``u.updates[i]`` in the shape of ``u.params[i]`` (undoing the matrix view)."""
+        x, view = u.updates[i], u.view(i)
+        if view is not None:
+            return view.restore(x if x.ndim == 3 else x.unsqueeze(0))
+        return x if x.shape == u.params[i].shape else x.reshape(u.params[i].shape)
 
 
 class ApplyLR(Transform):
