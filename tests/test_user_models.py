@@ -127,19 +127,23 @@ def test_muon_on_a_conv1d_weight_equals_muon_on_the_equivalent_linear():
     torch.testing.assert_close(conv1d.weight.T, linear.weight, rtol=1e-5, atol=1e-6)
 
 
-def test_muon_on_an_expert_stack_equals_muon_per_expert():
+@pytest.mark.parametrize("make_opt", [
+    lambda params, **kw: Muon(params, momentum=0.0, **kw),
+    lambda params, **kw: SpecGD(params, step_size="nuclear", **kw),  # ||G_e||_* of each expert, not of the stack
+], ids=["muon", "specgd-nuclear"])  # fmt: skip
+def test_an_expert_stack_is_updated_as_its_experts_one_by_one(make_opt):
     experts = nn.Module()
     experts.w = nn.Parameter(torch.randn(4, 12, 8, generator=torch.Generator().manual_seed(1)))
     host = nn.Sequential(nn.Linear(2, 8), experts, nn.Linear(8, 2))
-    g = torch.randn(4, 12, 8, generator=torch.Generator().manual_seed(2))
+    g = torch.randn(4, 12, 8, generator=torch.Generator().manual_seed(2)) * torch.tensor([1.0, 3.0, 0.1, 10.0]).view(4, 1, 1)
     singles = [nn.Parameter(experts.w[e].detach().clone()) for e in range(4)]
     experts.w.grad = g.clone()
     for e, p in enumerate(singles):
         p.grad = g[e].clone()
     routing = split_params(host)
     assert str(routing.views()["1.w"]) == "4 x (12, 8)"
-    Muon(routing.param_groups(spectral={"lr": 0.1, "momentum": 0.0})).step()
-    Muon(singles, lr=0.1, momentum=0.0).step()
+    make_opt(routing.param_groups(spectral={"lr": 0.1})).step()
+    make_opt(singles, lr=0.1).step()
     for e, p in enumerate(singles):
         torch.testing.assert_close(experts.w[e], p, rtol=1e-5, atol=1e-6)
 

@@ -286,7 +286,10 @@ class NuclearStep(Transform):
             # summed in float32 (float64 from float32 on): ||G||_* of a half-precision G can
             # pass 65504 although every entry of G * polar(G) is at most about |G_ij|
             acc = torch.float32 if g.dtype in (torch.float16, torch.bfloat16) else torch.float64
-            u.scales[i] *= _scalar(torch.sum(g * o, dtype=acc))
+            if o.ndim == 3:  # a batch of matrices (experts, q/k/v blocks): each its own ||G_b||_*
+                u.updates[i] = (o * torch.sum(g * o, dim=(1, 2), keepdim=True, dtype=acc)).to(o.dtype)
+            else:
+                u.scales[i] *= _scalar(torch.sum(g * o, dtype=acc))
 
 
 def shape_scale(preset: str, out_features: int, in_features: int) -> float:
