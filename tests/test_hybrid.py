@@ -248,7 +248,8 @@ def test_forced_spectral_hybrid_on_convs_is_muon_on_the_matrix_views():
     adamw = {"lr": 1e-3, "betas": (0.9, 0.95), "eps": 1e-8, "weight_decay": 0.0}
     hyb = Hybrid(a, lr=1e-2, every=1, force="spectral", adamw=adamw)
     routing = split_params(b)
-    muon = Muon(routing.param_groups(spectral={"lr": 1e-2, "shape_scaling": "match_rms_adamw"}, adamw=adamw))
+    muon = Muon(routing.param_groups(spectral={"lr": 1e-2, "shape_scaling": "match_rms_adamw"}, adamw=adamw),
+                orthogonalizer="newton_schulz", ns_dtype=None)  # Hybrid's default orthogonalizer
     x, y = torch.randn(16, 3, 8, 8), torch.randint(0, 10, (16,))
     for net, opt in ((a, hyb), (b, muon)):
         train_classifier(net, opt, x, y, steps=4)
@@ -402,9 +403,10 @@ def test_forced_spectral_hybrid_on_an_expert_stack_is_muon_per_expert():
     a = nn.Sequential(nn.Linear(5, 5), Experts(), nn.Linear(6, 2))
     b = copy.deepcopy(a)
     x, y = torch.randn(32, 5), torch.randn(32, 2)
-    hyb = Hybrid(a, lr=1e-2, every=1, force="spectral")
+    hyb = Hybrid(a, lr=1e-2, every=1, force="spectral")  # Muon's chain with Hybrid's default orthogonalizer
     muon = Muon(split_params(b).param_groups(spectral={"lr": 1e-2, "shape_scaling": "match_rms_adamw"},
-                                             adamw={"lr": 3e-4, "betas": (0.9, 0.95)}))  # fmt: skip
+                                             adamw={"lr": 3e-4, "betas": (0.9, 0.95)}),
+                orthogonalizer="newton_schulz", ns_dtype=None)  # fmt: skip
     for net, opt in ((a, hyb), (b, muon)):
         for _ in range(3):
             opt.zero_grad()
