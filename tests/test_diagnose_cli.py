@@ -1,9 +1,6 @@
 """``specgrad diagnose``: transformers configs and checkpoints, factories, text and tensor
 files; the table, the page in a real browser, and one-line errors that leave nothing behind."""
 
-import os
-import shutil
-
 import numpy as np
 import pytest
 import torch
@@ -202,52 +199,25 @@ def test_load_error_names_the_factory(inputs):
         load_model(f"{inputs / 'factories.py'}:nothing")
 
 
-def _chromium():
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
-
-
-def test_pages_in_a_real_browser(pages, tmp_path):
+def test_pages_in_a_real_browser(pages, browser, tmp_path):
     """Headless Chromium loads every page written above: each block has its row and bar,
     every section is there, and the console is clean."""
     if not pages:
         pytest.skip("no pages were written (run the whole file)")
-    chromium, driver_path = _chromium(), shutil.which("chromedriver")
-    if not (chromium and driver_path):
-        if os.environ.get("CI"):
-            pytest.fail("CI needs chromium and chromium-driver (installed by .ci/run)")
-        pytest.skip("chromium / chromedriver not installed")
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,1600"):  # fmt: skip
-        opts.add_argument(flag)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    browser = webdriver.Chrome(service=Service(driver_path), options=opts)
-    try:
-        for case, (page, blocks) in pages.items():
-            browser.get(page.resolve().as_uri())
-            assert browser.execute_script("return document.readyState") == "complete"
-            rows = browser.execute_script("return Array.from(document.querySelectorAll('tr[data-block]'))"
-                                          ".map(r => [r.dataset.block, r.querySelectorAll('svg').length])")  # fmt: skip
-            assert [r[0] for r in rows] == blocks, case
-            assert all(n == 1 for _, n in rows)
-            for section in ("answer", "gains", "routing", "overrides", "skipped", "theory"):
-                assert browser.execute_script(f"return !!document.getElementById('{section}')"), (case, section)
-            errors = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
-            assert not errors, (case, errors)
-        shot = tmp_path / "diagnose.png"
-        browser.save_screenshot(str(shot))
-        assert shot.stat().st_size > 10_000
-    finally:
-        browser.quit()
+    for case, (page, blocks) in pages.items():
+        browser.get(page.resolve().as_uri())
+        assert browser.execute_script("return document.readyState") == "complete"
+        rows = browser.execute_script("return Array.from(document.querySelectorAll('tr[data-block]'))"
+                                      ".map(r => [r.dataset.block, r.querySelectorAll('svg').length])")  # fmt: skip
+        assert [r[0] for r in rows] == blocks, case
+        assert all(n == 1 for _, n in rows)
+        for section in ("answer", "gains", "routing", "overrides", "skipped", "theory"):
+            assert browser.execute_script(f"return !!document.getElementById('{section}')"), (case, section)
+        errors = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+        assert not errors, (case, errors)
+    shot = tmp_path / "diagnose.png"
+    browser.save_screenshot(str(shot))
+    assert shot.stat().st_size > 10_000
 
 
 def test_recommend_routing_from_a_monitor_history():

@@ -1,6 +1,5 @@
 """The HTML report: content from result files, failures shown, and a real browser check."""
 
-import os
 import shutil
 
 import pytest
@@ -100,45 +99,20 @@ def test_reproduce_records_a_failing_experiment_and_goes_on(tmp_path, monkeypatc
     assert "seed exploded" in page and "class=fail" in page
 
 
-def _chromium():
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
-
-
-def test_report_in_a_real_browser(results, tmp_path):
+def test_report_in_a_real_browser(results, browser, tmp_path):
     """Headless Chromium loads the page from disk: every figure decodes and the claims
     table has a row per claim. In CI (CI=true) a missing browser is a failure, not a skip."""
-    chromium, driver_path = _chromium(), shutil.which("chromedriver")
-    if not (chromium and driver_path):
-        if os.environ.get("CI"):
-            pytest.fail("CI needs chromium and chromium-driver (installed by .ci/run)")
-        pytest.skip("chromium / chromedriver not installed")
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.support.ui import WebDriverWait
 
     page = build_report(results)
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,2000"):  # fmt: skip
-        opts.add_argument(flag)
-    browser = webdriver.Chrome(service=Service(driver_path), options=opts)
-    try:
-        browser.get(page.resolve().as_uri())
-        WebDriverWait(browser, 20).until(lambda b: b.execute_script("return document.body.dataset.images"))
-        widths = browser.execute_script("return Array.from(document.images).map(i => i.naturalWidth)")
-        assert widths and all(w > 0 for w in widths)
-        assert browser.execute_script("return document.body.dataset.images") == f"{len(widths)}/{len(widths)}"
-        rows = browser.execute_script("return document.querySelectorAll('table.claims tr[data-claim]').length")
-        n_claims = sum(len(r.get("claims", [])) for r in load_results(results).values())
-        assert rows == n_claims
-        shot = tmp_path / "report.png"
-        browser.save_screenshot(str(shot))
-        assert shot.stat().st_size > 10_000
-    finally:
-        browser.quit()
+    browser.get(page.resolve().as_uri())
+    WebDriverWait(browser, 20).until(lambda b: b.execute_script("return document.body.dataset.images"))
+    widths = browser.execute_script("return Array.from(document.images).map(i => i.naturalWidth)")
+    assert widths and all(w > 0 for w in widths)
+    assert browser.execute_script("return document.body.dataset.images") == f"{len(widths)}/{len(widths)}"
+    rows = browser.execute_script("return document.querySelectorAll('table.claims tr[data-claim]').length")
+    n_claims = sum(len(r.get("claims", [])) for r in load_results(results).values())
+    assert rows == n_claims
+    shot = tmp_path / "report.png"
+    browser.save_screenshot(str(shot))
+    assert shot.stat().st_size > 10_000
