@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..linalg import check_range
 from .muon import Muon
-from .normuon import rescale_to_polar_norm
+from .normuon import SecondMomentNormalize
 from .transforms import ApplyLR, AsMatrix, DecoupledWeightDecay, Momentum, Orthogonalize, ShapeScale, Transform
 
 
@@ -26,7 +25,7 @@ class SignStabilize(Transform):
             u.updates = [x.sign() for x in u.updates]
 
 
-class ElementwiseSecondMoment(Transform):
+class ElementwiseSecondMoment(SecondMomentNormalize):
     """AdaMuon's variance-adaptive scaling of an orthogonalized update ``O``:
 
         V <- beta2 * V + (1 - beta2) * O * O                  (elementwise)
@@ -41,19 +40,10 @@ class ElementwiseSecondMoment(Transform):
     """
 
     defaults = {"beta2": 0.999, "eps": 1e-8}
+    key = "exp_avg_sq"
 
-    def validate(self, group):
-        check_range("beta2", group["beta2"], 0.0, 1.0)
-        check_range("eps", group["eps"], 0.0, lo_open=True)
-
-    def __call__(self, u):
-        beta2, eps = u.group["beta2"], u.group["eps"]
-        for i, (o, st) in enumerate(zip(u.updates, u.states)):
-            v = st.get("exp_avg_sq")
-            if v is None:
-                v = st["exp_avg_sq"] = torch.zeros_like(o)
-            v.mul_(beta2).addcmul_(o, o, value=1 - beta2)
-            u.updates[i] = rescale_to_polar_norm(o / (v.sqrt() + eps))
+    def statistic(self, o):
+        return o * o
 
 
 class AdaMuon(Muon):

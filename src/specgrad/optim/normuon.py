@@ -30,7 +30,33 @@ def rescale_to_polar_norm(x: Tensor) -> Tensor:
     return x * (target / norm.clamp_min(torch.finfo(x.dtype).tiny))
 
 
-class RowNormalize(Transform):
+class SecondMomentNormalize(Transform):
+    """``O <- O / (sqrt(v) + eps)``, ``v <- beta2 v + (1 - beta2) statistic(O)`` kept in
+    ``state[key]``, then each matrix rescaled with :func:`rescale_to_polar_norm`. Subclasses
+    name the statistic (a per-row mean of ``O^2``, or ``O^2`` itself), the state key and
+    the default ``beta2``; ``beta2`` must lie in ``[0, 1)`` and ``eps`` be positive."""
+
+    key: str
+
+    def statistic(self, o: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def validate(self, group):
+        check_range("beta2", group["beta2"], 0.0, 1.0)
+        check_range("eps", group["eps"], 0.0, lo_open=True)
+
+    def __call__(self, u):
+        beta2, eps = u.group["beta2"], u.group["eps"]
+        for i, (o, st) in enumerate(zip(u.updates, u.states)):
+            stat = self.statistic(o)
+            v = st.get(self.key)
+            if v is None:  # created from the update, so it follows a sharded update's placement
+                v = st[self.key] = torch.zeros_like(stat)
+            v.lerp_(stat, 1 - beta2)
+            u.updates[i] = rescale_to_polar_norm(o / (v.sqrt() + eps))
+
+
+class RowNormalize(SecondMomentNormalize):
     """NorMuon's neuron-wise normalization of an orthogonalized update ``O`` (``m x n``, rows
     are output neurons; a batch ``(B, m, n)`` normalizes each matrix on its own):
 
@@ -47,20 +73,10 @@ class RowNormalize(Transform):
     """
 
     defaults = {"beta2": 0.95, "eps": 1e-8}
+    key = "row_second_moment"
 
-    def validate(self, group):
-        check_range("beta2", group["beta2"], 0.0, 1.0)
-        check_range("eps", group["eps"], 0.0, lo_open=True)
-
-    def __call__(self, u):
-        beta2, eps = u.group["beta2"], u.group["eps"]
-        for i, (o, st) in enumerate(zip(u.updates, u.states)):
-            row = (o * o).mean(dim=-1, keepdim=True)
-            v = st.get("row_second_moment")
-            if v is None:
-                v = st["row_second_moment"] = torch.zeros_like(row)
-            v.lerp_(row, 1 - beta2)
-            u.updates[i] = rescale_to_polar_norm(o / (v.sqrt() + eps))
+    def statistic(self, o):
+        return (o * o).mean(dim=-1, keepdim=True)
 
 
 class NorMuon(Muon):
