@@ -2,7 +2,7 @@
 trained with Muon (and, in the ``paper`` preset, AdamW), measured along training by
 :class:`~specgrad.diagnostics.SpectralMonitor`.
 
-The ``paper`` preset follows the study's NanoGPT shape as far as two CPU cores allow: RMSNorm
+The ``paper`` preset follows the study's NanoGPT shape at a reduced width and depth: RMSNorm
 (no gain, as in modded-nanogpt) instead of LayerNorm, a ReLU^2 MLP, an untied head, 6 x 384 at
 context 256 on a character corpus. With one optimizer the series keys are ``training`` and
 ``block/<name>``; with several, each is prefixed by the optimizer (``adamw/block/h0.mlp.out``).
@@ -26,7 +26,7 @@ from ..registry import Claim, Experiment, register
 from ..series import curve, key_of, rounded, seed_runs
 from ..training import load_corpus, seeded_gpt, train_lm
 
-# the paper preset's length: what two shared CPU cores train, both optimizers, in about an hour
+# the paper preset: the study's shape, trained briefly (docs/reproductions/criterion-accuracy.md gives its run)
 PAPER_ITERS, PAPER_BATCH = 60, 2
 HIDDEN_KINDS = ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.in", "mlp.out")
 
